@@ -1,0 +1,171 @@
+//! Why an identity request failed, and whether retrying can help.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Whether a failed request may succeed if tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Network trouble, a timeout, throttling or a server error: try again later.
+    Transient,
+    /// Wrong secret, unknown client or tenant, bad certificate: trying again will not help
+    /// until someone changes the configuration.
+    Permanent,
+}
+
+/// A failed token request.
+///
+/// The message names the cause and, where known, the fix. Providers must keep secrets
+/// (client secrets, certificates, tokens) out of it: it is logged and shown to users.
+/// Cloning is cheap, because one error is reported to every waiting connection.
+#[derive(Clone)]
+pub struct IdentityError {
+    kind: ErrorKind,
+    message: Arc<str>,
+    code: Option<Arc<str>>,
+    retry_after: Option<Duration>,
+    source: Option<Arc<dyn StdError + Send + Sync + 'static>>,
+}
+
+impl IdentityError {
+    /// A failure that may go away by itself (network, timeout, 429, 5xx).
+    pub fn transient(message: impl Into<String>) -> IdentityError {
+        IdentityError::new(ErrorKind::Transient, message.into())
+    }
+
+    /// A failure that needs a configuration change (bad secret, unknown client).
+    pub fn permanent(message: impl Into<String>) -> IdentityError {
+        IdentityError::new(ErrorKind::Permanent, message.into())
+    }
+
+    fn new(kind: ErrorKind, message: String) -> IdentityError {
+        IdentityError {
+            kind,
+            message: Arc::from(message),
+            code: None,
+            retry_after: None,
+            source: None,
+        }
+    }
+
+    /// The service asked to wait at least `after` before the next request
+    /// (an HTTP `Retry-After`); the token manager honours it.
+    pub fn with_retry_after(mut self, after: Duration) -> IdentityError {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// The service's own error code, such as `AADSTS7000215` or `invalid_client`.
+    pub fn with_code(mut self, code: impl Into<String>) -> IdentityError {
+        self.code = Some(Arc::from(code.into()));
+        self
+    }
+
+    /// The lower-level error that caused this one (it must not carry secrets either).
+    pub fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> IdentityError {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+
+    /// Transient or permanent.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// How long the service asked to wait before the next request, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The service's error code, if it gave one.
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// The message, without the kind and code.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for IdentityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Permanent => "permanent",
+        };
+        write!(f, "{kind} identity error")?;
+        if let Some(code) = &self.code {
+            write!(f, " [{code}]")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(after) = self.retry_after {
+            write!(f, " (retry after {after:?})")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for IdentityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityError")
+            .field("kind", &self.kind)
+            .field("code", &self.code)
+            .field("message", &self.message)
+            .field("retry_after", &self.retry_after)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl StdError for IdentityError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_retry_after_and_code_are_kept() {
+        let e = IdentityError::transient("throttled by Entra ID")
+            .with_retry_after(Duration::from_secs(7))
+            .with_code("429");
+        assert!(e.is_transient());
+        assert_eq!(e.kind(), ErrorKind::Transient);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(e.code(), Some("429"));
+        assert_eq!(e.to_string(), "transient identity error [429]: throttled by Entra ID (retry after 7s)");
+
+        let p = IdentityError::permanent("wrong client secret; create a new one in the portal")
+            .with_code("AADSTS7000215");
+        assert!(!p.is_transient());
+        assert_eq!(p.retry_after(), None);
+        assert!(p.to_string().starts_with("permanent identity error [AADSTS7000215]: wrong client secret"));
+    }
+
+    #[test]
+    fn source_is_exposed() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = IdentityError::transient("cannot reach the token endpoint").with_source(io);
+        let source = StdError::source(&e).map(|s| s.to_string());
+        assert_eq!(source.as_deref(), Some("refused"));
+    }
+
+    #[test]
+    fn is_send_sync_static_and_clone() {
+        fn check<T: StdError + Send + Sync + Clone + 'static>() {}
+        check::<IdentityError>();
+        check::<crate::TokenParseError>();
+    }
+}
