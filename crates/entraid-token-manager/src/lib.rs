@@ -1,1 +1,46 @@
-//! x
+//! Keeps an Entra ID access token fresh for as long as a program runs.
+//!
+//! Two layers:
+//!
+//! - [`TokenStateMachine`], a sans-IO core: it is given the time and the identity
+//!   provider's answers, and says when to request a token, when one is renewed, when to
+//!   report an error. It never reads a clock, spawns, sleeps or does I/O, so it runs on
+//!   any runtime and its tests drive a fake clock.
+//! - Drivers that run it: [`TokenManager`] on tokio (feature `tokio`, on by default) and
+//!   [`blocking::TokenManager`] on std threads.
+//!
+//! # Refresh rule
+//! A token of lifetime `L` (its own `expires_at − received_at`) received at `t` is
+//! refreshed at `t + min(ratio·L, L − lower_refresh_bound)` when `L > lower_refresh_bound`,
+//! else at `t + ratio·L` (see [`TokenManagerConfig::refresh_delay`]).
+//!
+//! # Retry rule
+//! A failed or timed-out request is retried after
+//! `min(max_delay, initial_delay · multiplier^(n−1))`, scaled by a random jitter factor,
+//! and never sooner than the error's `retry_after`. After `max_attempts` consecutive
+//! failures the error is reported and every later wait is `max_delay`: the manager never
+//! stops by itself. A success resets the count; a non-retryable error is reported at once.
+//!
+//! # Logging
+//! `tracing` events: token renewed (`info`, with username and lifetime, never the
+//! secret), request failed (`warn` when reported, `debug` while retrying silently), token
+//! expired (`warn`), manager stopped (`info`).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod blocking;
+mod catch_panic;
+mod config;
+mod error;
+mod jitter;
+mod snapshot;
+mod state_machine;
+#[cfg(feature = "tokio")]
+mod tokio_driver;
+
+pub use config::{ConfigError, IsRetryable, RetryPolicy, TokenManagerConfig};
+pub use error::TokenManagerError;
+pub use state_machine::{Output, RefreshFailure, RequestId, TokenStateMachine};
+#[cfg(feature = "tokio")]
+pub use tokio_driver::{TokenManager, TokenStream};

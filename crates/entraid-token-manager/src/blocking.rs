@@ -1,0 +1,308 @@
+//! A driver on plain std threads, for programs without an async runtime.
+//!
+//! It runs the same [`TokenStateMachine`] as the tokio driver: one manager thread that
+//! waits on a channel with the state machine's deadline, and one short-lived thread per
+//! token request that polls the provider's future to completion.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use entraid_identity::{IdentityError, IdentityProvider, Token};
+
+use crate::catch_panic::request;
+use crate::config::{ConfigError, TokenManagerConfig};
+use crate::error::TokenManagerError;
+use crate::snapshot::Snapshot;
+use crate::state_machine::{Output, RequestId, TokenStateMachine};
+
+/// Keeps a token fresh on a background thread; the blocking twin of
+/// [`crate::TokenManager`].
+///
+/// Clones share the thread; dropping the last clone (or calling
+/// [`stop`](TokenManager::stop)) stops it.
+///
+/// ```
+/// # use entraid_identity::{IdentityError, IdentityProvider, Token};
+/// # use std::time::{Duration, SystemTime};
+/// use entraid_token_manager::{blocking::TokenManager, TokenManagerConfig};
+/// # struct MyProvider;
+/// # #[async_trait::async_trait]
+/// # impl IdentityProvider for MyProvider {
+/// #     async fn request_token(&self) -> Result<Token, IdentityError> {
+/// #         let now = SystemTime::now();
+/// #         Ok(Token::new("secret", "oid", now + Duration::from_secs(3600), now))
+/// #     }
+/// # }
+///
+/// let manager = TokenManager::start(MyProvider, TokenManagerConfig::default())?;
+/// let token = manager.token()?;
+/// assert_eq!(token.username(), "oid");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct TokenManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    messages: mpsc::Sender<Message>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.messages.send(Message::Stop);
+    }
+}
+
+/// The published snapshot, with a sequence number so waiters know it changed.
+struct Shared {
+    state: Mutex<Published>,
+    changed: Condvar,
+}
+
+struct Published {
+    seq: u64,
+    snapshot: Snapshot,
+}
+
+enum Message {
+    Response(RequestId, Result<Token, IdentityError>),
+    Stop,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Published> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, update: impl FnOnce(&mut Snapshot) -> bool) {
+        let mut published = self.lock();
+        if update(&mut published.snapshot) {
+            published.seq += 1;
+            drop(published);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits until `ready` returns an item or `deadline` passes.
+    fn wait<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut(&Published) -> Option<T>,
+    ) -> Option<T> {
+        let mut published = self.lock();
+        loop {
+            if let Some(item) = ready(&published) {
+                return Some(item);
+            }
+            published = match deadline {
+                None => self.changed.wait(published).unwrap_or_else(PoisonError::into_inner),
+                Some(deadline) => {
+                    let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
+                    self.changed
+                        .wait_timeout(published, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+}
+
+impl TokenManager {
+    /// Validates `config` and starts the manager thread.
+    pub fn start(provider: impl IdentityProvider, config: TokenManagerConfig) -> Result<TokenManager, ConfigError> {
+        let machine = TokenStateMachine::new(config)?;
+        Self::start_with_state_machine(provider, machine)
+    }
+
+    /// Starts a manager around a state machine built by the caller.
+    pub fn start_with_state_machine(
+        provider: impl IdentityProvider,
+        machine: TokenStateMachine,
+    ) -> Result<TokenManager, ConfigError> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Published {
+                seq: 0,
+                snapshot: Snapshot::initial(),
+            }),
+            changed: Condvar::new(),
+        });
+        let (messages, inbox) = mpsc::channel();
+        let driver = Driver {
+            provider: Arc::new(provider),
+            machine,
+            shared: shared.clone(),
+            outbox: messages.clone(),
+        };
+        thread::Builder::new()
+            .name("entraid-token-manager".into())
+            .spawn(move || driver.run(inbox))
+            .map_err(|e| ConfigError::ThreadSpawn(e.to_string()))?;
+        Ok(TokenManager {
+            inner: Arc::new(Inner { shared, messages }),
+        })
+    }
+
+    /// The current token, blocking until the first one arrives or the first
+    /// `max_attempts` requests have failed.
+    pub fn token(&self) -> Result<Token, TokenManagerError> {
+        self.inner
+            .shared
+            .wait(None, |p| p.snapshot.first_item())
+            .unwrap_or(Err(TokenManagerError::Stopped))
+    }
+
+    /// Like [`token`](Self::token), giving up after `timeout`.
+    pub fn token_timeout(&self, timeout: Duration) -> Result<Token, TokenManagerError> {
+        let deadline = Instant::now().checked_add(timeout);
+        self.inner
+            .shared
+            .wait(deadline, |p| p.snapshot.first_item())
+            .unwrap_or(Err(TokenManagerError::WaitTimedOut(timeout)))
+    }
+
+    /// The current token, if there is one, without waiting.
+    pub fn current(&self) -> Option<Token> {
+        self.inner.shared.lock().snapshot.token.clone()
+    }
+
+    /// A blocking iterator: the current token first (if there is one), then every renewal
+    /// and reported error; it ends after [`TokenManagerError::Stopped`].
+    pub fn subscribe(&self) -> TokenIter {
+        TokenIter {
+            shared: self.inner.shared.clone(),
+            seen: None,
+            done: false,
+        }
+    }
+
+    /// Stops the manager thread.
+    pub fn stop(&self) {
+        let _ = self.inner.messages.send(Message::Stop);
+    }
+}
+
+impl fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let published = self.inner.shared.lock();
+        f.debug_struct("blocking::TokenManager")
+            .field("token", &published.snapshot.token)
+            .field("event", &published.snapshot.event)
+            .finish()
+    }
+}
+
+/// Tokens and errors from a blocking [`TokenManager`]; see [`TokenManager::subscribe`].
+pub struct TokenIter {
+    shared: Arc<Shared>,
+    /// The sequence number of the last snapshot handed out; `None` before the first.
+    seen: Option<u64>,
+    done: bool,
+}
+
+impl Iterator for TokenIter {
+    type Item = Result<Token, TokenManagerError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let seen = self.seen;
+        let (seq, item, stopped) = self.shared.wait(None, |p| {
+            let item = match seen {
+                None => p.snapshot.first_item(),
+                Some(seq) if seq != p.seq => p.snapshot.change_item(),
+                Some(_) => None,
+            };
+            item.map(|item| (p.seq, item, p.snapshot.is_stopped()))
+        })?;
+        self.seen = Some(seq);
+        self.done = stopped;
+        Some(item)
+    }
+}
+
+impl fmt::Debug for TokenIter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenIter").field("done", &self.done).finish_non_exhaustive()
+    }
+}
+
+struct Driver<P> {
+    provider: Arc<P>,
+    machine: TokenStateMachine,
+    shared: Arc<Shared>,
+    outbox: mpsc::Sender<Message>,
+}
+
+impl<P: IdentityProvider> Driver<P> {
+    fn run(mut self, inbox: mpsc::Receiver<Message>) {
+        self.machine.start(Instant::now());
+        loop {
+            let deadline = loop {
+                match self.machine.poll_output() {
+                    Output::RequestToken(id) => self.spawn_request(id),
+                    Output::Timeout(at) => break Some(at),
+                    Output::Idle => break None,
+                    output => self.shared.publish(|snapshot| snapshot.apply(output)),
+                }
+            };
+            let message = match deadline {
+                Some(at) => inbox.recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match message {
+                Ok(Message::Response(id, result)) => self.machine.handle_response(Instant::now(), id, result),
+                Err(RecvTimeoutError::Timeout) => self.machine.handle_timeout(Instant::now()),
+                Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.shared.publish(|snapshot| {
+            snapshot.stop();
+            true
+        });
+        tracing::info!("token manager stopped");
+    }
+
+    /// One thread per request: a provider that hangs holds only its own thread, and the
+    /// state machine's timeout moves on without it.
+    fn spawn_request(&self, id: RequestId) {
+        let future = request(&self.provider);
+        let outbox = self.outbox.clone();
+        let spawned = thread::Builder::new()
+            .name("entraid-token-request".into())
+            .spawn(move || {
+                let _ = outbox.send(Message::Response(id, block_on(future)));
+            });
+        if let Err(error) = spawned {
+            let failure = IdentityError::transient(format!("could not start a thread for the token request: {error}"));
+            let _ = self.outbox.send(Message::Response(id, Err(failure)));
+        }
+    }
+}
+
+/// Polls a future to completion on this thread, parking between wake-ups.
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct ThreadWaker(Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    let mut context = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut context) {
+            Poll::Ready(output) => return output,
+            Poll::Pending => thread::park(),
+        }
+    }
+}

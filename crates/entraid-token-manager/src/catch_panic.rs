@@ -1,0 +1,34 @@
+//! Turns a panicking identity provider into an error instead of a dead manager.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use entraid_identity::{IdentityError, IdentityProvider, Token};
+
+/// The boxed, owned future of one token request.
+pub(crate) type RequestFuture = Pin<Box<dyn Future<Output = Result<Token, IdentityError>> + Send>>;
+
+/// Starts one request on a shared provider; a panic inside it becomes a transient error.
+pub(crate) fn request<P: IdentityProvider + ?Sized>(provider: &std::sync::Arc<P>) -> RequestFuture {
+    let provider = provider.clone();
+    Box::pin(CatchPanic(Box::pin(async move { provider.request_token().await })))
+}
+
+struct CatchPanic(RequestFuture);
+
+impl Future for CatchPanic {
+    type Output = Result<Token, IdentityError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => Poll::Ready(Err(IdentityError::transient(
+                "the identity provider panicked while requesting a token; this is a bug in the provider",
+            )
+            .with_code("provider_panic"))),
+        }
+    }
+}

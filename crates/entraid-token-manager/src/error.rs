@@ -1,0 +1,47 @@
+//! What a driver reports to the code waiting for tokens.
+
+use entraid_identity::IdentityError;
+
+use crate::state_machine::RefreshFailure;
+
+/// Why a token could not be handed out.
+///
+/// Cloning is cheap: one error reaches every subscriber.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenManagerError {
+    /// Token requests failed `attempts` times in a row (or once, with an error the retry
+    /// policy does not retry). The manager keeps trying in the background.
+    #[error("could not get an Entra ID token ({attempts} failed attempt(s) in a row; still retrying): {error}")]
+    RequestFailed {
+        /// The last error from the identity provider.
+        #[source]
+        error: IdentityError,
+        /// Consecutive failed attempts.
+        attempts: u32,
+        /// Whether the retry policy considers the error retryable.
+        retryable: bool,
+    },
+    /// The token expired and no new one could be obtained yet. The manager keeps trying.
+    #[error(
+        "the Entra ID token expired and no new one could be obtained yet; the manager keeps \
+         trying: check the identity provider's errors logged before this"
+    )]
+    TokenExpired,
+    /// The manager was stopped (explicitly, or because every handle to it was dropped).
+    #[error("the token manager was stopped; start a new one (keep a TokenManager clone alive for as long as you need tokens)")]
+    Stopped,
+    /// No token arrived within the time the caller was willing to wait.
+    #[error("no Entra ID token arrived within {0:?}; the identity provider may be slow or unreachable")]
+    WaitTimedOut(std::time::Duration),
+}
+
+impl From<RefreshFailure> for TokenManagerError {
+    fn from(failure: RefreshFailure) -> Self {
+        TokenManagerError::RequestFailed {
+            error: failure.error,
+            attempts: failure.attempts,
+            retryable: failure.retryable,
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The sans-IO core: decides when to request, refresh, retry and report, given the time.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use entraid_identity::{IdentityError, Token};
+
+use crate::config::{ConfigError, TokenManagerConfig};
+use crate::jitter::Jitter;
+
+/// Identifies one token request, so that a late or superseded response is recognised
+/// and ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u64);
+
+impl RequestId {
+    /// The request's sequence number, starting at 0.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request #{}", self.0)
+    }
+}
+
+/// A failed request that is reported to the application, with what happens next.
+#[derive(Debug, Clone)]
+pub struct RefreshFailure {
+    /// The last error.
+    pub error: IdentityError,
+    /// Consecutive failed attempts, this one included.
+    pub attempts: u32,
+    /// Whether the retry policy considers the error retryable (with backoff).
+    pub retryable: bool,
+    /// When the next attempt is made. The manager never stops trying by itself.
+    pub next_attempt_at: Instant,
+}
+
+impl fmt::Display for RefreshFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "token request failed {} time(s) in a row: {}", self.attempts, self.error)
+    }
+}
+
+/// What the state machine asks its driver to do. Drain with
+/// [`TokenStateMachine::poll_output`] until [`Output::Timeout`] (or [`Output::Idle`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Output {
+    /// Ask the identity provider for a token now, and report the result with
+    /// [`TokenStateMachine::handle_response`] under this id.
+    RequestToken(RequestId),
+    /// A new token to hand to every connection.
+    TokenRenewed(Token),
+    /// Token requests are failing; the failure is worth telling the application.
+    Error(RefreshFailure),
+    /// The current token's expiry passed with no replacement.
+    TokenExpired,
+    /// Nothing more to do until this instant: call
+    /// [`TokenStateMachine::handle_timeout`] then (or when a response arrives earlier).
+    Timeout(Instant),
+    /// Not started: nothing will happen until [`TokenStateMachine::start`].
+    Idle,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    id: RequestId,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Current {
+    token: Token,
+    expires_at: Instant,
+}
+
+/// Longest span the machine schedules ahead, so absurd lifetimes or `Retry-After`
+/// values cannot overflow `Instant`.
+const MAX_SCHEDULE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Keeps one token fresh, without reading a clock, spawning, sleeping or doing I/O.
+///
+/// The caller (a *driver*) owns time and the identity provider. The state machine only
+/// decides, from the instants it is given, what must happen next:
+///
+/// ```text
+/// sm.start(now)
+/// loop {
+///     loop {
+///         match sm.poll_output() {
+///             Output::RequestToken(id) => begin provider.request_token(), remembering id
+///             Output::TokenRenewed(token) => hand token to every connection
+///             Output::Error(failure)  => report it (connections, logs)
+///             Output::TokenExpired    => report it
+///             Output::Timeout(at)     => { deadline = at; break }
+///             Output::Idle            => return
+///         }
+///     }
+///     wait until `deadline` or until the request finishes, whichever is first:
+///         finished  => sm.handle_response(now, id, result)
+///         deadline  => sm.handle_timeout(now)
+/// }
+/// ```
+///
+/// Rules it implements (see the crate docs for the full statement):
+///
+/// - A token of lifetime `L` is refreshed `TokenManagerConfig::refresh_delay(L)` after it
+///   arrived. `L` is the token's own `expires_at - received_at`, so a skewed local
+///   clock does not move the schedule. A token with `L == 0` counts as a failure.
+/// - A failed or timed-out request is retried after the policy's backoff, jittered, and
+///   never sooner than the error's `retry_after`. After `max_attempts` consecutive
+///   failures (or at once for a non-retryable error) it emits [`Output::Error`] and keeps
+///   trying every `max_delay`: it never stops by itself.
+/// - At most one request is in flight. A response after its request's timeout, or for a
+///   superseded request, is ignored.
+/// - A response carrying the current token's secret again is not announced.
+/// - `handle_timeout` may be called early or spuriously; time never goes backwards (an
+///   earlier `now` than one seen before is taken as the later one).
+///
+/// ```
+/// use entraid_identity::Token;
+/// use entraid_token_manager::{Output, TokenManagerConfig, TokenStateMachine};
+/// use std::time::{Duration, Instant, SystemTime};
+///
+/// let mut sm = TokenStateMachine::new(TokenManagerConfig::default())?;
+/// let t0 = Instant::now(); // a test would use any fixed instant
+/// sm.start(t0);
+/// let Output::RequestToken(id) = sm.poll_output() else { unreachable!() };
+///
+/// let issued = SystemTime::now();
+/// let token = Token::new("secret", "oid", issued + Duration::from_secs(3600), issued);
+/// sm.handle_response(t0, id, Ok(token));
+/// assert!(matches!(sm.poll_output(), Output::TokenRenewed(_)));
+/// // A one-hour token is refreshed after 70 % of its life.
+/// let Output::Timeout(at) = sm.poll_output() else { unreachable!() };
+/// assert_eq!(at - t0, Duration::from_secs(42 * 60));
+/// # Ok::<(), entraid_token_manager::ConfigError>(())
+/// ```
+#[derive(Debug)]
+pub struct TokenStateMachine {
+    config: TokenManagerConfig,
+    jitter: Jitter,
+    /// The latest instant seen; `None` until started.
+    now: Option<Instant>,
+    current: Option<Current>,
+    in_flight: Option<InFlight>,
+    /// When the next request is due, while none is in flight.
+    next_request_at: Option<Instant>,
+    consecutive_failures: u32,
+    next_request_id: u64,
+    outputs: VecDeque<Output>,
+}
+
+impl TokenStateMachine {
+    /// A state machine with this configuration, validated. Jitter is seeded per process.
+    pub fn new(config: TokenManagerConfig) -> Result<TokenStateMachine, ConfigError> {
+        Self::with_jitter(config, Jitter::from_process_randomness())
+    }
+
+    /// Like [`new`](Self::new), with a fixed jitter seed: for tests and simulations that
+    /// must replay exactly.
+    pub fn with_seed(config: TokenManagerConfig, seed: u64) -> Result<TokenStateMachine, ConfigError> {
+        Self::with_jitter(config, Jitter::from_seed(seed))
+    }
+
+    fn with_jitter(config: TokenManagerConfig, jitter: Jitter) -> Result<TokenStateMachine, ConfigError> {
+        config.validate()?;
+        Ok(TokenStateMachine {
+            config,
+            jitter,
+            now: None,
+            current: None,
+            in_flight: None,
+            next_request_at: None,
+            consecutive_failures: 0,
+            next_request_id: 0,
+            outputs: VecDeque::new(),
+        })
+    }
+
+    /// Begins: the first token is requested at once. Calling it again does nothing.
+    pub fn start(&mut self, now: Instant) {
+        if self.now.is_some() {
+            return;
+        }
+        self.now = Some(now);
+        self.next_request_at = Some(now);
+        self.process(now);
+    }
+
+    /// The result of request `id`. Late responses (after the request timed out) and
+    /// responses to superseded requests are ignored.
+    pub fn handle_response(&mut self, now: Instant, id: RequestId, result: Result<Token, IdentityError>) {
+        let Some(now) = self.observe(now) else {
+            tracing::debug!(%id, "response before start ignored");
+            return;
+        };
+        // A response that arrives at or after its deadline lost the race with the timeout.
+        self.expire_overdue_request(now);
+        match &self.in_flight {
+            Some(in_flight) if in_flight.id == id => {
+                self.in_flight = None;
+                match result {
+                    Ok(token) => self.on_token(now, token),
+                    Err(error) => self.on_failure(now, error),
+                }
+            }
+            _ => tracing::debug!(%id, "late or superseded token response ignored"),
+        }
+        self.process(now);
+    }
+
+    /// Time has passed: acts on whatever is due. Early or repeated calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(now) = self.observe(now) {
+            self.process(now);
+        }
+    }
+
+    /// The next thing to do. Call after [`start`](Self::start) and every `handle_*`,
+    /// until it returns [`Output::Timeout`] or [`Output::Idle`].
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(output) = self.outputs.pop_front() {
+            return output;
+        }
+        match self.next_deadline() {
+            Some(at) => Output::Timeout(at),
+            None => Output::Idle,
+        }
+    }
+
+    /// The token connections should use now: `None` before the first one arrives and
+    /// after it expired with no replacement.
+    pub fn current_token(&self) -> Option<&Token> {
+        self.current.as_ref().map(|c| &c.token)
+    }
+
+    /// The request the machine is waiting for, if any. A driver drops its pending request
+    /// when this no longer names it (the request timed out).
+    pub fn in_flight_request(&self) -> Option<RequestId> {
+        self.in_flight.as_ref().map(|f| f.id)
+    }
+
+    /// Failed attempts since the last success.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
+    }
+
+    /// When the current token expires, on the driver's clock.
+    pub fn current_token_expires_at(&self) -> Option<Instant> {
+        self.current.as_ref().map(|c| c.expires_at)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &TokenManagerConfig {
+        &self.config
+    }
+
+    /// Records `now`, never letting time go backwards. `None` before start.
+    fn observe(&mut self, now: Instant) -> Option<Instant> {
+        let latest = self.now?.max(now);
+        self.now = Some(latest);
+        Some(latest)
+    }
+
+    /// Everything due at `now`, in order: request timeout, token expiry, next request.
+    /// Afterwards every pending deadline lies after `now`.
+    fn process(&mut self, now: Instant) {
+        self.expire_overdue_request(now);
+        if self.current.as_ref().is_some_and(|c| now >= c.expires_at) {
+            self.current = None;
+            tracing::warn!("Entra ID token expired with no replacement; connections will be refused until a new one arrives");
+            self.outputs.push_back(Output::TokenExpired);
+        }
+        if self.in_flight.is_none() && self.next_request_at.is_some_and(|at| now >= at) {
+            self.issue_request(now);
+        }
+    }
+
+    fn expire_overdue_request(&mut self, now: Instant) {
+        if let Some(in_flight) = self.in_flight.take_if(|f| now >= f.deadline) {
+            let timeout = self.config.token_request_timeout;
+            tracing::debug!(id = %in_flight.id, ?timeout, "token request timed out");
+            let error = IdentityError::transient(format!(
+                "the identity provider did not answer within token_request_timeout ({timeout:?}); \
+                 check the network path to Entra ID, or raise the timeout"
+            ))
+            .with_code("timeout");
+            self.on_failure(now, error);
+        }
+    }
+
+    fn issue_request(&mut self, now: Instant) {
+        let id = RequestId(self.next_request_id);
+        self.next_request_id += 1;
+        self.next_request_at = None;
+        self.in_flight = Some(InFlight {
+            id,
+            deadline: later(now, self.config.token_request_timeout),
+        });
+        tracing::debug!(%id, "requesting a token");
+        self.outputs.push_back(Output::RequestToken(id));
+    }
+
+    fn on_token(&mut self, now: Instant, token: Token) {
+        let lifetime = token.lifetime();
+        if lifetime.is_zero() {
+            let error = IdentityError::transient(
+                "the identity provider returned a token that is already expired (lifetime 0); \
+                 check that the provider sets expires_at after received_at",
+            )
+            .with_code("expired_token");
+            return self.on_failure(now, error);
+        }
+        self.consecutive_failures = 0;
+        let refresh_in = self.config.refresh_delay(lifetime);
+        self.next_request_at = Some(later(now, refresh_in));
+        let expires_at = later(now, lifetime);
+        match &mut self.current {
+            Some(current) if current.token.same_secret(&token) => {
+                tracing::debug!(?refresh_in, "identity provider returned the current token again; not announced");
+                current.expires_at = expires_at;
+            }
+            _ => {
+                tracing::info!(
+                    username = token.username(),
+                    expires_in = ?lifetime,
+                    ?refresh_in,
+                    "Entra ID token renewed"
+                );
+                self.current = Some(Current {
+                    token: token.clone(),
+                    expires_at,
+                });
+                self.outputs.push_back(Output::TokenRenewed(token));
+            }
+        }
+    }
+
+    fn on_failure(&mut self, now: Instant, error: IdentityError) {
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        let attempts = self.consecutive_failures;
+        let policy = &self.config.retry;
+        let retryable = policy.is_retryable.check(&error);
+        let exhausted = !retryable || attempts >= policy.max_attempts;
+        let base = if exhausted { policy.max_delay } else { policy.backoff(attempts) };
+        let mut delay = base.mul_f64(self.jitter.factor(policy.jitter));
+        if let Some(after) = error.retry_after() {
+            delay = delay.max(after);
+        }
+        let next_attempt_at = later(now, delay);
+        self.next_request_at = Some(next_attempt_at);
+        if exhausted {
+            tracing::warn!(attempts, retryable, next_attempt_in = ?delay, %error, "Entra ID token request failed");
+            self.outputs.push_back(Output::Error(RefreshFailure {
+                error,
+                attempts,
+                retryable,
+                next_attempt_at,
+            }));
+        } else {
+            tracing::debug!(attempts, next_attempt_in = ?delay, %error, "token request failed; retrying");
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let request = match &self.in_flight {
+            Some(in_flight) => Some(in_flight.deadline),
+            None => self.next_request_at,
+        };
+        let expiry = self.current.as_ref().map(|c| c.expires_at);
+        match (request, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+fn later(now: Instant, after: Duration) -> Instant {
+    now.checked_add(after.min(MAX_SCHEDULE))
+        .or_else(|| now.checked_add(Duration::from_secs(3600)))
+        .unwrap_or(now)
+}

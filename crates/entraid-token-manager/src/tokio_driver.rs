@@ -1,0 +1,273 @@
+//! Runs the state machine on tokio and fans tokens out to any number of subscribers.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use entraid_identity::{IdentityProvider, Token};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::WatchStream;
+
+use crate::catch_panic::{RequestFuture, request};
+use crate::config::{ConfigError, TokenManagerConfig};
+use crate::error::TokenManagerError;
+use crate::snapshot::Snapshot;
+use crate::state_machine::{Output, RequestId, TokenStateMachine};
+
+/// Keeps a token fresh in a background tokio task and hands it to everyone who asks.
+///
+/// One manager serves any number of connections with one identity-provider request per
+/// refresh. New tokens reach subscribers through one shared cell (a `tokio::sync::watch`),
+/// not a queue per subscriber. Clones share the task; dropping the last clone (or
+/// calling [`stop`](TokenManager::stop)) stops it.
+///
+/// ```
+/// # use entraid_identity::{IdentityError, IdentityProvider, Token};
+/// # use std::time::{Duration, SystemTime};
+/// use entraid_token_manager::{TokenManager, TokenManagerConfig};
+///
+/// # struct MyProvider;
+/// # #[async_trait::async_trait]
+/// # impl IdentityProvider for MyProvider {
+/// #     async fn request_token(&self) -> Result<Token, IdentityError> {
+/// #         let now = SystemTime::now();
+/// #         Ok(Token::new("secret", "oid", now + Duration::from_secs(3600), now))
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = TokenManager::start(MyProvider, TokenManagerConfig::default())?;
+/// let token = manager.token().await?; // waits for the first token
+/// assert_eq!(token.username(), "oid");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TokenManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    snapshot: watch::Receiver<Snapshot>,
+    /// Sending, or dropping with the last clone, stops the task.
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl TokenManager {
+    /// Validates `config` and starts the background task on the current tokio runtime.
+    ///
+    /// Fails with [`ConfigError::NoTokioRuntime`] outside a runtime; use
+    /// [`start_on`](Self::start_on) with a runtime handle, or the thread-based
+    /// [`blocking::TokenManager`](crate::blocking::TokenManager) there.
+    pub fn start(provider: impl IdentityProvider, config: TokenManagerConfig) -> Result<TokenManager, ConfigError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoTokioRuntime)?;
+        Self::start_on(&handle, provider, config)
+    }
+
+    /// Like [`start`](Self::start), on the given runtime.
+    pub fn start_on(
+        runtime: &tokio::runtime::Handle,
+        provider: impl IdentityProvider,
+        config: TokenManagerConfig,
+    ) -> Result<TokenManager, ConfigError> {
+        let machine = TokenStateMachine::new(config)?;
+        Ok(Self::spawn(runtime, Arc::new(provider), machine))
+    }
+
+    /// Starts a manager around a state machine built by the caller (for example one with
+    /// a fixed jitter seed).
+    pub fn start_with_state_machine(
+        provider: impl IdentityProvider,
+        machine: TokenStateMachine,
+    ) -> Result<TokenManager, ConfigError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoTokioRuntime)?;
+        Ok(Self::spawn(&handle, Arc::new(provider), machine))
+    }
+
+    fn spawn<P: IdentityProvider>(
+        runtime: &tokio::runtime::Handle,
+        provider: Arc<P>,
+        machine: TokenStateMachine,
+    ) -> TokenManager {
+        let (publish, snapshot) = watch::channel(Snapshot::initial());
+        let (stop_tx, stop_rx) = oneshot::channel();
+        runtime.spawn(Driver { provider, machine, publish }.run(stop_rx));
+        TokenManager {
+            inner: Arc::new(Inner {
+                snapshot,
+                stop: Mutex::new(Some(stop_tx)),
+            }),
+        }
+    }
+
+    /// The current token, waiting for the first one if none has arrived yet.
+    ///
+    /// Never hangs for ever: once the first `max_attempts` requests have failed (or one
+    /// has failed with a non-retryable error) it returns that error.
+    pub async fn token(&self) -> Result<Token, TokenManagerError> {
+        let mut snapshot = self.inner.snapshot.clone();
+        loop {
+            if let Some(item) = snapshot.borrow_and_update().first_item() {
+                return item;
+            }
+            if snapshot.changed().await.is_err() {
+                return snapshot
+                    .borrow()
+                    .first_item()
+                    .unwrap_or(Err(TokenManagerError::Stopped));
+            }
+        }
+    }
+
+    /// The current token, if there is one, without waiting.
+    pub fn current(&self) -> Option<Token> {
+        self.inner.snapshot.borrow().token.clone()
+    }
+
+    /// A stream of the current token (first, if there is one) and then every renewal and
+    /// every reported error. An error never ends the stream; it ends after
+    /// [`TokenManagerError::Stopped`] when the manager stops.
+    pub fn subscribe(&self) -> TokenStream {
+        TokenStream {
+            changes: WatchStream::new(self.inner.snapshot.clone()),
+            first: true,
+            done: false,
+        }
+    }
+
+    /// Stops the background task. Subscribers receive [`TokenManagerError::Stopped`].
+    pub fn stop(&self) {
+        let sender = self.inner.stop.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(sender) = sender {
+            let _ = sender.send(());
+        }
+    }
+
+    /// Whether the background task has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.snapshot.has_changed().is_err() || self.inner.snapshot.borrow().is_stopped()
+    }
+}
+
+impl fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let snapshot = self.inner.snapshot.borrow();
+        f.debug_struct("TokenManager")
+            .field("token", &snapshot.token)
+            .field("event", &snapshot.event)
+            .finish()
+    }
+}
+
+/// Tokens and errors from a [`TokenManager`]; see [`TokenManager::subscribe`].
+///
+/// A slow reader skips intermediate items but always gets the newest token.
+pub struct TokenStream {
+    changes: WatchStream<Snapshot>,
+    first: bool,
+    done: bool,
+}
+
+impl futures_core::Stream for TokenStream {
+    type Item = Result<Token, TokenManagerError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let Some(snapshot) = std::task::ready!(Pin::new(&mut self.changes).poll_next(cx)) else {
+                self.done = true;
+                return Poll::Ready(None);
+            };
+            let item = if std::mem::take(&mut self.first) {
+                snapshot.first_item()
+            } else {
+                snapshot.change_item()
+            };
+            if let Some(item) = item {
+                self.done = snapshot.is_stopped();
+                return Poll::Ready(Some(item));
+            }
+        }
+    }
+}
+
+impl fmt::Debug for TokenStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenStream").field("done", &self.done).finish_non_exhaustive()
+    }
+}
+
+/// The background task: owns the provider, the state machine and the publishing side.
+struct Driver<P> {
+    provider: Arc<P>,
+    machine: TokenStateMachine,
+    publish: watch::Sender<Snapshot>,
+}
+
+enum Wake {
+    Stop,
+    Response(RequestId, Result<Token, entraid_identity::IdentityError>),
+    Timer,
+}
+
+impl<P: IdentityProvider> Driver<P> {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        let mut pending: Option<(RequestId, RequestFuture)> = None;
+        self.machine.start(now());
+        loop {
+            let deadline = loop {
+                match self.machine.poll_output() {
+                    Output::RequestToken(id) => pending = Some((id, request(&self.provider))),
+                    Output::Timeout(at) => break Some(Instant::from_std(at)),
+                    Output::Idle => break None,
+                    output => {
+                        self.publish.send_if_modified(|snapshot| snapshot.apply(output));
+                    }
+                }
+            };
+            // A request the machine gave up on (timed out) is dropped, not awaited.
+            if pending.as_ref().is_some_and(|(id, _)| self.machine.in_flight_request() != Some(*id)) {
+                pending = None;
+            }
+            let wake = tokio::select! {
+                biased;
+                _ = &mut stop => Wake::Stop,
+                (id, result) = wait_for(&mut pending) => Wake::Response(id, result),
+                () = sleep_until(deadline) => Wake::Timer,
+            };
+            match wake {
+                Wake::Stop => break,
+                Wake::Response(id, result) => {
+                    pending = None;
+                    self.machine.handle_response(now(), id, result);
+                }
+                Wake::Timer => self.machine.handle_timeout(now()),
+            }
+        }
+        self.publish.send_modify(Snapshot::stop);
+        tracing::info!("token manager stopped");
+    }
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+async fn wait_for(
+    pending: &mut Option<(RequestId, RequestFuture)>,
+) -> (RequestId, Result<Token, entraid_identity::IdentityError>) {
+    match pending {
+        Some((id, future)) => (*id, future.await),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,462 @@
+//! The refresh and retry rules, scenario by scenario, on a fake clock with exact instants.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use entraid_identity::{IdentityError, Token};
+use entraid_test_support::FakeClock;
+use entraid_token_manager::{
+    ConfigError, Output, RefreshFailure, RequestId, RetryPolicy, TokenManagerConfig, TokenStateMachine,
+};
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+const MIN: Duration = Duration::from_secs(60);
+
+/// A token with an exact lifetime, independent of the machine's clock.
+fn token(secret: &str, lifetime: Duration) -> Token {
+    let received = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+    Token::new(secret, "oid-1", received + lifetime, received)
+}
+
+fn transient() -> IdentityError {
+    IdentityError::transient("connection refused")
+}
+
+/// What one drain of the state machine produced.
+#[derive(Debug, Default)]
+struct Drained {
+    requests: Vec<RequestId>,
+    renewed: Vec<Token>,
+    errors: Vec<RefreshFailure>,
+    expired: usize,
+    timeout: Option<Instant>,
+}
+
+struct Harness {
+    sm: TokenStateMachine,
+    clock: FakeClock,
+}
+
+impl Harness {
+    fn new(config: TokenManagerConfig) -> Harness {
+        Harness {
+            sm: TokenStateMachine::with_seed(config, 7).unwrap(),
+            clock: FakeClock::new(),
+        }
+    }
+
+    fn defaults() -> Harness {
+        Harness::new(TokenManagerConfig::default())
+    }
+
+    fn drain(&mut self) -> Drained {
+        let mut d = Drained::default();
+        loop {
+            match self.sm.poll_output() {
+                Output::RequestToken(id) => d.requests.push(id),
+                Output::TokenRenewed(t) => d.renewed.push(t),
+                Output::Error(f) => d.errors.push(f),
+                Output::TokenExpired => d.expired += 1,
+                Output::Timeout(at) => {
+                    assert!(at > self.clock.now(), "timeout {at:?} not after now {:?}", self.clock.now());
+                    d.timeout = Some(at);
+                    return d;
+                }
+                Output::Idle => return d,
+                other => panic!("unexpected output {other:?}"),
+            }
+        }
+    }
+
+    /// Starts and returns the first request.
+    fn start(&mut self) -> RequestId {
+        self.sm.start(self.clock.now());
+        let d = self.drain();
+        assert_eq!(d.requests.len(), 1, "{d:?}");
+        d.requests[0]
+    }
+
+    fn respond(&mut self, id: RequestId, result: Result<Token, IdentityError>) -> Drained {
+        self.sm.handle_response(self.clock.now(), id, result);
+        self.drain()
+    }
+
+    /// Advances to the next timeout and handles it.
+    fn to_next_timeout(&mut self, d: &Drained) -> Drained {
+        let at = d.timeout.expect("a timeout is scheduled");
+        self.clock.set(at);
+        self.sm.handle_timeout(at);
+        self.drain()
+    }
+
+    /// Fails the request `id` and returns the delay until the next request, checking that
+    /// the next timeout is exactly that request.
+    fn fail_and_measure(&mut self, id: RequestId, error: IdentityError) -> (Drained, Duration, RequestId) {
+        let failed_at = self.clock.now();
+        let d = self.respond(id, Err(error));
+        let delay = d.timeout.unwrap() - failed_at;
+        let next = self.to_next_timeout(&d);
+        assert_eq!(next.requests.len(), 1, "a request at the retry instant: {next:?}");
+        (d, delay, next.requests[0])
+    }
+}
+
+fn assert_in_band(delay: Duration, base: Duration, jitter: f64) {
+    let low = base.mul_f64(1.0 - jitter);
+    let high = base.mul_f64(1.0 + jitter);
+    assert!(delay >= low && delay <= high, "{delay:?} outside [{low:?}, {high:?}] around {base:?}");
+}
+
+#[test]
+fn nothing_happens_before_start() {
+    let mut h = Harness::defaults();
+    assert!(matches!(h.sm.poll_output(), Output::Idle));
+    h.sm.handle_timeout(h.clock.now());
+    assert!(matches!(h.sm.poll_output(), Output::Idle));
+    assert!(h.sm.current_token().is_none());
+}
+
+#[test]
+fn start_requests_at_once_and_only_once() {
+    let mut h = Harness::defaults();
+    let first = h.start();
+    h.sm.start(h.clock.now());
+    let d = h.drain();
+    assert!(d.requests.is_empty(), "second start must not request again: {d:?}");
+    assert_eq!(h.sm.in_flight_request(), Some(first));
+    // The only deadline is the request timeout (10 s).
+    assert_eq!(d.timeout, Some(h.clock.now() + 10 * SEC));
+}
+
+#[test]
+fn refreshes_at_the_ratio_of_a_long_token() {
+    let mut h = Harness::defaults();
+    let id = h.start();
+    let t0 = h.clock.now();
+    let d = h.respond(id, Ok(token("a", 60 * MIN)));
+    assert_eq!(d.renewed.len(), 1);
+    assert_eq!(d.renewed[0].secret(), "a");
+    assert_eq!(h.sm.current_token().map(Token::secret), Some("a"));
+    assert_eq!(d.timeout, Some(t0 + 42 * MIN), "70 % of 60 min");
+    let d = h.to_next_timeout(&d);
+    assert_eq!(d.requests.len(), 1, "refresh requested at 42 min");
+}
+
+#[test]
+fn lower_bound_wins_when_it_comes_first() {
+    let mut h = Harness::defaults();
+    let id = h.start();
+    let t0 = h.clock.now();
+    let d = h.respond(id, Ok(token("a", 8 * MIN)));
+    assert_eq!(d.timeout, Some(t0 + 5 * MIN), "8 min − 3 min bound, before 70 % (5.6 min)");
+}
+
+#[test]
+fn a_token_shorter_than_the_bound_is_refreshed_at_the_ratio_not_at_once() {
+    let mut h = Harness::defaults();
+    let id = h.start();
+    let t0 = h.clock.now();
+    let d = h.respond(id, Ok(token("a", 2 * MIN)));
+    assert_eq!(d.renewed.len(), 1);
+    assert_eq!(d.timeout, Some(t0 + Duration::from_secs(84)), "70 % of 120 s");
+    assert!(d.requests.is_empty(), "no hot loop");
+}
+
+#[test]
+fn the_ratio_is_honoured_not_ignored() {
+    let config = TokenManagerConfig {
+        expiration_refresh_ratio: 0.5,
+        lower_refresh_bound: Duration::ZERO,
+        ..TokenManagerConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let id = h.start();
+    let t0 = h.clock.now();
+    let d = h.respond(id, Ok(token("a", 60 * MIN)));
+    assert_eq!(d.timeout, Some(t0 + 30 * MIN));
+}
+
+#[test]
+fn a_zero_lifetime_token_counts_as_a_failure() {
+    let mut h = Harness::defaults();
+    let id = h.start();
+    let t0 = h.clock.now();
+    let d = h.respond(id, Ok(token("dead", Duration::ZERO)));
+    assert!(d.renewed.is_empty());
+    assert!(h.sm.current_token().is_none());
+    assert_eq!(h.sm.consecutive_failures(), 1);
+    assert_in_band(d.timeout.unwrap() - t0, 500 * MS, 0.2);
+}
+
+#[test]
+fn backoff_grows_by_the_multiplier_within_its_jitter_band_and_caps() {
+    let config = TokenManagerConfig {
+        retry: RetryPolicy { max_attempts: 20, ..RetryPolicy::default() },
+        ..TokenManagerConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let mut id = h.start();
+    let expected_ms = [500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000];
+    let mut delays = Vec::new();
+    for base in expected_ms {
+        let (d, delay, next) = h.fail_and_measure(id, transient());
+        assert!(d.errors.is_empty(), "not reported before max_attempts: {d:?}");
+        assert_in_band(delay, Duration::from_millis(base), 0.2);
+        delays.push(delay);
+        id = next;
+    }
+    // Jitter really varies the delays.
+    assert!(delays.windows(2).any(|w| w[0].as_secs_f64() * 2.0 != w[1].as_secs_f64()));
+}
+
+#[test]
+fn jitter_zero_gives_exact_delays() {
+    let config = TokenManagerConfig {
+        retry: RetryPolicy { jitter: 0.0, ..RetryPolicy::default() },
+        ..TokenManagerConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let id = h.start();
+    let (_, delay, id) = h.fail_and_measure(id, transient());
+    assert_eq!(delay, 500 * MS);
+    let (_, delay, _) = h.fail_and_measure(id, transient());
+    assert_eq!(delay, 1_000 * MS);
+}
+
+#[test]
+fn retry_after_longer_than_the_backoff_is_honoured() {
+    let mut h = Harness::defaults();
+    let id = h.start();
+    let (_, delay, id) = h.fail_and_measure(id, transient().with_retry_after(10 * SEC));
+    assert_eq!(delay, 10 * SEC);
+    // A retry_after shorter than the backoff does not shorten it.
+    let (_, delay, _) = h.fail_and_measure(id, transient().with_retry_after(MS));
+    assert_in_band(delay, 1_000 * MS, 0.2);
+}
+
+#[test]
+fn after_max_attempts_the_error_is_reported_and_retries_go_on_at_max_delay() {
+    let mut h = Harness::defaults();
+    let mut id = h.start();
+    for attempt in 1..=4 {
+        let (d, _, next) = h.fail_and_measure(id, transient());
+        assert!(d.errors.is_empty(), "attempt {attempt} reported too early");
+        id = next;
+    }
+    let (d, delay, mut id) = h.fail_and_measure(id, transient());
+    assert_eq!(d.errors.len(), 1, "5th failure is reported");
+    let failure = &d.errors[0];
+    assert_eq!(failure.attempts, 5);
+    assert!(failure.retryable);
+    assert_eq!(failure.next_attempt_at, h.clock.now(), "the request was made when announced");
+    assert!(failure.to_string().contains("5 time(s)"));
+    assert_in_band(delay, 30 * SEC, 0.2);
+    // It never gives up: 50 more failures, each reported, each followed by a request.
+    for attempt in 6..=55 {
+        let (d, delay, next) = h.fail_and_measure(id, transient());
+        assert_eq!(d.errors.len(), 1);
+        assert_eq!(d.errors[0].attempts, attempt);
+        assert_in_band(delay, 30 * SEC, 0.2);
+        id = next;
+    }
+}
+
+#[test]
+fn a_non_retryable_error_is_reported_at_once_and_retried_at_max_delay() {
+    let mut h = Harness::defaults();
+    let id = h.start();
+    let (d, delay, _) = h.fail_and_measure(id, IdentityError::permanent("AADSTS7000215: invalid client secret"));
+    assert_eq!(d.errors.len(), 1);
+    assert_eq!(d.errors[0].attempts, 1);
+    assert!(!d.errors[0].retryable);
+    assert_in_band(delay, 30 * SEC, 0.2);
+}
+
+#[test]
+fn a_custom_predicate_decides_what_is_retryable() {
+    let config = TokenManagerConfig {
+        retry: RetryPolicy::default().with_is_retryable(|e| e.code() != Some("fatal")),
+        ..TokenManagerConfig::default()
+    };
+    let mut h = Harness::new(config);
+    let id = h.start();
+    // Permanent but retryable by the predicate: not reported, backoff applies.
+    let (d, delay, id) = h.fail_and_measure(id, IdentityError::permanent("x"));
+    assert!(d.errors.is_empty());
+    assert_in_band(delay, 500 * MS, 0.2);
+    let (d, _, _) = h.fail_and_measure(id, IdentityError::transient("y").with_code("fatal"));
+    assert_eq!(d.errors.len(), 1);
+}
+
+#[test]
+fn a_timed_out_request_is_retried_and_its_late_response_ignored() {
+    let mut h = Harness::defaults();
+    let first = h.start();
+    let d = h.drain();
+    let d = h.to_next_timeout(&Drained { timeout: d.timeout, ..Drained::default() });
+    assert_eq!(h.clock.elapsed(), 10 * SEC, "timed out at token_request_timeout");
+    assert!(d.requests.is_empty() && d.errors.is_empty(), "{d:?}");
+    assert_eq!(h.sm.in_flight_request(), None);
+    assert_eq!(h.sm.consecutive_failures(), 1);
+    let retry_at = d.timeout.unwrap();
+    assert_in_band(retry_at - h.clock.now(), 500 * MS, 0.2);
+
+    // The late answer to the first request arrives: ignored.
+    h.clock.advance(100 * MS);
+    let late = h.respond(first, Ok(token("late", 60 * MIN)));
+    assert!(late.renewed.is_empty(), "{late:?}");
+    assert!(h.sm.current_token().is_none());
+    assert_eq!(late.timeout, Some(retry_at), "schedule unchanged");
+
+    let d = h.to_next_timeout(&late);
+    assert_eq!(d.requests.len(), 1);
+    let second = d.requests[0];
+    assert_ne!(second, first);
+    let d = h.respond(second, Ok(token("fresh", 60 * MIN)));
+    assert_eq!(d.renewed[0].secret(), "fresh");
+}
+
+#[test]
+fn a_response_exactly_at_the_deadline_counts_as_timed_out() {
+    let mut h = Harness::defaults();
+    let id = h.start();
+    h.clock.advance(10 * SEC);
+    let d = h.respond(id, Ok(token("too-late", 60 * MIN)));
+    assert!(d.renewed.is_empty());
+    assert_eq!(h.sm.consecutive_failures(), 1);
+}
+
+#[test]
+fn a_response_for_an_unknown_request_is_ignored() {
+    let mut h = Harness::defaults();
+    let id = h.start();
+    let d = h.respond(id, Ok(token("a", 60 * MIN)));
+    let d2 = h.respond(id, Ok(token("b", 60 * MIN)));
+    assert!(d2.renewed.is_empty(), "a second answer to the same request is ignored");
+    assert_eq!(d2.timeout, d.timeout);
+    assert_eq!(h.sm.current_token().map(Token::secret), Some("a"));
+}
+
+#[test]
+fn expiry_without_replacement_is_reported_once_at_the_exact_instant() {
+    let mut h = Harness::defaults();
+    let id = h.start();
+    let t0 = h.clock.now();
+    let d = h.respond(id, Ok(token("a", 60 * SEC)));
+    assert_eq!(d.timeout, Some(t0 + 42 * SEC));
+    let mut d = h.to_next_timeout(&d);
+    let mut id = d.requests[0];
+    let mut expired_at = None;
+    // Fail every request until well past expiry.
+    while h.clock.elapsed() < 200 * SEC {
+        if let Some(id_now) = d.requests.first().copied() {
+            id = id_now;
+            d = h.respond(id, Err(transient()));
+        } else {
+            d = h.to_next_timeout(&d);
+        }
+        if d.expired > 0 {
+            assert_eq!(d.expired, 1);
+            assert!(expired_at.is_none(), "expiry reported twice");
+            expired_at = Some(h.clock.now());
+        }
+    }
+    let _ = id;
+    assert_eq!(expired_at, Some(t0 + 60 * SEC), "reported when the token expired");
+    assert!(h.sm.current_token().is_none());
+}
+
+#[test]
+fn the_same_token_again_is_not_announced_but_reschedules() {
+    let mut h = Harness::defaults();
+    let id = h.start();
+    let d = h.respond(id, Ok(token("a", 60 * MIN)));
+    assert_eq!(d.renewed.len(), 1);
+    let d = h.to_next_timeout(&d);
+    let refresh_at = h.clock.now();
+    // A caching provider answers with the same secret and 18 min left.
+    let received = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+    let cached = Token::new("a", "oid-1", received + 18 * MIN, received);
+    let d = h.respond(d.requests[0], Ok(cached));
+    assert!(d.renewed.is_empty(), "not announced again: {d:?}");
+    assert_eq!(h.sm.consecutive_failures(), 0);
+    assert_eq!(d.timeout, Some(refresh_at + Duration::from_secs(756)), "70 % of the 18 min left");
+    // A real new token is announced.
+    let d = h.to_next_timeout(&d);
+    let d = h.respond(d.requests[0], Ok(token("b", 60 * MIN)));
+    assert_eq!(d.renewed.len(), 1);
+    assert_eq!(d.renewed[0].secret(), "b");
+}
+
+#[test]
+fn after_a_long_outage_the_next_request_comes_within_max_delay_and_is_announced() {
+    let mut h = Harness::defaults();
+    let id = h.start();
+    let d = h.respond(id, Ok(token("before", 60 * MIN)));
+    let mut d = h.to_next_timeout(&d);
+    let outage_start = h.clock.now();
+    let mut reported = 0;
+    let mut expired = 0;
+    while h.clock.now() - outage_start < 3 * 60 * MIN {
+        if let Some(id) = d.requests.first().copied() {
+            d = h.respond(id, Err(transient()));
+        } else {
+            d = h.to_next_timeout(&d);
+        }
+        reported += d.errors.len();
+        expired += d.expired;
+    }
+    assert_eq!(expired, 1);
+    assert!(reported > 300, "each failure after the 5th is reported: {reported}");
+    // The identity provider is back: the next request comes within max_delay (+ jitter).
+    let recovered_at = h.clock.now();
+    let mut d = d;
+    let id = loop {
+        if let Some(id) = d.requests.first().copied() {
+            break id;
+        }
+        d = h.to_next_timeout(&d);
+    };
+    assert!(h.clock.now() - recovered_at <= Duration::from_secs(36));
+    let d = h.respond(id, Ok(token("after", 60 * MIN)));
+    assert_eq!(d.renewed.len(), 1);
+    assert_eq!(h.sm.consecutive_failures(), 0);
+    assert_eq!(h.sm.current_token().map(Token::secret), Some("after"));
+}
+
+#[test]
+fn time_never_goes_backwards() {
+    let mut h = Harness::defaults();
+    let id = h.start();
+    h.clock.advance(5 * SEC);
+    let d = h.respond(id, Ok(token("a", 60 * MIN)));
+    let t = d.timeout.unwrap();
+    // A driver that passes an earlier instant is taken at the latest one seen.
+    let earlier = h.clock.now() - 5 * SEC;
+    h.sm.handle_timeout(earlier);
+    match h.sm.poll_output() {
+        Output::Timeout(at) => assert_eq!(at, t),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn absurd_lifetimes_and_retry_after_do_not_panic() {
+    let mut h = Harness::defaults();
+    let id = h.start();
+    let received = SystemTime::UNIX_EPOCH;
+    let forever = Token::new("f", "o", received + Duration::from_secs(u64::MAX / 4), received);
+    let d = h.respond(id, Ok(forever));
+    assert_eq!(d.renewed.len(), 1);
+    assert!(d.timeout.is_some());
+    let mut h = Harness::defaults();
+    let id = h.start();
+    let d = h.respond(id, Err(transient().with_retry_after(Duration::MAX)));
+    assert!(d.timeout.is_some());
+}
+
+#[test]
+fn invalid_config_is_refused_when_the_machine_is_built() {
+    let config = TokenManagerConfig { expiration_refresh_ratio: 1.2, ..TokenManagerConfig::default() };
+    assert_eq!(TokenStateMachine::new(config).unwrap_err(), ConfigError::RefreshRatio(1.2));
+}
