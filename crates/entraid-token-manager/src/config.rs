@@ -64,14 +64,22 @@ impl TokenManagerConfig {
     }
 
     /// How long after its receipt a token of this `lifetime` is refreshed:
-    /// `min(ratio·L, L − lower_refresh_bound)` when `L > lower_refresh_bound`, else `ratio·L`.
+    /// `min(ratio·L, L − lower_refresh_bound)` when `L > lower_refresh_bound`, else `ratio·L`,
+    /// and never earlier than `ratio·min(L, lower_refresh_bound)`.
     ///
-    /// The second form keeps tokens shorter than the bound from being refreshed the moment
-    /// they arrive (a hot loop in some other libraries).
+    /// The `ratio·L` form for short tokens keeps them from being refreshed the moment they
+    /// arrive (a hot loop in some other libraries). The floor does the same for tokens
+    /// just longer than the bound: without it, a token of `bound + 1 ms` would be
+    /// refreshed after 1 ms, and so would its successor. With it the delay is continuous
+    /// and never decreases as `L` grows.
     pub fn refresh_delay(&self, lifetime: Duration) -> Duration {
-        let by_ratio = lifetime.mul_f64(self.expiration_refresh_ratio);
+        let ratio = self.expiration_refresh_ratio;
+        let by_ratio = lifetime.mul_f64(ratio);
         match lifetime.checked_sub(self.lower_refresh_bound) {
-            Some(before_bound) if !before_bound.is_zero() => by_ratio.min(before_bound),
+            Some(before_bound) if !before_bound.is_zero() => {
+                let floor = self.lower_refresh_bound.mul_f64(ratio);
+                by_ratio.min(before_bound).max(floor)
+            }
             _ => by_ratio,
         }
     }
@@ -272,9 +280,29 @@ mod tests {
         // Exactly the bound: ratio alone.
         assert_eq!(c.refresh_delay(3 * MIN), Duration::from_secs(126));
         assert_eq!(c.refresh_delay(Duration::ZERO), Duration::ZERO);
-        let one = TokenManagerConfig { expiration_refresh_ratio: 1.0, ..c };
+        // Just above the bound: the floor (70 % of the bound), not "after 1 ms".
+        assert_eq!(c.refresh_delay(3 * MIN + Duration::from_millis(1)), Duration::from_secs(126));
+        assert_eq!(c.refresh_delay(4 * MIN), Duration::from_secs(126));
+        // From 1.7 × bound on, L − bound is above the floor again.
+        assert_eq!(c.refresh_delay(6 * MIN), 3 * MIN);
+        let one = TokenManagerConfig { expiration_refresh_ratio: 1.0, ..c.clone() };
         assert_eq!(one.refresh_delay(60 * MIN), 57 * MIN);
         assert_eq!(one.refresh_delay(MIN), MIN);
+        let none = TokenManagerConfig { lower_refresh_bound: Duration::ZERO, ..c };
+        assert_eq!(none.refresh_delay(MIN), Duration::from_secs(42));
+    }
+
+    #[test]
+    fn refresh_delay_is_monotone_and_before_expiry() {
+        let c = TokenManagerConfig::default();
+        let mut previous = Duration::ZERO;
+        for ms in (1..20 * 60 * 1000u64).step_by(997) {
+            let lifetime = Duration::from_millis(ms);
+            let delay = c.refresh_delay(lifetime);
+            assert!(delay >= previous, "{lifetime:?}: {delay:?} < {previous:?}");
+            assert!(delay < lifetime, "{lifetime:?}: refresh at {delay:?} is not before expiry");
+            previous = delay;
+        }
     }
 
     #[test]

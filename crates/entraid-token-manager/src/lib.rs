@@ -12,7 +12,10 @@
 //! # Refresh rule
 //! A token of lifetime `L` (its own `expires_at − received_at`) received at `t` is
 //! refreshed at `t + min(ratio·L, L − lower_refresh_bound)` when `L > lower_refresh_bound`,
-//! else at `t + ratio·L` (see [`TokenManagerConfig::refresh_delay`]).
+//! else at `t + ratio·L` (see [`TokenManagerConfig::refresh_delay`]). One addition to
+//! the shared design: the delay is never less than `ratio·lower_refresh_bound` when
+//! `L > lower_refresh_bound`, so a token just longer than the bound is not refreshed
+//! almost at once (and its successor, and so on).
 //!
 //! # Retry rule
 //! A failed or timed-out request is retried after

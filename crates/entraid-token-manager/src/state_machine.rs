@@ -268,17 +268,17 @@ impl TokenStateMachine {
         Some(latest)
     }
 
-    /// Everything due at `now`, in order: request timeout, token expiry, next request.
+    /// Everything due at `now`, in order: request timeout, next request, token expiry.
     /// Afterwards every pending deadline lies after `now`.
     fn process(&mut self, now: Instant) {
         self.expire_overdue_request(now);
+        if self.in_flight.is_none() && self.next_request_at.is_some_and(|at| now >= at) {
+            self.issue_request(now);
+        }
         if self.current.as_ref().is_some_and(|c| now >= c.expires_at) {
             self.current = None;
             tracing::warn!("Entra ID token expired with no replacement; connections will be refused until a new one arrives");
             self.outputs.push_back(Output::TokenExpired);
-        }
-        if self.in_flight.is_none() && self.next_request_at.is_some_and(|at| now >= at) {
-            self.issue_request(now);
         }
     }
 
