@@ -1,0 +1,154 @@
+//! The std-thread driver: the same state machine with no async runtime at all.
+//!
+//! These tests run on real time with tokens of a few hundred milliseconds; together they
+//! take well under a second. Every wait has a watchdog, so a bug fails instead of hanging.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use entraid_identity::IdentityError;
+use entraid_test_support::{ScriptedProvider, Step};
+use entraid_token_manager::blocking::TokenManager;
+use entraid_token_manager::{RetryPolicy, TokenManagerConfig, TokenManagerError};
+
+const MS: Duration = Duration::from_millis(1);
+const WATCHDOG: Duration = Duration::from_secs(10);
+
+/// Refresh halfway through the token's life; fast retries.
+fn fast_config() -> TokenManagerConfig {
+    TokenManagerConfig {
+        expiration_refresh_ratio: 0.5,
+        lower_refresh_bound: Duration::ZERO,
+        token_request_timeout: 200 * MS,
+        retry: RetryPolicy {
+            max_attempts: 3,
+            initial_delay: 5 * MS,
+            max_delay: 20 * MS,
+            ..RetryPolicy::default()
+        },
+    }
+}
+
+/// Runs `f` on another thread and fails the test if it does not finish in time.
+fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(WATCHDOG).expect("finished before the watchdog")
+}
+
+#[test]
+fn renews_and_every_subscriber_sees_each_token_with_one_request_per_refresh() {
+    let provider = ScriptedProvider::always("oid-b", 200 * MS);
+    let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
+    let first = manager.token_timeout(WATCHDOG).unwrap();
+    assert_eq!(first.username(), "oid-b");
+
+    // Four subscribers read at once, each on its own thread.
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let items = manager.subscribe();
+            thread::spawn(move || items.take(3).map(|item| item.unwrap().secret().to_owned()).collect::<Vec<_>>())
+        })
+        .collect();
+    let seen = within(move || readers.into_iter().map(|r| r.join().unwrap()).collect::<Vec<_>>());
+    // Each: the current token first, then two renewals (100 ms apart).
+    for secrets in &seen {
+        assert_eq!(secrets.len(), 3);
+        assert_ne!(secrets[1], secrets[0]);
+        assert_ne!(secrets[2], secrets[1]);
+    }
+    // No token was fetched twice: calls equal tokens issued.
+    assert_eq!(provider.calls(), provider.issued());
+    assert!(provider.issued() >= 3);
+}
+
+#[test]
+fn failures_are_reported_after_max_attempts_and_token_does_not_hang() {
+    let provider = ScriptedProvider::failing(IdentityError::transient("connection refused"));
+    let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
+    let started = Instant::now();
+    let err = within(move || manager.token()).unwrap_err();
+    assert!(matches!(err, TokenManagerError::RequestFailed { attempts: 3, retryable: true, .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(provider.calls(), 3);
+}
+
+#[test]
+fn a_permanent_error_is_reported_at_once() {
+    let provider = ScriptedProvider::failing(IdentityError::permanent("unknown client").with_code("AADSTS700016"));
+    let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
+    let err = manager.token_timeout(WATCHDOG).unwrap_err();
+    assert!(matches!(err, TokenManagerError::RequestFailed { attempts: 1, retryable: false, .. }), "{err:?}");
+    assert!(err.to_string().contains("AADSTS700016"));
+}
+
+#[test]
+fn recovers_after_failures_and_the_iterator_survives_errors() {
+    let failure = Step::Fail(IdentityError::transient("down"));
+    let provider = ScriptedProvider::new(
+        "oid",
+        [failure.clone(), failure.clone(), failure],
+        Step::Token(Duration::from_secs(3600)),
+    );
+    let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
+    let mut items = manager.subscribe();
+    let (error, token) = within(move || {
+        let error = items.next().unwrap();
+        let token = items.next().unwrap();
+        (error, token)
+    });
+    assert!(matches!(error, Err(TokenManagerError::RequestFailed { attempts: 3, .. })), "{error:?}");
+    assert_eq!(token.unwrap().username(), "oid");
+    assert_eq!(provider.calls(), 4);
+}
+
+#[test]
+fn a_hanging_provider_times_out_and_token_timeout_gives_up() {
+    let provider = ScriptedProvider::new("oid", [], Step::Hang);
+    let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
+    let err = manager.token_timeout(50 * MS).unwrap_err();
+    assert!(matches!(err, TokenManagerError::WaitTimedOut(d) if d == 50 * MS), "{err:?}");
+}
+
+#[test]
+fn a_panicking_provider_becomes_an_error() {
+    let provider = ScriptedProvider::new("oid", [Step::Panic], Step::Token(Duration::from_secs(3600)));
+    let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
+    let token = manager.token_timeout(WATCHDOG).unwrap();
+    assert_eq!(token.username(), "oid");
+    assert_eq!(provider.calls(), 2);
+}
+
+#[test]
+fn dropping_the_last_clone_stops_the_thread() {
+    let provider = ScriptedProvider::always("oid", Duration::from_secs(3600));
+    let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
+    let clone = manager.clone();
+    manager.token_timeout(WATCHDOG).unwrap();
+    let mut items = manager.subscribe();
+    drop(manager);
+    drop(clone);
+    let rest: Vec<_> = within(move || items.collect());
+    // Maybe the current token (if the thread had not stopped yet), then Stopped, then the end.
+    assert!(rest.len() <= 2, "{rest:?}");
+    assert!(matches!(rest.last(), Some(Err(TokenManagerError::Stopped))), "{rest:?}");
+}
+
+#[test]
+fn stop_is_seen_by_token() {
+    let provider = ScriptedProvider::always("oid", Duration::from_secs(3600));
+    let manager = TokenManager::start(provider, fast_config()).unwrap();
+    manager.token_timeout(WATCHDOG).unwrap();
+    manager.stop();
+    let m = manager.clone();
+    let result = within(move || {
+        // Wait for the Stopped event to be published.
+        let mut items = m.subscribe();
+        items.find(|item| matches!(item, Err(TokenManagerError::Stopped)))
+    });
+    assert!(result.is_some());
+    assert!(matches!(manager.token(), Err(TokenManagerError::Stopped)));
+}
