@@ -128,7 +128,9 @@ impl fmt::Debug for IdentityError {
 
 impl StdError for IdentityError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn StdError + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }
 
@@ -145,13 +147,19 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Transient);
         assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
         assert_eq!(e.code(), Some("429"));
-        assert_eq!(e.to_string(), "transient identity error [429]: throttled by Entra ID (retry after 7s)");
+        assert_eq!(
+            e.to_string(),
+            "transient identity error [429]: throttled by Entra ID (retry after 7s)"
+        );
 
         let p = IdentityError::permanent("wrong client secret; create a new one in the portal")
             .with_code("AADSTS7000215");
         assert!(!p.is_transient());
         assert_eq!(p.retry_after(), None);
-        assert!(p.to_string().starts_with("permanent identity error [AADSTS7000215]: wrong client secret"));
+        assert!(
+            p.to_string()
+                .starts_with("permanent identity error [AADSTS7000215]: wrong client secret")
+        );
     }
 
     #[test]

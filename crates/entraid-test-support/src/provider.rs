@@ -19,6 +19,7 @@ pub enum Step {
     /// This error.
     Fail(IdentityError),
     /// Waits (on tokio's clock, so paused time applies), then plays the inner step.
+    #[cfg(feature = "tokio")]
     Delay(Duration, Box<Step>),
     /// Never answers.
     Hang,
@@ -112,11 +113,12 @@ impl ScriptedProvider {
                     return Ok(token);
                 }
                 Step::SameToken => {
-                    return lock(&self.inner.last)
-                        .clone()
-                        .ok_or_else(|| IdentityError::permanent("script error: SameToken before any token"));
+                    return lock(&self.inner.last).clone().ok_or_else(|| {
+                        IdentityError::permanent("script error: SameToken before any token")
+                    });
                 }
                 Step::Fail(error) => return Err(error),
+                #[cfg(feature = "tokio")]
                 Step::Delay(by, then) => {
                     tokio::time::sleep(by).await;
                     step = *then;
@@ -138,5 +140,7 @@ impl IdentityProvider for ScriptedProvider {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

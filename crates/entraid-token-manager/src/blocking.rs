@@ -102,9 +102,14 @@ impl Shared {
                 return Some(item);
             }
             published = match deadline {
-                None => self.changed.wait(published).unwrap_or_else(PoisonError::into_inner),
+                None => self
+                    .changed
+                    .wait(published)
+                    .unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
-                    let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
+                    let left = deadline
+                        .checked_duration_since(Instant::now())
+                        .filter(|d| !d.is_zero())?;
                     self.changed
                         .wait_timeout(published, left)
                         .unwrap_or_else(PoisonError::into_inner)
@@ -117,7 +122,10 @@ impl Shared {
 
 impl TokenManager {
     /// Validates `config` and starts the manager thread.
-    pub fn start(provider: impl IdentityProvider, config: TokenManagerConfig) -> Result<TokenManager, ConfigError> {
+    pub fn start(
+        provider: impl IdentityProvider,
+        config: TokenManagerConfig,
+    ) -> Result<TokenManager, ConfigError> {
         let machine = TokenStateMachine::new(config)?;
         Self::start_with_state_machine(provider, machine)
     }
@@ -231,7 +239,9 @@ impl Iterator for TokenIter {
 
 impl fmt::Debug for TokenIter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenIter").field("done", &self.done).finish_non_exhaustive()
+        f.debug_struct("TokenIter")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
     }
 }
 
@@ -259,7 +269,9 @@ impl<P: IdentityProvider> Driver<P> {
                 None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match message {
-                Ok(Message::Response(id, result)) => self.machine.handle_response(Instant::now(), id, result),
+                Ok(Message::Response(id, result)) => {
+                    self.machine.handle_response(Instant::now(), id, result)
+                }
                 Err(RecvTimeoutError::Timeout) => self.machine.handle_timeout(Instant::now()),
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -282,7 +294,9 @@ impl<P: IdentityProvider> Driver<P> {
                 let _ = outbox.send(Message::Response(id, block_on(future)));
             });
         if let Err(error) = spawned {
-            let failure = IdentityError::transient(format!("could not start a thread for the token request: {error}"));
+            let failure = IdentityError::transient(format!(
+                "could not start a thread for the token request: {error}"
+            ));
             let _ = self.outbox.send(Message::Response(id, Err(failure)));
         }
     }

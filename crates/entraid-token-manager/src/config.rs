@@ -216,13 +216,19 @@ pub enum ConfigError {
     #[error("token_request_timeout is zero; give each token request time to finish (default 10 s)")]
     ZeroRequestTimeout,
     /// `retry.max_attempts` is zero.
-    #[error("retry.max_attempts is 0; it counts the failures before one is reported and must be at least 1 (default 5)")]
+    #[error(
+        "retry.max_attempts is 0; it counts the failures before one is reported and must be at least 1 (default 5)"
+    )]
     ZeroMaxAttempts,
     /// `retry.initial_delay` is zero.
-    #[error("retry.initial_delay is zero, which would retry in a hot loop; use at least a few milliseconds (default 500 ms)")]
+    #[error(
+        "retry.initial_delay is zero, which would retry in a hot loop; use at least a few milliseconds (default 500 ms)"
+    )]
     ZeroInitialDelay,
     /// `retry.max_delay` is shorter than `retry.initial_delay`.
-    #[error("retry.max_delay ({max:?}) is shorter than retry.initial_delay ({initial:?}); raise max_delay or lower initial_delay")]
+    #[error(
+        "retry.max_delay ({max:?}) is shorter than retry.initial_delay ({initial:?}); raise max_delay or lower initial_delay"
+    )]
     MaxDelayBelowInitial {
         /// The configured initial delay.
         initial: Duration,
@@ -230,10 +236,14 @@ pub enum ConfigError {
         max: Duration,
     },
     /// `retry.backoff_multiplier` below 1 or not finite.
-    #[error("retry.backoff_multiplier is {0}, but must be a finite number of at least 1 (default 2.0)")]
+    #[error(
+        "retry.backoff_multiplier is {0}, but must be a finite number of at least 1 (default 2.0)"
+    )]
     BackoffMultiplier(f64),
     /// `retry.jitter` outside [0, 1).
-    #[error("retry.jitter is {0}, but must be in [0, 1): each delay is scaled by a random factor in [1 - jitter, 1 + jitter] (default 0.2)")]
+    #[error(
+        "retry.jitter is {0}, but must be in [0, 1): each delay is scaled by a random factor in [1 - jitter, 1 + jitter] (default 0.2)"
+    )]
     Jitter(f64),
     /// The tokio driver was started outside a tokio runtime.
     #[error(
@@ -281,14 +291,23 @@ mod tests {
         assert_eq!(c.refresh_delay(3 * MIN), Duration::from_secs(126));
         assert_eq!(c.refresh_delay(Duration::ZERO), Duration::ZERO);
         // Just above the bound: the floor (70 % of the bound), not "after 1 ms".
-        assert_eq!(c.refresh_delay(3 * MIN + Duration::from_millis(1)), Duration::from_secs(126));
+        assert_eq!(
+            c.refresh_delay(3 * MIN + Duration::from_millis(1)),
+            Duration::from_secs(126)
+        );
         assert_eq!(c.refresh_delay(4 * MIN), Duration::from_secs(126));
         // From 1.7 × bound on, L − bound is above the floor again.
         assert_eq!(c.refresh_delay(6 * MIN), 3 * MIN);
-        let one = TokenManagerConfig { expiration_refresh_ratio: 1.0, ..c.clone() };
+        let one = TokenManagerConfig {
+            expiration_refresh_ratio: 1.0,
+            ..c.clone()
+        };
         assert_eq!(one.refresh_delay(60 * MIN), 57 * MIN);
         assert_eq!(one.refresh_delay(MIN), MIN);
-        let none = TokenManagerConfig { lower_refresh_bound: Duration::ZERO, ..c };
+        let none = TokenManagerConfig {
+            lower_refresh_bound: Duration::ZERO,
+            ..c
+        };
         assert_eq!(none.refresh_delay(MIN), Duration::from_secs(42));
     }
 
@@ -300,7 +319,10 @@ mod tests {
             let lifetime = Duration::from_millis(ms);
             let delay = c.refresh_delay(lifetime);
             assert!(delay >= previous, "{lifetime:?}: {delay:?} < {previous:?}");
-            assert!(delay < lifetime, "{lifetime:?}: refresh at {delay:?} is not before expiry");
+            assert!(
+                delay < lifetime,
+                "{lifetime:?}: refresh at {delay:?} is not before expiry"
+            );
             previous = delay;
         }
     }
@@ -309,9 +331,15 @@ mod tests {
     fn backoff_grows_and_caps() {
         let p = RetryPolicy::default();
         let ms = |n| p.backoff(n).as_millis();
-        assert_eq!([ms(1), ms(2), ms(3), ms(4), ms(5), ms(6), ms(7)], [500, 1000, 2000, 4000, 8000, 16000, 30000]);
+        assert_eq!(
+            [ms(1), ms(2), ms(3), ms(4), ms(5), ms(6), ms(7)],
+            [500, 1000, 2000, 4000, 8000, 16000, 30000]
+        );
         assert_eq!(p.backoff(u32::MAX), Duration::from_secs(30));
-        let flat = RetryPolicy { backoff_multiplier: 1.0, ..RetryPolicy::default() };
+        let flat = RetryPolicy {
+            backoff_multiplier: 1.0,
+            ..RetryPolicy::default()
+        };
         assert_eq!(flat.backoff(100), Duration::from_millis(500));
     }
 
@@ -319,37 +347,111 @@ mod tests {
     fn every_bad_value_is_refused_with_its_own_error() {
         let base = TokenManagerConfig::default;
         let cases: Vec<(TokenManagerConfig, ConfigError)> = vec![
-            (TokenManagerConfig { expiration_refresh_ratio: 0.0, ..base() }, ConfigError::RefreshRatio(0.0)),
-            (TokenManagerConfig { expiration_refresh_ratio: 1.5, ..base() }, ConfigError::RefreshRatio(1.5)),
-            (TokenManagerConfig { expiration_refresh_ratio: -0.1, ..base() }, ConfigError::RefreshRatio(-0.1)),
-            (TokenManagerConfig { token_request_timeout: Duration::ZERO, ..base() }, ConfigError::ZeroRequestTimeout),
+            (
+                TokenManagerConfig {
+                    expiration_refresh_ratio: 0.0,
+                    ..base()
+                },
+                ConfigError::RefreshRatio(0.0),
+            ),
+            (
+                TokenManagerConfig {
+                    expiration_refresh_ratio: 1.5,
+                    ..base()
+                },
+                ConfigError::RefreshRatio(1.5),
+            ),
+            (
+                TokenManagerConfig {
+                    expiration_refresh_ratio: -0.1,
+                    ..base()
+                },
+                ConfigError::RefreshRatio(-0.1),
+            ),
+            (
+                TokenManagerConfig {
+                    token_request_timeout: Duration::ZERO,
+                    ..base()
+                },
+                ConfigError::ZeroRequestTimeout,
+            ),
         ];
         for (config, expected) in cases {
             assert_eq!(config.validate(), Err(expected));
         }
-        let nan = TokenManagerConfig { expiration_refresh_ratio: f64::NAN, ..base() };
+        let nan = TokenManagerConfig {
+            expiration_refresh_ratio: f64::NAN,
+            ..base()
+        };
         assert!(matches!(nan.validate(), Err(ConfigError::RefreshRatio(r)) if r.is_nan()));
 
         let retry = |r: RetryPolicy| TokenManagerConfig { retry: r, ..base() }.validate();
         let d = RetryPolicy::default;
-        assert_eq!(retry(RetryPolicy { max_attempts: 0, ..d() }), Err(ConfigError::ZeroMaxAttempts));
-        assert_eq!(retry(RetryPolicy { initial_delay: Duration::ZERO, ..d() }), Err(ConfigError::ZeroInitialDelay));
         assert_eq!(
-            retry(RetryPolicy { max_delay: Duration::from_millis(100), ..d() }),
-            Err(ConfigError::MaxDelayBelowInitial { initial: Duration::from_millis(500), max: Duration::from_millis(100) })
+            retry(RetryPolicy {
+                max_attempts: 0,
+                ..d()
+            }),
+            Err(ConfigError::ZeroMaxAttempts)
         );
-        assert_eq!(retry(RetryPolicy { backoff_multiplier: 0.5, ..d() }), Err(ConfigError::BackoffMultiplier(0.5)));
-        assert!(retry(RetryPolicy { backoff_multiplier: f64::INFINITY, ..d() }).is_err());
-        assert_eq!(retry(RetryPolicy { jitter: 1.0, ..d() }), Err(ConfigError::Jitter(1.0)));
-        assert_eq!(retry(RetryPolicy { jitter: -0.1, ..d() }), Err(ConfigError::Jitter(-0.1)));
+        assert_eq!(
+            retry(RetryPolicy {
+                initial_delay: Duration::ZERO,
+                ..d()
+            }),
+            Err(ConfigError::ZeroInitialDelay)
+        );
+        assert_eq!(
+            retry(RetryPolicy {
+                max_delay: Duration::from_millis(100),
+                ..d()
+            }),
+            Err(ConfigError::MaxDelayBelowInitial {
+                initial: Duration::from_millis(500),
+                max: Duration::from_millis(100)
+            })
+        );
+        assert_eq!(
+            retry(RetryPolicy {
+                backoff_multiplier: 0.5,
+                ..d()
+            }),
+            Err(ConfigError::BackoffMultiplier(0.5))
+        );
+        assert!(
+            retry(RetryPolicy {
+                backoff_multiplier: f64::INFINITY,
+                ..d()
+            })
+            .is_err()
+        );
+        assert_eq!(
+            retry(RetryPolicy { jitter: 1.0, ..d() }),
+            Err(ConfigError::Jitter(1.0))
+        );
+        assert_eq!(
+            retry(RetryPolicy {
+                jitter: -0.1,
+                ..d()
+            }),
+            Err(ConfigError::Jitter(-0.1))
+        );
         assert_eq!(retry(RetryPolicy { jitter: 0.0, ..d() }), Ok(()));
     }
 
     #[test]
     fn errors_name_the_field_and_the_default() {
         let msg = ConfigError::RefreshRatio(2.0).to_string();
-        assert!(msg.contains("expiration_refresh_ratio") && msg.contains("(0, 1]") && msg.contains("0.7"), "{msg}");
+        assert!(
+            msg.contains("expiration_refresh_ratio")
+                && msg.contains("(0, 1]")
+                && msg.contains("0.7"),
+            "{msg}"
+        );
         let msg = ConfigError::Jitter(3.0).to_string();
-        assert!(msg.contains("retry.jitter") && msg.contains("[0, 1)"), "{msg}");
+        assert!(
+            msg.contains("retry.jitter") && msg.contains("[0, 1)"),
+            "{msg}"
+        );
     }
 }

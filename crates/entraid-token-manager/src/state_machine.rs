@@ -42,7 +42,11 @@ pub struct RefreshFailure {
 
 impl fmt::Display for RefreshFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "token request failed {} time(s) in a row: {}", self.attempts, self.error)
+        write!(
+            f,
+            "token request failed {} time(s) in a row: {}",
+            self.attempts, self.error
+        )
     }
 }
 
@@ -164,11 +168,17 @@ impl TokenStateMachine {
 
     /// Like [`new`](Self::new), with a fixed jitter seed: for tests and simulations that
     /// must replay exactly.
-    pub fn with_seed(config: TokenManagerConfig, seed: u64) -> Result<TokenStateMachine, ConfigError> {
+    pub fn with_seed(
+        config: TokenManagerConfig,
+        seed: u64,
+    ) -> Result<TokenStateMachine, ConfigError> {
         Self::with_jitter(config, Jitter::from_seed(seed))
     }
 
-    fn with_jitter(config: TokenManagerConfig, jitter: Jitter) -> Result<TokenStateMachine, ConfigError> {
+    fn with_jitter(
+        config: TokenManagerConfig,
+        jitter: Jitter,
+    ) -> Result<TokenStateMachine, ConfigError> {
         config.validate()?;
         Ok(TokenStateMachine {
             config,
@@ -195,7 +205,12 @@ impl TokenStateMachine {
 
     /// The result of request `id`. Late responses (after the request timed out) and
     /// responses to superseded requests are ignored.
-    pub fn handle_response(&mut self, now: Instant, id: RequestId, result: Result<Token, IdentityError>) {
+    pub fn handle_response(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        result: Result<Token, IdentityError>,
+    ) {
         let Some(now) = self.observe(now) else {
             tracing::debug!(%id, "response before start ignored");
             return;
@@ -277,7 +292,9 @@ impl TokenStateMachine {
         }
         if self.current.as_ref().is_some_and(|c| now >= c.expires_at) {
             self.current = None;
-            tracing::warn!("Entra ID token expired with no replacement; connections will be refused until a new one arrives");
+            tracing::warn!(
+                "Entra ID token expired with no replacement; connections will be refused until a new one arrives"
+            );
             self.outputs.push_back(Output::TokenExpired);
         }
     }
@@ -323,7 +340,10 @@ impl TokenStateMachine {
         let expires_at = later(now, lifetime);
         match &mut self.current {
             Some(current) if current.token.same_secret(&token) => {
-                tracing::debug!(?refresh_in, "identity provider returned the current token again; not announced");
+                tracing::debug!(
+                    ?refresh_in,
+                    "identity provider returned the current token again; not announced"
+                );
                 current.expires_at = expires_at;
             }
             _ => {
@@ -348,7 +368,11 @@ impl TokenStateMachine {
         let policy = &self.config.retry;
         let retryable = policy.is_retryable.check(&error);
         let exhausted = !retryable || attempts >= policy.max_attempts;
-        let base = if exhausted { policy.max_delay } else { policy.backoff(attempts) };
+        let base = if exhausted {
+            policy.max_delay
+        } else {
+            policy.backoff(attempts)
+        };
         let mut delay = base.mul_f64(self.jitter.factor(policy.jitter));
         if let Some(after) = error.retry_after() {
             delay = delay.max(after);

@@ -60,8 +60,12 @@ impl TokenManager {
     /// Fails with [`ConfigError::NoTokioRuntime`] outside a runtime; use
     /// [`start_on`](Self::start_on) with a runtime handle, or the thread-based
     /// [`blocking::TokenManager`](crate::blocking::TokenManager) there.
-    pub fn start(provider: impl IdentityProvider, config: TokenManagerConfig) -> Result<TokenManager, ConfigError> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoTokioRuntime)?;
+    pub fn start(
+        provider: impl IdentityProvider,
+        config: TokenManagerConfig,
+    ) -> Result<TokenManager, ConfigError> {
+        let handle =
+            tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoTokioRuntime)?;
         Self::start_on(&handle, provider, config)
     }
 
@@ -81,7 +85,8 @@ impl TokenManager {
         provider: impl IdentityProvider,
         machine: TokenStateMachine,
     ) -> Result<TokenManager, ConfigError> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoTokioRuntime)?;
+        let handle =
+            tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoTokioRuntime)?;
         Ok(Self::spawn(&handle, Arc::new(provider), machine))
     }
 
@@ -92,7 +97,14 @@ impl TokenManager {
     ) -> TokenManager {
         let (publish, snapshot) = watch::channel(Snapshot::initial());
         let (stop_tx, stop_rx) = oneshot::channel();
-        runtime.spawn(Driver { provider, machine, publish }.run(stop_rx));
+        runtime.spawn(
+            Driver {
+                provider,
+                machine,
+                publish,
+            }
+            .run(stop_rx),
+        );
         TokenManager {
             inner: Arc::new(Inner {
                 snapshot,
@@ -138,7 +150,12 @@ impl TokenManager {
 
     /// Stops the background task. Subscribers receive [`TokenManagerError::Stopped`].
     pub fn stop(&self) {
-        let sender = self.inner.stop.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let sender = self
+            .inner
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(sender) = sender {
             let _ = sender.send(());
         }
@@ -177,7 +194,8 @@ impl futures_core::Stream for TokenStream {
             if self.done {
                 return Poll::Ready(None);
             }
-            let Some(snapshot) = std::task::ready!(Pin::new(&mut self.changes).poll_next(cx)) else {
+            let Some(snapshot) = std::task::ready!(Pin::new(&mut self.changes).poll_next(cx))
+            else {
                 self.done = true;
                 return Poll::Ready(None);
             };
@@ -196,7 +214,9 @@ impl futures_core::Stream for TokenStream {
 
 impl fmt::Debug for TokenStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenStream").field("done", &self.done).finish_non_exhaustive()
+        f.debug_struct("TokenStream")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
     }
 }
 
@@ -224,12 +244,16 @@ impl<P: IdentityProvider> Driver<P> {
                     Output::Timeout(at) => break Some(Instant::from_std(at)),
                     Output::Idle => break None,
                     output => {
-                        self.publish.send_if_modified(|snapshot| snapshot.apply(output));
+                        self.publish
+                            .send_if_modified(|snapshot| snapshot.apply(output));
                     }
                 }
             };
             // A request the machine gave up on (timed out) is dropped, not awaited.
-            if pending.as_ref().is_some_and(|(id, _)| self.machine.in_flight_request() != Some(*id)) {
+            if pending
+                .as_ref()
+                .is_some_and(|(id, _)| self.machine.in_flight_request() != Some(*id))
+            {
                 pending = None;
             }
             let wake = tokio::select! {

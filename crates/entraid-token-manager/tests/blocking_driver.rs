@@ -36,7 +36,8 @@ fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(WATCHDOG).expect("finished before the watchdog")
+    rx.recv_timeout(WATCHDOG)
+        .expect("finished before the watchdog")
 }
 
 #[test]
@@ -50,10 +51,20 @@ fn renews_and_every_subscriber_sees_each_token_with_one_request_per_refresh() {
     let readers: Vec<_> = (0..4)
         .map(|_| {
             let items = manager.subscribe();
-            thread::spawn(move || items.take(3).map(|item| item.unwrap().secret().to_owned()).collect::<Vec<_>>())
+            thread::spawn(move || {
+                items
+                    .take(3)
+                    .map(|item| item.unwrap().secret().to_owned())
+                    .collect::<Vec<_>>()
+            })
         })
         .collect();
-    let seen = within(move || readers.into_iter().map(|r| r.join().unwrap()).collect::<Vec<_>>());
+    let seen = within(move || {
+        readers
+            .into_iter()
+            .map(|r| r.join().unwrap())
+            .collect::<Vec<_>>()
+    });
     // Each: the current token first, then two renewals (100 ms apart).
     for secrets in &seen {
         assert_eq!(secrets.len(), 3);
@@ -71,17 +82,39 @@ fn failures_are_reported_after_max_attempts_and_token_does_not_hang() {
     let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
     let started = Instant::now();
     let err = within(move || manager.token()).unwrap_err();
-    assert!(matches!(err, TokenManagerError::RequestFailed { attempts: 3, retryable: true, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            TokenManagerError::RequestFailed {
+                attempts: 3,
+                retryable: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(provider.calls(), 3);
 }
 
 #[test]
 fn a_permanent_error_is_reported_at_once() {
-    let provider = ScriptedProvider::failing(IdentityError::permanent("unknown client").with_code("AADSTS700016"));
+    let provider = ScriptedProvider::failing(
+        IdentityError::permanent("unknown client").with_code("AADSTS700016"),
+    );
     let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
     let err = manager.token_timeout(WATCHDOG).unwrap_err();
-    assert!(matches!(err, TokenManagerError::RequestFailed { attempts: 1, retryable: false, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            TokenManagerError::RequestFailed {
+                attempts: 1,
+                retryable: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("AADSTS700016"));
 }
 
@@ -100,7 +133,13 @@ fn recovers_after_failures_and_the_iterator_survives_errors() {
         let token = items.next().unwrap();
         (error, token)
     });
-    assert!(matches!(error, Err(TokenManagerError::RequestFailed { attempts: 3, .. })), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            Err(TokenManagerError::RequestFailed { attempts: 3, .. })
+        ),
+        "{error:?}"
+    );
     assert_eq!(token.unwrap().username(), "oid");
     assert_eq!(provider.calls(), 4);
 }
@@ -110,12 +149,16 @@ fn a_hanging_provider_times_out_and_token_timeout_gives_up() {
     let provider = ScriptedProvider::new("oid", [], Step::Hang);
     let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
     let err = manager.token_timeout(50 * MS).unwrap_err();
-    assert!(matches!(err, TokenManagerError::WaitTimedOut(d) if d == 50 * MS), "{err:?}");
+    assert!(
+        matches!(err, TokenManagerError::WaitTimedOut(d) if d == 50 * MS),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn a_panicking_provider_becomes_an_error() {
-    let provider = ScriptedProvider::new("oid", [Step::Panic], Step::Token(Duration::from_secs(3600)));
+    let provider =
+        ScriptedProvider::new("oid", [Step::Panic], Step::Token(Duration::from_secs(3600)));
     let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
     let token = manager.token_timeout(WATCHDOG).unwrap();
     assert_eq!(token.username(), "oid");
@@ -128,13 +171,16 @@ fn dropping_the_last_clone_stops_the_thread() {
     let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
     let clone = manager.clone();
     manager.token_timeout(WATCHDOG).unwrap();
-    let mut items = manager.subscribe();
+    let items = manager.subscribe();
     drop(manager);
     drop(clone);
     let rest: Vec<_> = within(move || items.collect());
     // Maybe the current token (if the thread had not stopped yet), then Stopped, then the end.
     assert!(rest.len() <= 2, "{rest:?}");
-    assert!(matches!(rest.last(), Some(Err(TokenManagerError::Stopped))), "{rest:?}");
+    assert!(
+        matches!(rest.last(), Some(Err(TokenManagerError::Stopped))),
+        "{rest:?}"
+    );
 }
 
 #[test]

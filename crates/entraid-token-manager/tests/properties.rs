@@ -4,7 +4,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use entraid_identity::{IdentityError, Token};
 use entraid_test_support::FakeClock;
-use entraid_token_manager::{Output, RequestId, RetryPolicy, TokenManagerConfig, TokenStateMachine};
+use entraid_token_manager::{
+    Output, RequestId, RetryPolicy, TokenManagerConfig, TokenStateMachine,
+};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -42,26 +44,33 @@ fn config() -> impl Strategy<Value = TokenManagerConfig> {
         1u64..30_000,
         (1u32..8, 1u64..2_000, 1u64..20, 1.0f64..4.0, 0.0f64..0.9),
     )
-        .prop_map(|(ratio, bound, timeout, (attempts, initial, max_factor, multiplier, jitter))| {
-            TokenManagerConfig {
-                expiration_refresh_ratio: ratio,
-                lower_refresh_bound: Duration::from_millis(bound),
-                token_request_timeout: Duration::from_millis(timeout),
-                retry: RetryPolicy {
-                    max_attempts: attempts,
-                    initial_delay: Duration::from_millis(initial),
-                    max_delay: Duration::from_millis(initial * max_factor),
-                    backoff_multiplier: multiplier,
-                    jitter,
-                    ..RetryPolicy::default()
-                },
-            }
-        })
+        .prop_map(
+            |(ratio, bound, timeout, (attempts, initial, max_factor, multiplier, jitter))| {
+                TokenManagerConfig {
+                    expiration_refresh_ratio: ratio,
+                    lower_refresh_bound: Duration::from_millis(bound),
+                    token_request_timeout: Duration::from_millis(timeout),
+                    retry: RetryPolicy {
+                        max_attempts: attempts,
+                        initial_delay: Duration::from_millis(initial),
+                        max_delay: Duration::from_millis(initial * max_factor),
+                        backoff_multiplier: multiplier,
+                        jitter,
+                        ..RetryPolicy::default()
+                    },
+                }
+            },
+        )
 }
 
 fn token(secret: u64, lifetime: Duration) -> Token {
     let received = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
-    Token::new(format!("secret-{secret}"), "oid", received + lifetime, received)
+    Token::new(
+        format!("secret-{secret}"),
+        "oid",
+        received + lifetime,
+        received,
+    )
 }
 
 /// What the checker knows about the run.
@@ -83,7 +92,10 @@ impl Model {
             match sm.poll_output() {
                 Output::RequestToken(id) => {
                     if let Some((old, deadline)) = self.outstanding {
-                        prop_assert!(now >= deadline, "{id:?} issued while {old:?} in flight until {deadline:?}");
+                        prop_assert!(
+                            now >= deadline,
+                            "{id:?} issued while {old:?} in flight until {deadline:?}"
+                        );
                     }
                     if let Some(previous) = self.last_request_at {
                         prop_assert!(
@@ -98,10 +110,18 @@ impl Model {
                     self.requests += 1;
                 }
                 Output::TokenExpired => {
-                    let (received, expires) = self.token.take().ok_or_else(|| TestCaseError::fail("expired without a token"))?;
+                    let (received, expires) = self
+                        .token
+                        .take()
+                        .ok_or_else(|| TestCaseError::fail("expired without a token"))?;
                     prop_assert!(now >= expires, "expiry reported before the expiry instant");
-                    let refreshed = self.last_request_at.ok_or_else(|| TestCaseError::fail("no request"))?;
-                    prop_assert!(refreshed > received, "no refresh was attempted before expiry");
+                    let refreshed = self
+                        .last_request_at
+                        .ok_or_else(|| TestCaseError::fail("no request"))?;
+                    prop_assert!(
+                        refreshed > received,
+                        "no refresh was attempted before expiry"
+                    );
                 }
                 Output::Timeout(at) => {
                     prop_assert!(at > now, "timeout {at:?} not after now {now:?}");

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use entraid_identity::{IdentityError, Token};
 use entraid_test_support::FakeClock;
 use entraid_token_manager::{
-    ConfigError, Output, RefreshFailure, RequestId, RetryPolicy, TokenManagerConfig, TokenStateMachine,
+    ConfigError, Output, RefreshFailure, RequestId, RetryPolicy, TokenManagerConfig,
+    TokenStateMachine,
 };
 
 const MS: Duration = Duration::from_millis(1);
@@ -58,7 +59,11 @@ impl Harness {
                 Output::Error(f) => d.errors.push(f),
                 Output::TokenExpired => d.expired += 1,
                 Output::Timeout(at) => {
-                    assert!(at > self.clock.now(), "timeout {at:?} not after now {:?}", self.clock.now());
+                    assert!(
+                        at > self.clock.now(),
+                        "timeout {at:?} not after now {:?}",
+                        self.clock.now()
+                    );
                     d.timeout = Some(at);
                     return d;
                 }
@@ -82,7 +87,7 @@ impl Harness {
     }
 
     /// Advances to the next timeout and handles it.
-    fn to_next_timeout(&mut self, d: &Drained) -> Drained {
+    fn advance_to_timeout(&mut self, d: &Drained) -> Drained {
         let at = d.timeout.expect("a timeout is scheduled");
         self.clock.set(at);
         self.sm.handle_timeout(at);
@@ -91,12 +96,20 @@ impl Harness {
 
     /// Fails the request `id` and returns the delay until the next request, checking that
     /// the next timeout is exactly that request.
-    fn fail_and_measure(&mut self, id: RequestId, error: IdentityError) -> (Drained, Duration, RequestId) {
+    fn fail_and_measure(
+        &mut self,
+        id: RequestId,
+        error: IdentityError,
+    ) -> (Drained, Duration, RequestId) {
         let failed_at = self.clock.now();
         let d = self.respond(id, Err(error));
         let delay = d.timeout.unwrap() - failed_at;
-        let next = self.to_next_timeout(&d);
-        assert_eq!(next.requests.len(), 1, "a request at the retry instant: {next:?}");
+        let next = self.advance_to_timeout(&d);
+        assert_eq!(
+            next.requests.len(),
+            1,
+            "a request at the retry instant: {next:?}"
+        );
         (d, delay, next.requests[0])
     }
 }
@@ -104,7 +117,10 @@ impl Harness {
 fn assert_in_band(delay: Duration, base: Duration, jitter: f64) {
     let low = base.mul_f64(1.0 - jitter);
     let high = base.mul_f64(1.0 + jitter);
-    assert!(delay >= low && delay <= high, "{delay:?} outside [{low:?}, {high:?}] around {base:?}");
+    assert!(
+        delay >= low && delay <= high,
+        "{delay:?} outside [{low:?}, {high:?}] around {base:?}"
+    );
 }
 
 #[test]
@@ -122,7 +138,10 @@ fn start_requests_at_once_and_only_once() {
     let first = h.start();
     h.sm.start(h.clock.now());
     let d = h.drain();
-    assert!(d.requests.is_empty(), "second start must not request again: {d:?}");
+    assert!(
+        d.requests.is_empty(),
+        "second start must not request again: {d:?}"
+    );
     assert_eq!(h.sm.in_flight_request(), Some(first));
     // The only deadline is the request timeout (10 s).
     assert_eq!(d.timeout, Some(h.clock.now() + 10 * SEC));
@@ -138,7 +157,7 @@ fn refreshes_at_the_ratio_of_a_long_token() {
     assert_eq!(d.renewed[0].secret(), "a");
     assert_eq!(h.sm.current_token().map(Token::secret), Some("a"));
     assert_eq!(d.timeout, Some(t0 + 42 * MIN), "70 % of 60 min");
-    let d = h.to_next_timeout(&d);
+    let d = h.advance_to_timeout(&d);
     assert_eq!(d.requests.len(), 1, "refresh requested at 42 min");
 }
 
@@ -148,7 +167,11 @@ fn lower_bound_wins_when_it_comes_first() {
     let id = h.start();
     let t0 = h.clock.now();
     let d = h.respond(id, Ok(token("a", 8 * MIN)));
-    assert_eq!(d.timeout, Some(t0 + 5 * MIN), "8 min − 3 min bound, before 70 % (5.6 min)");
+    assert_eq!(
+        d.timeout,
+        Some(t0 + 5 * MIN),
+        "8 min − 3 min bound, before 70 % (5.6 min)"
+    );
 }
 
 #[test]
@@ -158,7 +181,11 @@ fn a_token_shorter_than_the_bound_is_refreshed_at_the_ratio_not_at_once() {
     let t0 = h.clock.now();
     let d = h.respond(id, Ok(token("a", 2 * MIN)));
     assert_eq!(d.renewed.len(), 1);
-    assert_eq!(d.timeout, Some(t0 + Duration::from_secs(84)), "70 % of 120 s");
+    assert_eq!(
+        d.timeout,
+        Some(t0 + Duration::from_secs(84)),
+        "70 % of 120 s"
+    );
     assert!(d.requests.is_empty(), "no hot loop");
 }
 
@@ -191,7 +218,10 @@ fn a_zero_lifetime_token_counts_as_a_failure() {
 #[test]
 fn backoff_grows_by_the_multiplier_within_its_jitter_band_and_caps() {
     let config = TokenManagerConfig {
-        retry: RetryPolicy { max_attempts: 20, ..RetryPolicy::default() },
+        retry: RetryPolicy {
+            max_attempts: 20,
+            ..RetryPolicy::default()
+        },
         ..TokenManagerConfig::default()
     };
     let mut h = Harness::new(config);
@@ -200,19 +230,29 @@ fn backoff_grows_by_the_multiplier_within_its_jitter_band_and_caps() {
     let mut delays = Vec::new();
     for base in expected_ms {
         let (d, delay, next) = h.fail_and_measure(id, transient());
-        assert!(d.errors.is_empty(), "not reported before max_attempts: {d:?}");
+        assert!(
+            d.errors.is_empty(),
+            "not reported before max_attempts: {d:?}"
+        );
         assert_in_band(delay, Duration::from_millis(base), 0.2);
         delays.push(delay);
         id = next;
     }
     // Jitter really varies the delays.
-    assert!(delays.windows(2).any(|w| w[0].as_secs_f64() * 2.0 != w[1].as_secs_f64()));
+    assert!(
+        delays
+            .windows(2)
+            .any(|w| w[0].as_secs_f64() * 2.0 != w[1].as_secs_f64())
+    );
 }
 
 #[test]
 fn jitter_zero_gives_exact_delays() {
     let config = TokenManagerConfig {
-        retry: RetryPolicy { jitter: 0.0, ..RetryPolicy::default() },
+        retry: RetryPolicy {
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
         ..TokenManagerConfig::default()
     };
     let mut h = Harness::new(config);
@@ -248,7 +288,11 @@ fn after_max_attempts_the_error_is_reported_and_retries_go_on_at_max_delay() {
     let failure = &d.errors[0];
     assert_eq!(failure.attempts, 5);
     assert!(failure.retryable);
-    assert_eq!(failure.next_attempt_at, h.clock.now(), "the request was made when announced");
+    assert_eq!(
+        failure.next_attempt_at,
+        h.clock.now(),
+        "the request was made when announced"
+    );
     assert!(failure.to_string().contains("5 time(s)"));
     assert_in_band(delay, 30 * SEC, 0.2);
     // It never gives up: 50 more failures, each reported, each followed by a request.
@@ -265,7 +309,10 @@ fn after_max_attempts_the_error_is_reported_and_retries_go_on_at_max_delay() {
 fn a_non_retryable_error_is_reported_at_once_and_retried_at_max_delay() {
     let mut h = Harness::defaults();
     let id = h.start();
-    let (d, delay, _) = h.fail_and_measure(id, IdentityError::permanent("AADSTS7000215: invalid client secret"));
+    let (d, delay, _) = h.fail_and_measure(
+        id,
+        IdentityError::permanent("AADSTS7000215: invalid client secret"),
+    );
     assert_eq!(d.errors.len(), 1);
     assert_eq!(d.errors[0].attempts, 1);
     assert!(!d.errors[0].retryable);
@@ -293,8 +340,15 @@ fn a_timed_out_request_is_retried_and_its_late_response_ignored() {
     let mut h = Harness::defaults();
     let first = h.start();
     let d = h.drain();
-    let d = h.to_next_timeout(&Drained { timeout: d.timeout, ..Drained::default() });
-    assert_eq!(h.clock.elapsed(), 10 * SEC, "timed out at token_request_timeout");
+    let d = h.advance_to_timeout(&Drained {
+        timeout: d.timeout,
+        ..Drained::default()
+    });
+    assert_eq!(
+        h.clock.elapsed(),
+        10 * SEC,
+        "timed out at token_request_timeout"
+    );
     assert!(d.requests.is_empty() && d.errors.is_empty(), "{d:?}");
     assert_eq!(h.sm.in_flight_request(), None);
     assert_eq!(h.sm.consecutive_failures(), 1);
@@ -308,7 +362,7 @@ fn a_timed_out_request_is_retried_and_its_late_response_ignored() {
     assert!(h.sm.current_token().is_none());
     assert_eq!(late.timeout, Some(retry_at), "schedule unchanged");
 
-    let d = h.to_next_timeout(&late);
+    let d = h.advance_to_timeout(&late);
     assert_eq!(d.requests.len(), 1);
     let second = d.requests[0];
     assert_ne!(second, first);
@@ -332,7 +386,10 @@ fn a_response_for_an_unknown_request_is_ignored() {
     let id = h.start();
     let d = h.respond(id, Ok(token("a", 60 * MIN)));
     let d2 = h.respond(id, Ok(token("b", 60 * MIN)));
-    assert!(d2.renewed.is_empty(), "a second answer to the same request is ignored");
+    assert!(
+        d2.renewed.is_empty(),
+        "a second answer to the same request is ignored"
+    );
     assert_eq!(d2.timeout, d.timeout);
     assert_eq!(h.sm.current_token().map(Token::secret), Some("a"));
 }
@@ -344,7 +401,7 @@ fn expiry_without_replacement_is_reported_once_at_the_exact_instant() {
     let t0 = h.clock.now();
     let d = h.respond(id, Ok(token("a", 60 * SEC)));
     assert_eq!(d.timeout, Some(t0 + 42 * SEC));
-    let mut d = h.to_next_timeout(&d);
+    let mut d = h.advance_to_timeout(&d);
     let mut id = d.requests[0];
     let mut expired_at = None;
     // Fail every request until well past expiry.
@@ -353,7 +410,7 @@ fn expiry_without_replacement_is_reported_once_at_the_exact_instant() {
             id = id_now;
             d = h.respond(id, Err(transient()));
         } else {
-            d = h.to_next_timeout(&d);
+            d = h.advance_to_timeout(&d);
         }
         if d.expired > 0 {
             assert_eq!(d.expired, 1);
@@ -362,7 +419,11 @@ fn expiry_without_replacement_is_reported_once_at_the_exact_instant() {
         }
     }
     let _ = id;
-    assert_eq!(expired_at, Some(t0 + 60 * SEC), "reported when the token expired");
+    assert_eq!(
+        expired_at,
+        Some(t0 + 60 * SEC),
+        "reported when the token expired"
+    );
     assert!(h.sm.current_token().is_none());
 }
 
@@ -372,7 +433,7 @@ fn the_same_token_again_is_not_announced_but_reschedules() {
     let id = h.start();
     let d = h.respond(id, Ok(token("a", 60 * MIN)));
     assert_eq!(d.renewed.len(), 1);
-    let d = h.to_next_timeout(&d);
+    let d = h.advance_to_timeout(&d);
     let refresh_at = h.clock.now();
     // A caching provider answers with the same secret and 18 min left.
     let received = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
@@ -380,9 +441,13 @@ fn the_same_token_again_is_not_announced_but_reschedules() {
     let d = h.respond(d.requests[0], Ok(cached));
     assert!(d.renewed.is_empty(), "not announced again: {d:?}");
     assert_eq!(h.sm.consecutive_failures(), 0);
-    assert_eq!(d.timeout, Some(refresh_at + Duration::from_secs(756)), "70 % of the 18 min left");
+    assert_eq!(
+        d.timeout,
+        Some(refresh_at + Duration::from_secs(756)),
+        "70 % of the 18 min left"
+    );
     // A real new token is announced.
-    let d = h.to_next_timeout(&d);
+    let d = h.advance_to_timeout(&d);
     let d = h.respond(d.requests[0], Ok(token("b", 60 * MIN)));
     assert_eq!(d.renewed.len(), 1);
     assert_eq!(d.renewed[0].secret(), "b");
@@ -393,7 +458,7 @@ fn after_a_long_outage_the_next_request_comes_within_max_delay_and_is_announced(
     let mut h = Harness::defaults();
     let id = h.start();
     let d = h.respond(id, Ok(token("before", 60 * MIN)));
-    let mut d = h.to_next_timeout(&d);
+    let mut d = h.advance_to_timeout(&d);
     let outage_start = h.clock.now();
     let mut reported = 0;
     let mut expired = 0;
@@ -401,13 +466,16 @@ fn after_a_long_outage_the_next_request_comes_within_max_delay_and_is_announced(
         if let Some(id) = d.requests.first().copied() {
             d = h.respond(id, Err(transient()));
         } else {
-            d = h.to_next_timeout(&d);
+            d = h.advance_to_timeout(&d);
         }
         reported += d.errors.len();
         expired += d.expired;
     }
     assert_eq!(expired, 1);
-    assert!(reported > 300, "each failure after the 5th is reported: {reported}");
+    assert!(
+        reported > 300,
+        "each failure after the 5th is reported: {reported}"
+    );
     // The identity provider is back: the next request comes within max_delay (+ jitter).
     let recovered_at = h.clock.now();
     let mut d = d;
@@ -415,7 +483,7 @@ fn after_a_long_outage_the_next_request_comes_within_max_delay_and_is_announced(
         if let Some(id) = d.requests.first().copied() {
             break id;
         }
-        d = h.to_next_timeout(&d);
+        d = h.advance_to_timeout(&d);
     };
     assert!(h.clock.now() - recovered_at <= Duration::from_secs(36));
     let d = h.respond(id, Ok(token("after", 60 * MIN)));
@@ -445,7 +513,12 @@ fn absurd_lifetimes_and_retry_after_do_not_panic() {
     let mut h = Harness::defaults();
     let id = h.start();
     let received = SystemTime::UNIX_EPOCH;
-    let forever = Token::new("f", "o", received + Duration::from_secs(u64::MAX / 4), received);
+    let forever = Token::new(
+        "f",
+        "o",
+        received + Duration::from_secs(u64::MAX / 4),
+        received,
+    );
     let d = h.respond(id, Ok(forever));
     assert_eq!(d.renewed.len(), 1);
     assert!(d.timeout.is_some());
@@ -457,6 +530,12 @@ fn absurd_lifetimes_and_retry_after_do_not_panic() {
 
 #[test]
 fn invalid_config_is_refused_when_the_machine_is_built() {
-    let config = TokenManagerConfig { expiration_refresh_ratio: 1.2, ..TokenManagerConfig::default() };
-    assert_eq!(TokenStateMachine::new(config).unwrap_err(), ConfigError::RefreshRatio(1.2));
+    let config = TokenManagerConfig {
+        expiration_refresh_ratio: 1.2,
+        ..TokenManagerConfig::default()
+    };
+    assert_eq!(
+        TokenStateMachine::new(config).unwrap_err(),
+        ConfigError::RefreshRatio(1.2)
+    );
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use entraid_identity::IdentityError;
 use entraid_test_support::{ScriptedProvider, Step};
-use entraid_token_manager::{ConfigError, TokenManager, TokenManagerConfig, TokenManagerError, TokenStream};
+use entraid_token_manager::{
+    ConfigError, TokenManager, TokenManagerConfig, TokenManagerError, TokenStream,
+};
 use tokio_stream::StreamExt;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -40,7 +42,10 @@ fn start_outside_a_runtime_is_a_typed_error() {
 
 #[test]
 fn start_on_a_handle_works_outside_the_runtime() {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let provider = ScriptedProvider::always("oid-h", 3600 * SEC);
     let manager = TokenManager::start_on(runtime.handle(), provider.clone(), config()).unwrap();
     let token = runtime.block_on(manager.token()).unwrap();
@@ -50,7 +55,10 @@ fn start_on_a_handle_works_outside_the_runtime() {
 
 #[tokio::test(start_paused = true)]
 async fn invalid_config_is_refused() {
-    let bad = TokenManagerConfig { expiration_refresh_ratio: 0.0, ..config() };
+    let bad = TokenManagerConfig {
+        expiration_refresh_ratio: 0.0,
+        ..config()
+    };
     let err = TokenManager::start(ScriptedProvider::always("oid", SEC), bad).unwrap_err();
     assert_eq!(err, ConfigError::RefreshRatio(0.0));
 }
@@ -62,7 +70,10 @@ async fn token_waits_for_the_first_token_and_current_follows_renewals() {
     assert!(manager.current().is_none());
     let first = manager.token().await.unwrap();
     assert_eq!(first.username(), "oid-1");
-    assert_eq!(manager.current().as_ref().map(|t| t.secret()), Some(first.secret()));
+    assert_eq!(
+        manager.current().as_ref().map(|t| t.secret()),
+        Some(first.secret())
+    );
     // 60 s tokens are refreshed at 42 s.
     run_for(43 * SEC).await;
     let second = manager.current().unwrap();
@@ -100,14 +111,24 @@ async fn ten_thousand_subscribers_get_every_renewal_from_one_request_each() {
         let secrets = task.await.unwrap();
         match &first {
             None => first = Some(secrets),
-            Some(expected) => assert_eq!(&secrets, expected, "every subscriber sees the same tokens in order"),
+            Some(expected) => assert_eq!(
+                &secrets, expected,
+                "every subscriber sees the same tokens in order"
+            ),
         }
     }
     let secrets = first.unwrap();
     let distinct: std::collections::HashSet<_> = secrets.iter().collect();
     assert_eq!(distinct.len(), RENEWALS + 1);
-    assert_eq!(received.load(Ordering::Relaxed), SUBSCRIBERS * (RENEWALS + 1));
-    assert_eq!(provider.calls(), (RENEWALS + 1) as u64, "one identity request per refresh, whatever the subscriber count");
+    assert_eq!(
+        received.load(Ordering::Relaxed),
+        SUBSCRIBERS * (RENEWALS + 1)
+    );
+    assert_eq!(
+        provider.calls(),
+        (RENEWALS + 1) as u64,
+        "one identity request per refresh, whatever the subscriber count"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -116,25 +137,45 @@ async fn subscribe_yields_the_current_token_first_and_errors_do_not_end_the_stre
     let manager = TokenManager::start(provider.clone(), config()).unwrap();
     let first = manager.token().await.unwrap();
     let mut stream = manager.subscribe();
-    assert_eq!(stream.next().await.unwrap().unwrap().secret(), first.secret());
+    assert_eq!(
+        stream.next().await.unwrap().unwrap().secret(),
+        first.secret()
+    );
 
     // The identity provider goes down before the 42 s refresh.
     provider.set_then(Step::Fail(IdentityError::transient("Entra ID unreachable")));
-    let item = tokio::time::timeout(60 * SEC, stream.next()).await.unwrap().unwrap();
+    let item = tokio::time::timeout(60 * SEC, stream.next())
+        .await
+        .unwrap()
+        .unwrap();
     match item {
-        Err(TokenManagerError::RequestFailed { attempts, retryable, .. }) => {
+        Err(TokenManagerError::RequestFailed {
+            attempts,
+            retryable,
+            ..
+        }) => {
             assert_eq!(attempts, 5);
             assert!(retryable);
         }
         other => panic!("expected the reported failure, got {other:?}"),
     }
     // The token expires at 60 s with no replacement.
-    let item = tokio::time::timeout(60 * SEC, stream.next()).await.unwrap().unwrap();
-    assert!(matches!(item, Err(TokenManagerError::TokenExpired) | Err(TokenManagerError::RequestFailed { .. })));
+    let item = tokio::time::timeout(60 * SEC, stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        item,
+        Err(TokenManagerError::TokenExpired) | Err(TokenManagerError::RequestFailed { .. })
+    ));
     // It comes back: the stream is still alive and gets the new token.
     provider.set_then(Step::Token(60 * SEC));
     let renewed = loop {
-        match tokio::time::timeout(60 * SEC, stream.next()).await.unwrap().unwrap() {
+        match tokio::time::timeout(60 * SEC, stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Ok(token) => break token,
             Err(_) => continue,
         }
@@ -149,13 +190,23 @@ async fn a_new_subscriber_during_a_first_outage_gets_the_error_not_a_hang() {
     let manager = TokenManager::start(provider.clone(), config()).unwrap();
     let started = tokio::time::Instant::now();
     let err = manager.token().await.unwrap_err();
-    assert!(matches!(err, TokenManagerError::RequestFailed { attempts: 5, .. }), "{err:?}");
+    assert!(
+        matches!(err, TokenManagerError::RequestFailed { attempts: 5, .. }),
+        "{err:?}"
+    );
     // 0.5 + 1 + 2 + 4 s of backoff (±20 %) before the 5th failure.
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_secs_f64(7.5 * 0.8) && waited <= Duration::from_secs_f64(7.5 * 1.2), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs_f64(7.5 * 0.8)
+            && waited <= Duration::from_secs_f64(7.5 * 1.2),
+        "{waited:?}"
+    );
     assert_eq!(provider.calls(), 5);
     let mut stream = manager.subscribe();
-    assert!(matches!(stream.next().await, Some(Err(TokenManagerError::RequestFailed { .. }))));
+    assert!(matches!(
+        stream.next().await,
+        Some(Err(TokenManagerError::RequestFailed { .. }))
+    ));
     // It keeps trying in the background.
     run_for(120 * SEC).await;
     assert!(provider.calls() >= 8, "{}", provider.calls());
@@ -163,13 +214,19 @@ async fn a_new_subscriber_during_a_first_outage_gets_the_error_not_a_hang() {
 
 #[tokio::test(start_paused = true)]
 async fn a_permanent_error_fails_token_at_once() {
-    let provider = ScriptedProvider::failing(IdentityError::permanent("AADSTS7000215: wrong secret").with_code("AADSTS7000215"));
+    let provider = ScriptedProvider::failing(
+        IdentityError::permanent("AADSTS7000215: wrong secret").with_code("AADSTS7000215"),
+    );
     let manager = TokenManager::start(provider.clone(), config()).unwrap();
     let started = tokio::time::Instant::now();
     let err = manager.token().await.unwrap_err();
     assert_eq!(started.elapsed(), Duration::ZERO);
     match &err {
-        TokenManagerError::RequestFailed { error, attempts: 1, retryable: false } => {
+        TokenManagerError::RequestFailed {
+            error,
+            attempts: 1,
+            retryable: false,
+        } => {
             assert_eq!(error.code(), Some("AADSTS7000215"));
         }
         other => panic!("{other:?}"),
@@ -186,7 +243,10 @@ async fn a_hanging_request_times_out_and_is_retried() {
     assert_eq!(token.username(), "oid");
     let waited = started.elapsed();
     // 10 s timeout, then a retry after 0.5 s ± 20 %.
-    assert!(waited >= Duration::from_millis(10_400) && waited <= Duration::from_millis(10_600), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(10_400) && waited <= Duration::from_millis(10_600),
+        "{waited:?}"
+    );
     assert_eq!(provider.calls(), 2);
 }
 
@@ -201,7 +261,11 @@ async fn a_late_answer_is_ignored() {
     let manager = TokenManager::start(provider.clone(), config()).unwrap();
     let token = manager.token().await.unwrap();
     run_for(20 * SEC).await;
-    assert_eq!(manager.current().unwrap().secret(), token.secret(), "the late token never replaced the current one");
+    assert_eq!(
+        manager.current().unwrap().secret(),
+        token.secret(),
+        "the late token never replaced the current one"
+    );
     assert_eq!(provider.calls(), 2);
 }
 
@@ -228,10 +292,20 @@ async fn dropping_the_last_clone_stops_the_task() {
     // The stream still holds the renewal from 42 s.
     assert!(stream.next().await.unwrap().is_ok());
     drop(clone);
-    assert!(matches!(stream.next().await, Some(Err(TokenManagerError::Stopped))));
-    assert!(stream.next().await.is_none(), "the stream ends after Stopped");
+    assert!(matches!(
+        stream.next().await,
+        Some(Err(TokenManagerError::Stopped))
+    ));
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends after Stopped"
+    );
     run_for(600 * SEC).await;
-    assert_eq!(provider.calls(), 2, "no request after the last clone was dropped");
+    assert_eq!(
+        provider.calls(),
+        2,
+        "no request after the last clone was dropped"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -243,9 +317,15 @@ async fn stop_stops_every_clone() {
     clone.stop();
     tokio::task::yield_now().await;
     let mut stream = manager.subscribe();
-    assert!(matches!(stream.next().await, Some(Err(TokenManagerError::Stopped))));
+    assert!(matches!(
+        stream.next().await,
+        Some(Err(TokenManagerError::Stopped))
+    ));
     assert!(stream.next().await.is_none());
-    assert!(matches!(manager.token().await, Err(TokenManagerError::Stopped)));
+    assert!(matches!(
+        manager.token().await,
+        Err(TokenManagerError::Stopped)
+    ));
     assert!(manager.is_stopped());
     run_for(600 * SEC).await;
     assert_eq!(provider.calls(), 1);
