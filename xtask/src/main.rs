@@ -1,1 +1,159 @@
-fn main() {}
+//! The project's own commands, run as `cargo xtask <command>`.
+//!
+//! - `cargo xtask test`: everything CI runs, in order, stopping at the first failure.
+
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test    formatting, lints, layering, every test (doc tests included), every example
+  demo    (not yet: arrives with the emulator, issue 5)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => run_steps(&test_steps()),
+        Some("demo") => {
+            eprintln!("cargo xtask demo is not built yet: it arrives with the local Entra ID emulator.");
+            ExitCode::FAILURE
+        }
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        other => {
+            eprintln!("unknown command {other:?}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// One step of a command: what it is called and how to run it.
+struct Step {
+    name: &'static str,
+    run: Box<dyn Fn() -> Result<(), String>>,
+}
+
+fn cargo(args: &'static [&'static str]) -> Box<dyn Fn() -> Result<(), String>> {
+    Box::new(move || {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(args)
+            .status()
+            .map_err(|e| format!("could not run cargo: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+        }
+    })
+}
+
+fn test_steps() -> Vec<Step> {
+    vec![
+        Step {
+            name: "format",
+            run: cargo(&["fmt", "--all", "--", "--check"]),
+        },
+        Step {
+            name: "layering",
+            run: Box::new(check_layering),
+        },
+        Step {
+            name: "clippy",
+            run: cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--quiet",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        },
+        Step {
+            name: "tests",
+            run: cargo(&["test", "--workspace", "--all-features", "--quiet"]),
+        },
+        Step {
+            name: "examples",
+            run: cargo(&["build", "--workspace", "--examples", "--all-features", "--quiet"]),
+        },
+    ]
+}
+
+/// The core crates must not pull a runtime or an HTTP client, whatever features are on.
+fn check_layering() -> Result<(), String> {
+    let checks: [(&str, &[&str]); 2] = [
+        (
+            "entraid-identity",
+            &["tree", "-p", "entraid-identity", "-e", "normal,build", "--all-features"],
+        ),
+        (
+            "entraid-token-manager --no-default-features",
+            &[
+                "tree",
+                "-p",
+                "entraid-token-manager",
+                "--no-default-features",
+                "-e",
+                "normal,build",
+            ],
+        ),
+    ];
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    for (what, args) in checks {
+        let output = Command::new(&cargo)
+            .args(args)
+            .output()
+            .map_err(|e| format!("could not run cargo tree: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "cargo tree for {what} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let tree = String::from_utf8_lossy(&output.stdout);
+        for forbidden in ["tokio ", "reqwest ", "hyper ", "azure_core "] {
+            if tree.lines().any(|line| line.contains(forbidden)) {
+                return Err(format!(
+                    "{what} depends on {}; the core crates must stay runtime- and network-free",
+                    forbidden.trim()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_steps(steps: &[Step]) -> ExitCode {
+    let started = Instant::now();
+    let mut summary = Vec::new();
+    for step in steps {
+        println!("==> {}", step.name);
+        let step_started = Instant::now();
+        let result = (step.run)();
+        let took = step_started.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => summary.push(format!("  ok      {:<10} {took:>6.1} s", step.name)),
+            Err(message) => {
+                summary.push(format!("  FAILED  {:<10} {took:>6.1} s  {message}", step.name));
+                print_summary(&summary, started);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    print_summary(&summary, started);
+    ExitCode::SUCCESS
+}
+
+fn print_summary(lines: &[String], started: Instant) {
+    println!("\nxtask summary:");
+    for line in lines {
+        println!("{line}");
+    }
+    println!("  total {:.1} s", started.elapsed().as_secs_f64());
+}

@@ -128,9 +128,7 @@ impl fmt::Debug for IdentityError {
 
 impl StdError for IdentityError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn StdError + 'static))
+        self.source.as_deref().map(|e| e as &(dyn StdError + 'static))
     }
 }
 
@@ -152,8 +150,8 @@ mod tests {
             "transient identity error [429]: throttled by Entra ID (retry after 7s)"
         );
 
-        let p = IdentityError::permanent("wrong client secret; create a new one in the portal")
-            .with_code("AADSTS7000215");
+        let p =
+            IdentityError::permanent("wrong client secret; create a new one in the portal").with_code("AADSTS7000215");
         assert!(!p.is_transient());
         assert_eq!(p.retry_after(), None);
         assert!(

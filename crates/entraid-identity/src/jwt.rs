@@ -72,13 +72,9 @@ pub(crate) fn decode_claims(jwt: &str) -> Result<Claims, TokenParseError> {
     };
     let bytes = BASE64URL
         .decode(payload)
-        .map_err(|e| TokenParseError::Base64 {
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| TokenParseError::Base64 { reason: e.to_string() })?;
     let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| TokenParseError::NotJson {
-            reason: e.to_string(),
-        })?;
+        serde_json::from_slice(&bytes).map_err(|e| TokenParseError::NotJson { reason: e.to_string() })?;
     let object = value.as_object().ok_or_else(|| TokenParseError::NotJson {
         reason: format!("found a JSON {}", json_kind(&value)),
     })?;
@@ -141,16 +137,12 @@ mod tests {
 
     #[test]
     fn reads_oid_and_exp() {
-        let jwt =
-            jwt_with(r#"{"oid":"0000-1111","exp":1700003600,"aud":"https://redis.azure.com"}"#);
+        let jwt = jwt_with(r#"{"oid":"0000-1111","exp":1700003600,"aud":"https://redis.azure.com"}"#);
         let received = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let token = Token::from_jwt(jwt.clone(), received).unwrap();
         assert_eq!(token.username(), "0000-1111");
         assert_eq!(token.secret(), jwt);
-        assert_eq!(
-            token.expires_at(),
-            UNIX_EPOCH + Duration::from_secs(1_700_003_600)
-        );
+        assert_eq!(token.expires_at(), UNIX_EPOCH + Duration::from_secs(1_700_003_600));
         assert_eq!(token.lifetime(), Duration::from_secs(3600));
     }
 
@@ -159,30 +151,18 @@ mod tests {
         let payload = base64::engine::general_purpose::URL_SAFE.encode(r#"{"oid":"o","exp":10.5}"#);
         let jwt = format!("h.{payload}.s");
         let token = Token::from_jwt(jwt, UNIX_EPOCH).unwrap();
-        assert_eq!(
-            token.expires_at(),
-            UNIX_EPOCH + Duration::from_millis(10_500)
-        );
+        assert_eq!(token.expires_at(), UNIX_EPOCH + Duration::from_millis(10_500));
     }
 
     #[test]
     fn rejects_each_malformation_with_its_own_error() {
         let cases: Vec<(String, TokenParseError)> = vec![
             ("abc".into(), TokenParseError::NotThreeParts { found: 1 }),
-            (
-                "a.b.c.d".into(),
-                TokenParseError::NotThreeParts { found: 4 },
-            ),
+            ("a.b.c.d".into(), TokenParseError::NotThreeParts { found: 4 }),
             ("".into(), TokenParseError::NotThreeParts { found: 1 }),
             (jwt_with(r#"{"exp":1}"#), TokenParseError::MissingOid),
-            (
-                jwt_with(r#"{"oid":"","exp":1}"#),
-                TokenParseError::InvalidOid,
-            ),
-            (
-                jwt_with(r#"{"oid":7,"exp":1}"#),
-                TokenParseError::InvalidOid,
-            ),
+            (jwt_with(r#"{"oid":"","exp":1}"#), TokenParseError::InvalidOid),
+            (jwt_with(r#"{"oid":7,"exp":1}"#), TokenParseError::InvalidOid),
             (jwt_with(r#"{"oid":"o"}"#), TokenParseError::MissingExp),
         ];
         for (input, expected) in cases {
@@ -193,23 +173,13 @@ mod tests {
             );
         }
         let bad_b64 = Token::from_jwt("h.!!!.s", UNIX_EPOCH).unwrap_err();
-        assert!(
-            matches!(bad_b64, TokenParseError::Base64 { .. }),
-            "{bad_b64:?}"
-        );
-        let not_json =
-            Token::from_jwt(format!("h.{}.s", BASE64URL.encode("nope")), UNIX_EPOCH).unwrap_err();
-        assert!(
-            matches!(not_json, TokenParseError::NotJson { .. }),
-            "{not_json:?}"
-        );
+        assert!(matches!(bad_b64, TokenParseError::Base64 { .. }), "{bad_b64:?}");
+        let not_json = Token::from_jwt(format!("h.{}.s", BASE64URL.encode("nope")), UNIX_EPOCH).unwrap_err();
+        assert!(matches!(not_json, TokenParseError::NotJson { .. }), "{not_json:?}");
         let array = Token::from_jwt(jwt_with("[1,2]"), UNIX_EPOCH).unwrap_err();
         assert!(array.to_string().contains("array"), "{array}");
         for exp in [r#""soon""#, "-5", "null", "1e400"] {
-            let err = Token::from_jwt(
-                jwt_with(&format!(r#"{{"oid":"o","exp":{exp}}}"#)),
-                UNIX_EPOCH,
-            );
+            let err = Token::from_jwt(jwt_with(&format!(r#"{{"oid":"o","exp":{exp}}}"#)), UNIX_EPOCH);
             assert!(
                 matches!(
                     err,

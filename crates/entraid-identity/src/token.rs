@@ -53,10 +53,7 @@ impl Token {
     /// assert_eq!(token.lifetime(), Duration::from_secs(3600));
     /// # Ok::<(), entraid_identity::TokenParseError>(())
     /// ```
-    pub fn from_jwt(
-        jwt: impl Into<String>,
-        received_at: SystemTime,
-    ) -> Result<Token, TokenParseError> {
+    pub fn from_jwt(jwt: impl Into<String>, received_at: SystemTime) -> Result<Token, TokenParseError> {
         let jwt = jwt.into();
         let claims = jwt::decode_claims(&jwt)?;
         Ok(Token {

@@ -113,9 +113,9 @@ impl ScriptedProvider {
                     return Ok(token);
                 }
                 Step::SameToken => {
-                    return lock(&self.inner.last).clone().ok_or_else(|| {
-                        IdentityError::permanent("script error: SameToken before any token")
-                    });
+                    return lock(&self.inner.last)
+                        .clone()
+                        .ok_or_else(|| IdentityError::permanent("script error: SameToken before any token"));
                 }
                 Step::Fail(error) => return Err(error),
                 #[cfg(feature = "tokio")]
@@ -140,7 +140,5 @@ impl IdentityProvider for ScriptedProvider {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use entraid_identity::IdentityError;
 use entraid_test_support::{ScriptedProvider, Step};
-use entraid_token_manager::{
-    ConfigError, TokenManager, TokenManagerConfig, TokenManagerError, TokenStream,
-};
+use entraid_token_manager::{ConfigError, TokenManager, TokenManagerConfig, TokenManagerError, TokenStream};
 use tokio_stream::StreamExt;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -70,10 +68,7 @@ async fn token_waits_for_the_first_token_and_current_follows_renewals() {
     assert!(manager.current().is_none());
     let first = manager.token().await.unwrap();
     assert_eq!(first.username(), "oid-1");
-    assert_eq!(
-        manager.current().as_ref().map(|t| t.secret()),
-        Some(first.secret())
-    );
+    assert_eq!(manager.current().as_ref().map(|t| t.secret()), Some(first.secret()));
     // 60 s tokens are refreshed at 42 s.
     run_for(43 * SEC).await;
     let second = manager.current().unwrap();
@@ -111,19 +106,13 @@ async fn ten_thousand_subscribers_get_every_renewal_from_one_request_each() {
         let secrets = task.await.unwrap();
         match &first {
             None => first = Some(secrets),
-            Some(expected) => assert_eq!(
-                &secrets, expected,
-                "every subscriber sees the same tokens in order"
-            ),
+            Some(expected) => assert_eq!(&secrets, expected, "every subscriber sees the same tokens in order"),
         }
     }
     let secrets = first.unwrap();
     let distinct: std::collections::HashSet<_> = secrets.iter().collect();
     assert_eq!(distinct.len(), RENEWALS + 1);
-    assert_eq!(
-        received.load(Ordering::Relaxed),
-        SUBSCRIBERS * (RENEWALS + 1)
-    );
+    assert_eq!(received.load(Ordering::Relaxed), SUBSCRIBERS * (RENEWALS + 1));
     assert_eq!(
         provider.calls(),
         (RENEWALS + 1) as u64,
@@ -137,22 +126,14 @@ async fn subscribe_yields_the_current_token_first_and_errors_do_not_end_the_stre
     let manager = TokenManager::start(provider.clone(), config()).unwrap();
     let first = manager.token().await.unwrap();
     let mut stream = manager.subscribe();
-    assert_eq!(
-        stream.next().await.unwrap().unwrap().secret(),
-        first.secret()
-    );
+    assert_eq!(stream.next().await.unwrap().unwrap().secret(), first.secret());
 
     // The identity provider goes down before the 42 s refresh.
     provider.set_then(Step::Fail(IdentityError::transient("Entra ID unreachable")));
-    let item = tokio::time::timeout(60 * SEC, stream.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let item = tokio::time::timeout(60 * SEC, stream.next()).await.unwrap().unwrap();
     match item {
         Err(TokenManagerError::RequestFailed {
-            attempts,
-            retryable,
-            ..
+            attempts, retryable, ..
         }) => {
             assert_eq!(attempts, 5);
             assert!(retryable);
@@ -160,10 +141,7 @@ async fn subscribe_yields_the_current_token_first_and_errors_do_not_end_the_stre
         other => panic!("expected the reported failure, got {other:?}"),
     }
     // The token expires at 60 s with no replacement.
-    let item = tokio::time::timeout(60 * SEC, stream.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let item = tokio::time::timeout(60 * SEC, stream.next()).await.unwrap().unwrap();
     assert!(matches!(
         item,
         Err(TokenManagerError::TokenExpired) | Err(TokenManagerError::RequestFailed { .. })
@@ -171,11 +149,7 @@ async fn subscribe_yields_the_current_token_first_and_errors_do_not_end_the_stre
     // It comes back: the stream is still alive and gets the new token.
     provider.set_then(Step::Token(60 * SEC));
     let renewed = loop {
-        match tokio::time::timeout(60 * SEC, stream.next())
-            .await
-            .unwrap()
-            .unwrap()
-        {
+        match tokio::time::timeout(60 * SEC, stream.next()).await.unwrap().unwrap() {
             Ok(token) => break token,
             Err(_) => continue,
         }
@@ -197,8 +171,7 @@ async fn a_new_subscriber_during_a_first_outage_gets_the_error_not_a_hang() {
     // 0.5 + 1 + 2 + 4 s of backoff (±20 %) before the 5th failure.
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_secs_f64(7.5 * 0.8)
-            && waited <= Duration::from_secs_f64(7.5 * 1.2),
+        waited >= Duration::from_secs_f64(7.5 * 0.8) && waited <= Duration::from_secs_f64(7.5 * 1.2),
         "{waited:?}"
     );
     assert_eq!(provider.calls(), 5);
@@ -214,9 +187,8 @@ async fn a_new_subscriber_during_a_first_outage_gets_the_error_not_a_hang() {
 
 #[tokio::test(start_paused = true)]
 async fn a_permanent_error_fails_token_at_once() {
-    let provider = ScriptedProvider::failing(
-        IdentityError::permanent("AADSTS7000215: wrong secret").with_code("AADSTS7000215"),
-    );
+    let provider =
+        ScriptedProvider::failing(IdentityError::permanent("AADSTS7000215: wrong secret").with_code("AADSTS7000215"));
     let manager = TokenManager::start(provider.clone(), config()).unwrap();
     let started = tokio::time::Instant::now();
     let err = manager.token().await.unwrap_err();
@@ -292,20 +264,10 @@ async fn dropping_the_last_clone_stops_the_task() {
     // The stream still holds the renewal from 42 s.
     assert!(stream.next().await.unwrap().is_ok());
     drop(clone);
-    assert!(matches!(
-        stream.next().await,
-        Some(Err(TokenManagerError::Stopped))
-    ));
-    assert!(
-        stream.next().await.is_none(),
-        "the stream ends after Stopped"
-    );
+    assert!(matches!(stream.next().await, Some(Err(TokenManagerError::Stopped))));
+    assert!(stream.next().await.is_none(), "the stream ends after Stopped");
     run_for(600 * SEC).await;
-    assert_eq!(
-        provider.calls(),
-        2,
-        "no request after the last clone was dropped"
-    );
+    assert_eq!(provider.calls(), 2, "no request after the last clone was dropped");
 }
 
 #[tokio::test(start_paused = true)]
@@ -317,15 +279,9 @@ async fn stop_stops_every_clone() {
     clone.stop();
     tokio::task::yield_now().await;
     let mut stream = manager.subscribe();
-    assert!(matches!(
-        stream.next().await,
-        Some(Err(TokenManagerError::Stopped))
-    ));
+    assert!(matches!(stream.next().await, Some(Err(TokenManagerError::Stopped))));
     assert!(stream.next().await.is_none());
-    assert!(matches!(
-        manager.token().await,
-        Err(TokenManagerError::Stopped)
-    ));
+    assert!(matches!(manager.token().await, Err(TokenManagerError::Stopped)));
     assert!(manager.is_stopped());
     run_for(600 * SEC).await;
     assert_eq!(provider.calls(), 1);

@@ -91,21 +91,14 @@ impl Shared {
     }
 
     /// Waits until `ready` returns an item or `deadline` passes.
-    fn wait<T>(
-        &self,
-        deadline: Option<Instant>,
-        mut ready: impl FnMut(&Published) -> Option<T>,
-    ) -> Option<T> {
+    fn wait<T>(&self, deadline: Option<Instant>, mut ready: impl FnMut(&Published) -> Option<T>) -> Option<T> {
         let mut published = self.lock();
         loop {
             if let Some(item) = ready(&published) {
                 return Some(item);
             }
             published = match deadline {
-                None => self
-                    .changed
-                    .wait(published)
-                    .unwrap_or_else(PoisonError::into_inner),
+                None => self.changed.wait(published).unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
                     let left = deadline
                         .checked_duration_since(Instant::now())
@@ -122,10 +115,7 @@ impl Shared {
 
 impl TokenManager {
     /// Validates `config` and starts the manager thread.
-    pub fn start(
-        provider: impl IdentityProvider,
-        config: TokenManagerConfig,
-    ) -> Result<TokenManager, ConfigError> {
+    pub fn start(provider: impl IdentityProvider, config: TokenManagerConfig) -> Result<TokenManager, ConfigError> {
         let machine = TokenStateMachine::new(config)?;
         Self::start_with_state_machine(provider, machine)
     }
@@ -269,9 +259,7 @@ impl<P: IdentityProvider> Driver<P> {
                 None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match message {
-                Ok(Message::Response(id, result)) => {
-                    self.machine.handle_response(Instant::now(), id, result)
-                }
+                Ok(Message::Response(id, result)) => self.machine.handle_response(Instant::now(), id, result),
                 Err(RecvTimeoutError::Timeout) => self.machine.handle_timeout(Instant::now()),
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -294,9 +282,7 @@ impl<P: IdentityProvider> Driver<P> {
                 let _ = outbox.send(Message::Response(id, block_on(future)));
             });
         if let Err(error) = spawned {
-            let failure = IdentityError::transient(format!(
-                "could not start a thread for the token request: {error}"
-            ));
+            let failure = IdentityError::transient(format!("could not start a thread for the token request: {error}"));
             let _ = self.outbox.send(Message::Response(id, Err(failure)));
         }
     }

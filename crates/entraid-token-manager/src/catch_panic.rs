@@ -13,9 +13,7 @@ pub(crate) type RequestFuture = Pin<Box<dyn Future<Output = Result<Token, Identi
 /// Starts one request on a shared provider; a panic inside it becomes a transient error.
 pub(crate) fn request<P: IdentityProvider + ?Sized>(provider: &std::sync::Arc<P>) -> RequestFuture {
     let provider = provider.clone();
-    Box::pin(CatchPanic(Box::pin(async move {
-        provider.request_token().await
-    })))
+    Box::pin(CatchPanic(Box::pin(async move { provider.request_token().await })))
 }
 
 struct CatchPanic(RequestFuture);

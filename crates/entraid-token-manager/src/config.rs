@@ -128,10 +128,7 @@ impl RetryPolicy {
     /// let policy = RetryPolicy::default().with_is_retryable(|_error| true);
     /// # assert!(policy.is_retryable.check(&entraid_identity::IdentityError::permanent("x")));
     /// ```
-    pub fn with_is_retryable(
-        mut self,
-        predicate: impl Fn(&IdentityError) -> bool + Send + Sync + 'static,
-    ) -> Self {
+    pub fn with_is_retryable(mut self, predicate: impl Fn(&IdentityError) -> bool + Send + Sync + 'static) -> Self {
         self.is_retryable = IsRetryable::new(predicate);
         self
     }
@@ -236,9 +233,7 @@ pub enum ConfigError {
         max: Duration,
     },
     /// `retry.backoff_multiplier` below 1 or not finite.
-    #[error(
-        "retry.backoff_multiplier is {0}, but must be a finite number of at least 1 (default 2.0)"
-    )]
+    #[error("retry.backoff_multiplier is {0}, but must be a finite number of at least 1 (default 2.0)")]
     BackoffMultiplier(f64),
     /// `retry.jitter` outside [0, 1).
     #[error(
@@ -388,10 +383,7 @@ mod tests {
         let retry = |r: RetryPolicy| TokenManagerConfig { retry: r, ..base() }.validate();
         let d = RetryPolicy::default;
         assert_eq!(
-            retry(RetryPolicy {
-                max_attempts: 0,
-                ..d()
-            }),
+            retry(RetryPolicy { max_attempts: 0, ..d() }),
             Err(ConfigError::ZeroMaxAttempts)
         );
         assert_eq!(
@@ -425,15 +417,9 @@ mod tests {
             })
             .is_err()
         );
+        assert_eq!(retry(RetryPolicy { jitter: 1.0, ..d() }), Err(ConfigError::Jitter(1.0)));
         assert_eq!(
-            retry(RetryPolicy { jitter: 1.0, ..d() }),
-            Err(ConfigError::Jitter(1.0))
-        );
-        assert_eq!(
-            retry(RetryPolicy {
-                jitter: -0.1,
-                ..d()
-            }),
+            retry(RetryPolicy { jitter: -0.1, ..d() }),
             Err(ConfigError::Jitter(-0.1))
         );
         assert_eq!(retry(RetryPolicy { jitter: 0.0, ..d() }), Ok(()));
@@ -443,15 +429,10 @@ mod tests {
     fn errors_name_the_field_and_the_default() {
         let msg = ConfigError::RefreshRatio(2.0).to_string();
         assert!(
-            msg.contains("expiration_refresh_ratio")
-                && msg.contains("(0, 1]")
-                && msg.contains("0.7"),
+            msg.contains("expiration_refresh_ratio") && msg.contains("(0, 1]") && msg.contains("0.7"),
             "{msg}"
         );
         let msg = ConfigError::Jitter(3.0).to_string();
-        assert!(
-            msg.contains("retry.jitter") && msg.contains("[0, 1)"),
-            "{msg}"
-        );
+        assert!(msg.contains("retry.jitter") && msg.contains("[0, 1)"), "{msg}");
     }
 }

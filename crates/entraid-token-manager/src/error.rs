@@ -12,9 +12,7 @@ use crate::state_machine::RefreshFailure;
 pub enum TokenManagerError {
     /// Token requests failed `attempts` times in a row (or once, with an error the retry
     /// policy does not retry). The manager keeps trying in the background.
-    #[error(
-        "could not get an Entra ID token ({attempts} failed attempt(s) in a row; still retrying): {error}"
-    )]
+    #[error("could not get an Entra ID token ({attempts} failed attempt(s) in a row; still retrying): {error}")]
     RequestFailed {
         /// The last error from the identity provider.
         #[source]
@@ -36,9 +34,7 @@ pub enum TokenManagerError {
     )]
     Stopped,
     /// No token arrived within the time the caller was willing to wait.
-    #[error(
-        "no Entra ID token arrived within {0:?}; the identity provider may be slow or unreachable"
-    )]
+    #[error("no Entra ID token arrived within {0:?}; the identity provider may be slow or unreachable")]
     WaitTimedOut(std::time::Duration),
 }
 

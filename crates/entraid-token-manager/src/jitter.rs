@@ -47,10 +47,7 @@ mod tests {
         let samples: Vec<f64> = (0..10_000).map(|_| j.factor(0.2)).collect();
         assert!(samples.iter().all(|f| (0.8..=1.2).contains(f)));
         let below = samples.iter().filter(|f| **f < 1.0).count();
-        assert!(
-            (4_000..6_000).contains(&below),
-            "{below} of 10000 below 1.0"
-        );
+        assert!((4_000..6_000).contains(&below), "{below} of 10000 below 1.0");
         assert!(samples.iter().any(|f| *f < 0.82) && samples.iter().any(|f| *f > 1.18));
         assert_eq!(Jitter::from_seed(1).factor(0.0), 1.0);
     }

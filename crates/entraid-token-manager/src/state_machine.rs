@@ -168,17 +168,11 @@ impl TokenStateMachine {
 
     /// Like [`new`](Self::new), with a fixed jitter seed: for tests and simulations that
     /// must replay exactly.
-    pub fn with_seed(
-        config: TokenManagerConfig,
-        seed: u64,
-    ) -> Result<TokenStateMachine, ConfigError> {
+    pub fn with_seed(config: TokenManagerConfig, seed: u64) -> Result<TokenStateMachine, ConfigError> {
         Self::with_jitter(config, Jitter::from_seed(seed))
     }
 
-    fn with_jitter(
-        config: TokenManagerConfig,
-        jitter: Jitter,
-    ) -> Result<TokenStateMachine, ConfigError> {
+    fn with_jitter(config: TokenManagerConfig, jitter: Jitter) -> Result<TokenStateMachine, ConfigError> {
         config.validate()?;
         Ok(TokenStateMachine {
             config,
@@ -205,12 +199,7 @@ impl TokenStateMachine {
 
     /// The result of request `id`. Late responses (after the request timed out) and
     /// responses to superseded requests are ignored.
-    pub fn handle_response(
-        &mut self,
-        now: Instant,
-        id: RequestId,
-        result: Result<Token, IdentityError>,
-    ) {
+    pub fn handle_response(&mut self, now: Instant, id: RequestId, result: Result<Token, IdentityError>) {
         let Some(now) = self.observe(now) else {
             tracing::debug!(%id, "response before start ignored");
             return;

@@ -60,12 +60,8 @@ impl TokenManager {
     /// Fails with [`ConfigError::NoTokioRuntime`] outside a runtime; use
     /// [`start_on`](Self::start_on) with a runtime handle, or the thread-based
     /// [`blocking::TokenManager`](crate::blocking::TokenManager) there.
-    pub fn start(
-        provider: impl IdentityProvider,
-        config: TokenManagerConfig,
-    ) -> Result<TokenManager, ConfigError> {
-        let handle =
-            tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoTokioRuntime)?;
+    pub fn start(provider: impl IdentityProvider, config: TokenManagerConfig) -> Result<TokenManager, ConfigError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoTokioRuntime)?;
         Self::start_on(&handle, provider, config)
     }
 
@@ -85,8 +81,7 @@ impl TokenManager {
         provider: impl IdentityProvider,
         machine: TokenStateMachine,
     ) -> Result<TokenManager, ConfigError> {
-        let handle =
-            tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoTokioRuntime)?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoTokioRuntime)?;
         Ok(Self::spawn(&handle, Arc::new(provider), machine))
     }
 
@@ -150,12 +145,7 @@ impl TokenManager {
 
     /// Stops the background task. Subscribers receive [`TokenManagerError::Stopped`].
     pub fn stop(&self) {
-        let sender = self
-            .inner
-            .stop
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let sender = self.inner.stop.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(sender) = sender {
             let _ = sender.send(());
         }
@@ -194,8 +184,7 @@ impl futures_core::Stream for TokenStream {
             if self.done {
                 return Poll::Ready(None);
             }
-            let Some(snapshot) = std::task::ready!(Pin::new(&mut self.changes).poll_next(cx))
-            else {
+            let Some(snapshot) = std::task::ready!(Pin::new(&mut self.changes).poll_next(cx)) else {
                 self.done = true;
                 return Poll::Ready(None);
             };
@@ -244,8 +233,7 @@ impl<P: IdentityProvider> Driver<P> {
                     Output::Timeout(at) => break Some(Instant::from_std(at)),
                     Output::Idle => break None,
                     output => {
-                        self.publish
-                            .send_if_modified(|snapshot| snapshot.apply(output));
+                        self.publish.send_if_modified(|snapshot| snapshot.apply(output));
                     }
                 }
             };

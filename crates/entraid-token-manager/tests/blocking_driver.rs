@@ -36,8 +36,7 @@ fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(WATCHDOG)
-        .expect("finished before the watchdog")
+    rx.recv_timeout(WATCHDOG).expect("finished before the watchdog")
 }
 
 #[test]
@@ -59,12 +58,7 @@ fn renews_and_every_subscriber_sees_each_token_with_one_request_per_refresh() {
             })
         })
         .collect();
-    let seen = within(move || {
-        readers
-            .into_iter()
-            .map(|r| r.join().unwrap())
-            .collect::<Vec<_>>()
-    });
+    let seen = within(move || readers.into_iter().map(|r| r.join().unwrap()).collect::<Vec<_>>());
     // Each: the current token first, then two renewals (100 ms apart).
     for secrets in &seen {
         assert_eq!(secrets.len(), 3);
@@ -99,9 +93,7 @@ fn failures_are_reported_after_max_attempts_and_token_does_not_hang() {
 
 #[test]
 fn a_permanent_error_is_reported_at_once() {
-    let provider = ScriptedProvider::failing(
-        IdentityError::permanent("unknown client").with_code("AADSTS700016"),
-    );
+    let provider = ScriptedProvider::failing(IdentityError::permanent("unknown client").with_code("AADSTS700016"));
     let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
     let err = manager.token_timeout(WATCHDOG).unwrap_err();
     assert!(
@@ -134,10 +126,7 @@ fn recovers_after_failures_and_the_iterator_survives_errors() {
         (error, token)
     });
     assert!(
-        matches!(
-            error,
-            Err(TokenManagerError::RequestFailed { attempts: 3, .. })
-        ),
+        matches!(error, Err(TokenManagerError::RequestFailed { attempts: 3, .. })),
         "{error:?}"
     );
     assert_eq!(token.unwrap().username(), "oid");
@@ -157,8 +146,7 @@ fn a_hanging_provider_times_out_and_token_timeout_gives_up() {
 
 #[test]
 fn a_panicking_provider_becomes_an_error() {
-    let provider =
-        ScriptedProvider::new("oid", [Step::Panic], Step::Token(Duration::from_secs(3600)));
+    let provider = ScriptedProvider::new("oid", [Step::Panic], Step::Token(Duration::from_secs(3600)));
     let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
     let token = manager.token_timeout(WATCHDOG).unwrap();
     assert_eq!(token.username(), "oid");
@@ -177,10 +165,7 @@ fn dropping_the_last_clone_stops_the_thread() {
     let rest: Vec<_> = within(move || items.collect());
     // Maybe the current token (if the thread had not stopped yet), then Stopped, then the end.
     assert!(rest.len() <= 2, "{rest:?}");
-    assert!(
-        matches!(rest.last(), Some(Err(TokenManagerError::Stopped))),
-        "{rest:?}"
-    );
+    assert!(matches!(rest.last(), Some(Err(TokenManagerError::Stopped))), "{rest:?}");
 }
 
 #[test]

@@ -4,9 +4,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use entraid_identity::{IdentityError, Token};
 use entraid_test_support::FakeClock;
-use entraid_token_manager::{
-    Output, RequestId, RetryPolicy, TokenManagerConfig, TokenStateMachine,
-};
+use entraid_token_manager::{Output, RequestId, RetryPolicy, TokenManagerConfig, TokenStateMachine};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -45,32 +43,25 @@ fn config() -> impl Strategy<Value = TokenManagerConfig> {
         (1u32..8, 1u64..2_000, 1u64..20, 1.0f64..4.0, 0.0f64..0.9),
     )
         .prop_map(
-            |(ratio, bound, timeout, (attempts, initial, max_factor, multiplier, jitter))| {
-                TokenManagerConfig {
-                    expiration_refresh_ratio: ratio,
-                    lower_refresh_bound: Duration::from_millis(bound),
-                    token_request_timeout: Duration::from_millis(timeout),
-                    retry: RetryPolicy {
-                        max_attempts: attempts,
-                        initial_delay: Duration::from_millis(initial),
-                        max_delay: Duration::from_millis(initial * max_factor),
-                        backoff_multiplier: multiplier,
-                        jitter,
-                        ..RetryPolicy::default()
-                    },
-                }
+            |(ratio, bound, timeout, (attempts, initial, max_factor, multiplier, jitter))| TokenManagerConfig {
+                expiration_refresh_ratio: ratio,
+                lower_refresh_bound: Duration::from_millis(bound),
+                token_request_timeout: Duration::from_millis(timeout),
+                retry: RetryPolicy {
+                    max_attempts: attempts,
+                    initial_delay: Duration::from_millis(initial),
+                    max_delay: Duration::from_millis(initial * max_factor),
+                    backoff_multiplier: multiplier,
+                    jitter,
+                    ..RetryPolicy::default()
+                },
             },
         )
 }
 
 fn token(secret: u64, lifetime: Duration) -> Token {
     let received = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
-    Token::new(
-        format!("secret-{secret}"),
-        "oid",
-        received + lifetime,
-        received,
-    )
+    Token::new(format!("secret-{secret}"), "oid", received + lifetime, received)
 }
 
 /// What the checker knows about the run.
@@ -115,13 +106,8 @@ impl Model {
                         .take()
                         .ok_or_else(|| TestCaseError::fail("expired without a token"))?;
                     prop_assert!(now >= expires, "expiry reported before the expiry instant");
-                    let refreshed = self
-                        .last_request_at
-                        .ok_or_else(|| TestCaseError::fail("no request"))?;
-                    prop_assert!(
-                        refreshed > received,
-                        "no refresh was attempted before expiry"
-                    );
+                    let refreshed = self.last_request_at.ok_or_else(|| TestCaseError::fail("no request"))?;
+                    prop_assert!(refreshed > received, "no refresh was attempted before expiry");
                 }
                 Output::Timeout(at) => {
                     prop_assert!(at > now, "timeout {at:?} not after now {now:?}");

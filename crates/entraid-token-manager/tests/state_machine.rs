@@ -5,8 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use entraid_identity::{IdentityError, Token};
 use entraid_test_support::FakeClock;
 use entraid_token_manager::{
-    ConfigError, Output, RefreshFailure, RequestId, RetryPolicy, TokenManagerConfig,
-    TokenStateMachine,
+    ConfigError, Output, RefreshFailure, RequestId, RetryPolicy, TokenManagerConfig, TokenStateMachine,
 };
 
 const MS: Duration = Duration::from_millis(1);
@@ -96,20 +95,12 @@ impl Harness {
 
     /// Fails the request `id` and returns the delay until the next request, checking that
     /// the next timeout is exactly that request.
-    fn fail_and_measure(
-        &mut self,
-        id: RequestId,
-        error: IdentityError,
-    ) -> (Drained, Duration, RequestId) {
+    fn fail_and_measure(&mut self, id: RequestId, error: IdentityError) -> (Drained, Duration, RequestId) {
         let failed_at = self.clock.now();
         let d = self.respond(id, Err(error));
         let delay = d.timeout.unwrap() - failed_at;
         let next = self.advance_to_timeout(&d);
-        assert_eq!(
-            next.requests.len(),
-            1,
-            "a request at the retry instant: {next:?}"
-        );
+        assert_eq!(next.requests.len(), 1, "a request at the retry instant: {next:?}");
         (d, delay, next.requests[0])
     }
 }
@@ -138,10 +129,7 @@ fn start_requests_at_once_and_only_once() {
     let first = h.start();
     h.sm.start(h.clock.now());
     let d = h.drain();
-    assert!(
-        d.requests.is_empty(),
-        "second start must not request again: {d:?}"
-    );
+    assert!(d.requests.is_empty(), "second start must not request again: {d:?}");
     assert_eq!(h.sm.in_flight_request(), Some(first));
     // The only deadline is the request timeout (10 s).
     assert_eq!(d.timeout, Some(h.clock.now() + 10 * SEC));
@@ -181,11 +169,7 @@ fn a_token_shorter_than_the_bound_is_refreshed_at_the_ratio_not_at_once() {
     let t0 = h.clock.now();
     let d = h.respond(id, Ok(token("a", 2 * MIN)));
     assert_eq!(d.renewed.len(), 1);
-    assert_eq!(
-        d.timeout,
-        Some(t0 + Duration::from_secs(84)),
-        "70 % of 120 s"
-    );
+    assert_eq!(d.timeout, Some(t0 + Duration::from_secs(84)), "70 % of 120 s");
     assert!(d.requests.is_empty(), "no hot loop");
 }
 
@@ -230,10 +214,7 @@ fn backoff_grows_by_the_multiplier_within_its_jitter_band_and_caps() {
     let mut delays = Vec::new();
     for base in expected_ms {
         let (d, delay, next) = h.fail_and_measure(id, transient());
-        assert!(
-            d.errors.is_empty(),
-            "not reported before max_attempts: {d:?}"
-        );
+        assert!(d.errors.is_empty(), "not reported before max_attempts: {d:?}");
         assert_in_band(delay, Duration::from_millis(base), 0.2);
         delays.push(delay);
         id = next;
@@ -309,10 +290,7 @@ fn after_max_attempts_the_error_is_reported_and_retries_go_on_at_max_delay() {
 fn a_non_retryable_error_is_reported_at_once_and_retried_at_max_delay() {
     let mut h = Harness::defaults();
     let id = h.start();
-    let (d, delay, _) = h.fail_and_measure(
-        id,
-        IdentityError::permanent("AADSTS7000215: invalid client secret"),
-    );
+    let (d, delay, _) = h.fail_and_measure(id, IdentityError::permanent("AADSTS7000215: invalid client secret"));
     assert_eq!(d.errors.len(), 1);
     assert_eq!(d.errors[0].attempts, 1);
     assert!(!d.errors[0].retryable);
@@ -344,11 +322,7 @@ fn a_timed_out_request_is_retried_and_its_late_response_ignored() {
         timeout: d.timeout,
         ..Drained::default()
     });
-    assert_eq!(
-        h.clock.elapsed(),
-        10 * SEC,
-        "timed out at token_request_timeout"
-    );
+    assert_eq!(h.clock.elapsed(), 10 * SEC, "timed out at token_request_timeout");
     assert!(d.requests.is_empty() && d.errors.is_empty(), "{d:?}");
     assert_eq!(h.sm.in_flight_request(), None);
     assert_eq!(h.sm.consecutive_failures(), 1);
@@ -386,10 +360,7 @@ fn a_response_for_an_unknown_request_is_ignored() {
     let id = h.start();
     let d = h.respond(id, Ok(token("a", 60 * MIN)));
     let d2 = h.respond(id, Ok(token("b", 60 * MIN)));
-    assert!(
-        d2.renewed.is_empty(),
-        "a second answer to the same request is ignored"
-    );
+    assert!(d2.renewed.is_empty(), "a second answer to the same request is ignored");
     assert_eq!(d2.timeout, d.timeout);
     assert_eq!(h.sm.current_token().map(Token::secret), Some("a"));
 }
@@ -419,11 +390,7 @@ fn expiry_without_replacement_is_reported_once_at_the_exact_instant() {
         }
     }
     let _ = id;
-    assert_eq!(
-        expired_at,
-        Some(t0 + 60 * SEC),
-        "reported when the token expired"
-    );
+    assert_eq!(expired_at, Some(t0 + 60 * SEC), "reported when the token expired");
     assert!(h.sm.current_token().is_none());
 }
 
@@ -472,10 +439,7 @@ fn after_a_long_outage_the_next_request_comes_within_max_delay_and_is_announced(
         expired += d.expired;
     }
     assert_eq!(expired, 1);
-    assert!(
-        reported > 300,
-        "each failure after the 5th is reported: {reported}"
-    );
+    assert!(reported > 300, "each failure after the 5th is reported: {reported}");
     // The identity provider is back: the next request comes within max_delay (+ jitter).
     let recovered_at = h.clock.now();
     let mut d = d;
@@ -513,12 +477,7 @@ fn absurd_lifetimes_and_retry_after_do_not_panic() {
     let mut h = Harness::defaults();
     let id = h.start();
     let received = SystemTime::UNIX_EPOCH;
-    let forever = Token::new(
-        "f",
-        "o",
-        received + Duration::from_secs(u64::MAX / 4),
-        received,
-    );
+    let forever = Token::new("f", "o", received + Duration::from_secs(u64::MAX / 4), received);
     let d = h.respond(id, Ok(forever));
     assert_eq!(d.renewed.len(), 1);
     assert!(d.timeout.is_some());

@@ -1,0 +1,1 @@
+//! Holds no code: the examples are the `[[example]]` targets beside this folder.
