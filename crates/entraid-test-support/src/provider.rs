@@ -103,6 +103,7 @@ impl ScriptedProvider {
     }
 
     async fn play(&self, step: Step) -> Result<Token, IdentityError> {
+        #[cfg_attr(not(feature = "tokio"), allow(unused_mut))]
         let mut step = step;
         loop {
             match step {
