@@ -1,0 +1,137 @@
+//! One connection's view of the token manager: its tokens as `BasicAuth`, renewals
+//! spread in time, errors as `RedisError` items.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use entraid_identity::Token;
+use entraid_token_manager::{TokenManager, TokenManagerError, TokenStream};
+use futures_core::Stream;
+use redis::auth::BasicAuth;
+use redis::{ErrorKind, RedisError, RedisResult};
+use tokio::time::{Instant, Sleep};
+
+/// How long this connection waits before passing a renewal on.
+pub(crate) struct Spread {
+    max: Duration,
+    random: RandomState,
+    stream_id: u64,
+    renewals: u64,
+}
+
+impl Spread {
+    pub(crate) fn new(max: Duration, random: RandomState, stream_id: u64) -> Spread {
+        Spread {
+            max,
+            random,
+            stream_id,
+            renewals: 0,
+        }
+    }
+
+    /// A delay in `[0, min(max, left / 10))`, where `left` is what the replaced token had
+    /// left: a renewal never waits long enough to put the connection at risk.
+    fn next_delay(&mut self, left_on_replaced: Duration) -> Duration {
+        let bound = self.max.min(left_on_replaced / 10);
+        if bound.is_zero() {
+            return Duration::ZERO;
+        }
+        self.renewals += 1;
+        let draw = self.random.hash_one((self.stream_id, self.renewals));
+        let unit = (draw >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
+        bound.mul_f64(unit)
+    }
+}
+
+/// Yields the current token first, then each renewal (after its spread delay) and each
+/// error. Holds a manager handle, so the manager runs as long as a connection listens.
+pub(crate) struct CredentialsStream {
+    tokens: TokenStream,
+    _manager: TokenManager,
+    spread: Spread,
+    /// When the token last handed out expires, on tokio's clock.
+    current_expiry: Option<Instant>,
+    delayed: Option<(Pin<Box<Sleep>>, BasicAuth)>,
+}
+
+impl CredentialsStream {
+    pub(crate) fn new(manager: TokenManager, spread: Spread) -> CredentialsStream {
+        CredentialsStream {
+            tokens: manager.subscribe(),
+            _manager: manager,
+            spread,
+            current_expiry: None,
+            delayed: None,
+        }
+    }
+}
+
+fn basic_auth(token: &Token) -> BasicAuth {
+    BasicAuth::new(token.username().to_owned(), token.secret().to_owned())
+}
+
+fn redis_error(error: TokenManagerError) -> RedisError {
+    RedisError::from((ErrorKind::AuthenticationFailed, "no Entra ID token", error.to_string()))
+}
+
+impl Stream for CredentialsStream {
+    type Item = RedisResult<BasicAuth>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some((sleep, _)) = &mut self.delayed {
+            ready!(sleep.as_mut().poll(cx));
+            if let Some((_, auth)) = self.delayed.take() {
+                return Poll::Ready(Some(Ok(auth)));
+            }
+        }
+        let item = ready!(Pin::new(&mut self.tokens).poll_next(cx));
+        let token = match item {
+            None => return Poll::Ready(None),
+            Some(Err(error)) => return Poll::Ready(Some(Err(redis_error(error)))),
+            Some(Ok(token)) => token,
+        };
+        let now = Instant::now();
+        let previous_expiry = self.current_expiry.replace(now + token.lifetime());
+        let auth = basic_auth(&token);
+        // A connection's first credentials are never delayed.
+        let Some(previous_expiry) = previous_expiry else {
+            return Poll::Ready(Some(Ok(auth)));
+        };
+        let delay = self.spread.next_delay(previous_expiry.saturating_duration_since(now));
+        if delay.is_zero() {
+            return Poll::Ready(Some(Ok(auth)));
+        }
+        let mut sleep = Box::pin(tokio::time::sleep(delay));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Ok(auth))),
+            Poll::Pending => {
+                self.delayed = Some((sleep, auth));
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_stay_inside_the_window_and_the_tenth_of_life_bound() {
+        let mut spread = Spread::new(Duration::from_secs(1), RandomState::new(), 7);
+        let delays: Vec<Duration> = (0..1000).map(|_| spread.next_delay(Duration::from_secs(600))).collect();
+        assert!(delays.iter().all(|d| *d < Duration::from_secs(1)));
+        assert!(
+            delays.iter().any(|d| *d > Duration::from_millis(900))
+                && delays.iter().any(|d| *d < Duration::from_millis(100))
+        );
+        // A replaced token with 2 s left: at most 200 ms.
+        assert!((0..1000).all(|_| spread.next_delay(Duration::from_secs(2)) < Duration::from_millis(200)));
+        assert_eq!(spread.next_delay(Duration::ZERO), Duration::ZERO);
+        let mut off = Spread::new(Duration::ZERO, RandomState::new(), 1);
+        assert_eq!(off.next_delay(Duration::from_secs(3600)), Duration::ZERO);
+    }
+}

@@ -1,0 +1,48 @@
+//! Microsoft Entra ID authentication for the [`redis`] crate.
+//!
+//! [`EntraIdCredentialsProvider`] implements `redis::auth::StreamingCredentialsProvider`:
+//! give it to a connection configuration and every connection made from it is
+//! authenticated with a fresh Entra ID token, and re-authenticated before each token
+//! expires, for as long as the program runs.
+//!
+//! It is a drop-in for the examples on the redis.io "Connect to Azure Managed Redis" page:
+//! import `EntraIdCredentialsProvider`, `RetryConfig` and `ClientCertificate` from this
+//! crate instead of `redis` (and do not enable redis's own `entra-id` feature).
+//!
+//! ```no_run
+//! use redis::{AsyncConnectionConfig, AsyncCommands, Client};
+//! use redis_entraid::{EntraIdCredentialsProvider, RetryConfig};
+//!
+//! # async fn run() -> redis::RedisResult<()> {
+//! let mut provider = EntraIdCredentialsProvider::new_system_assigned_managed_identity()?;
+//! provider.start(RetryConfig::default());
+//!
+//! let client = Client::open("rediss://my-cache.region.redis.azure.net:10000")?;
+//! let config = AsyncConnectionConfig::new().set_credentials_provider(provider);
+//! let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
+//! let () = connection.set("foo", "bar").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Any identity works, Azure or not, through [`EntraIdCredentialsProvider::new_with_identity_provider`]
+//! and the [`IdentityProvider`] trait. Refresh and retry are done by
+//! [`entraid_token_manager`]; this crate only adapts its tokens to the `redis` crate.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+#[cfg(feature = "azure")]
+mod azure;
+mod credentials_stream;
+mod provider;
+mod retry_config;
+
+#[cfg(feature = "azure")]
+pub use azure::ClientCertificate;
+pub use provider::{DEFAULT_REAUTH_SPREAD, EntraIdCredentialsProvider};
+pub use retry_config::RetryConfig;
+
+#[cfg(feature = "azure")]
+pub use entraid_azure::{AzureIdentityProvider, ManagedIdentityId};
+pub use entraid_identity::{IdentityError, IdentityProvider, Token};
+pub use entraid_token_manager::{RetryPolicy, TokenManagerConfig};

@@ -1,0 +1,228 @@
+//! [`EntraIdCredentialsProvider`]: one token manager shared by every connection.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use entraid_identity::{IdentityProvider, Token};
+use entraid_token_manager::{ConfigError, TokenManager, TokenManagerConfig, TokenManagerError};
+use futures_core::Stream;
+use redis::auth::{BasicAuth, StreamingCredentialsProvider};
+use redis::{ErrorKind, RedisError, RedisResult};
+
+use crate::RetryConfig;
+use crate::credentials_stream::{CredentialsStream, Spread};
+
+/// How long a renewal may wait, at most, before it is sent to a connection, by default.
+/// Each connection draws its own delay in `[0, spread)`, so a rotation does not hit the
+/// server with every connection's `AUTH` at once. Never more than a tenth of the time the
+/// replaced token had left.
+pub const DEFAULT_REAUTH_SPREAD: Duration = Duration::from_secs(1);
+
+/// Entra ID credentials for the `redis` crate's connections.
+///
+/// Build one per identity, [`start`](Self::start) it (or let the first connection start
+/// it with defaults), and pass it (or clones: they share everything) to
+/// `AsyncConnectionConfig::set_credentials_provider`,
+/// `aio::ConnectionManagerConfig::set_credentials_provider` or
+/// `cluster::ClusterClientBuilder::set_credentials_provider`.
+///
+/// One identity-provider request per refresh serves every connection. Each connection
+/// gets the current token at once when it connects, then every renewal; errors reach it
+/// as error items and never end its stream.
+#[derive(Clone)]
+pub struct EntraIdCredentialsProvider {
+    shared: Arc<Shared>,
+    reauth_spread: Duration,
+}
+
+struct Shared {
+    identity: Arc<dyn IdentityProvider>,
+    state: Mutex<State>,
+    /// Per-process random keys: each connection's spread delay is a hash of its id.
+    random: RandomState,
+    next_stream: AtomicU64,
+}
+
+enum State {
+    NotStarted,
+    Running(TokenManager),
+    /// `start` was given a configuration the token manager refused.
+    Invalid(ConfigError),
+}
+
+impl EntraIdCredentialsProvider {
+    /// A provider for any identity: your own [`IdentityProvider`], or one from
+    /// `entraid-azure`.
+    pub fn new_with_identity_provider(provider: impl IdentityProvider) -> Self {
+        EntraIdCredentialsProvider {
+            shared: Arc::new(Shared {
+                identity: Arc::new(provider),
+                state: Mutex::new(State::NotStarted),
+                random: RandomState::new(),
+                next_stream: AtomicU64::new(0),
+            }),
+            reauth_spread: DEFAULT_REAUTH_SPREAD,
+        }
+    }
+
+    /// Starts fetching tokens with this retry configuration and the other settings at
+    /// their defaults. See [`start_with_config`](Self::start_with_config).
+    pub fn start(&mut self, retry: RetryConfig) {
+        self.start_with_config(retry.to_token_manager_config());
+    }
+
+    /// Starts fetching tokens now, so the first connection finds one ready.
+    ///
+    /// Works inside or outside a tokio runtime: outside one, the manager runs on a small
+    /// runtime of its own on a background thread. An invalid configuration is logged and
+    /// every connection attempt then fails with the reason (use
+    /// [`try_start_with_config`](Self::try_start_with_config) to get it here). Starting
+    /// again does nothing.
+    pub fn start_with_config(&mut self, config: TokenManagerConfig) {
+        if let Err(error) = self.try_start_with_config(config) {
+            tracing::error!(%error, "the Entra ID credentials provider was not started");
+        }
+    }
+
+    /// Like [`start_with_config`](Self::start_with_config), returning a configuration error.
+    pub fn try_start_with_config(&mut self, config: TokenManagerConfig) -> Result<(), ConfigError> {
+        self.shared.start(config).map(drop)
+    }
+
+    /// Spreads each renewal's `AUTH`s over `[0, spread)` per connection; zero sends them
+    /// all at once. Default [`DEFAULT_REAUTH_SPREAD`]. A connection's first credentials
+    /// are never delayed.
+    pub fn with_reauth_spread(mut self, spread: Duration) -> Self {
+        self.reauth_spread = spread;
+        self
+    }
+
+    /// The current token, waiting for the first one (starting with defaults if needed).
+    /// Returns an error once the first attempts have failed, so it never hangs for ever.
+    ///
+    /// Awaiting this before connecting keeps the first connection from waiting for the
+    /// identity provider inside the redis client's connection timeout (1 s by default).
+    pub async fn token(&self) -> Result<Token, TokenManagerError> {
+        let manager = self.shared.manager().map_err(|e| TokenManagerError::RequestFailed {
+            error: entraid_identity::IdentityError::permanent(e.to_string()),
+            attempts: 0,
+            retryable: false,
+        })?;
+        manager.token().await
+    }
+
+    /// The current token, if one has arrived, without waiting.
+    pub fn current_token(&self) -> Option<Token> {
+        match &*self.shared.lock() {
+            State::Running(manager) => manager.current(),
+            State::NotStarted | State::Invalid(_) => None,
+        }
+    }
+
+    /// Stops refreshing tokens for every clone; connections then keep their current token
+    /// until it expires.
+    pub fn stop(&self) {
+        if let State::Running(manager) = &*self.shared.lock() {
+            manager.stop();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn start(&self, config: TokenManagerConfig) -> Result<TokenManager, ConfigError> {
+        let mut state = self.lock();
+        match &*state {
+            State::Running(manager) => {
+                tracing::warn!(
+                    "the Entra ID credentials provider is already started; the new configuration is ignored"
+                );
+                return Ok(manager.clone());
+            }
+            State::Invalid(error) => return Err(error.clone()),
+            State::NotStarted => {}
+        }
+        match start_manager(self.identity.clone(), config) {
+            Ok(manager) => {
+                *state = State::Running(manager.clone());
+                Ok(manager)
+            }
+            Err(error) => {
+                *state = State::Invalid(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    /// The running manager, started with defaults if nobody started it.
+    fn manager(&self) -> Result<TokenManager, ConfigError> {
+        if let State::Running(manager) = &*self.lock() {
+            return Ok(manager.clone());
+        }
+        self.start(TokenManagerConfig::default())
+    }
+}
+
+/// On the caller's runtime when there is one; else on a current-thread runtime of its own,
+/// on a background thread that ends when the manager stops.
+fn start_manager(identity: Arc<dyn IdentityProvider>, config: TokenManagerConfig) -> Result<TokenManager, ConfigError> {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        return TokenManager::start_on(&handle, identity, config);
+    }
+    config.validate()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("entraid-token-manager")
+        .build()
+        .map_err(|e| ConfigError::ThreadSpawn(e.to_string()))?;
+    let manager = TokenManager::start_on(runtime.handle(), identity, config)?;
+    let mut until_stopped = manager.subscribe();
+    std::thread::Builder::new()
+        .name("entraid-token-manager".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                use tokio_stream::StreamExt;
+                while until_stopped.next().await.is_some() {}
+            });
+        })
+        .map_err(|e| ConfigError::ThreadSpawn(e.to_string()))?;
+    Ok(manager)
+}
+
+impl StreamingCredentialsProvider for EntraIdCredentialsProvider {
+    fn subscribe(&self) -> Pin<Box<dyn Stream<Item = RedisResult<BasicAuth>> + Send + 'static>> {
+        match self.shared.manager() {
+            Ok(manager) => {
+                let id = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
+                let spread = Spread::new(self.reauth_spread, self.shared.random.clone(), id);
+                Box::pin(CredentialsStream::new(manager, spread))
+            }
+            Err(error) => Box::pin(tokio_stream::once(Err(RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "the Entra ID token manager configuration is invalid",
+                error.to_string(),
+            ))))),
+        }
+    }
+}
+
+impl fmt::Debug for EntraIdCredentialsProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &*self.shared.lock() {
+            State::NotStarted => "not started".to_owned(),
+            State::Running(manager) => format!("{manager:?}"),
+            State::Invalid(error) => format!("invalid configuration: {error}"),
+        };
+        f.debug_struct("EntraIdCredentialsProvider")
+            .field("state", &state)
+            .field("reauth_spread", &self.reauth_spread)
+            .finish()
+    }
+}

@@ -1,0 +1,274 @@
+//! A real `redis-server` per test, and an identity provider whose tokens the server
+//! enforces: each token becomes a password of the ACL user named by its `oid`, and is
+//! removed again when it expires, so stale credentials are refused.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use entraid_identity::{IdentityError, IdentityProvider, Token};
+use entraid_test_support::token_with_lifetime;
+
+/// A `redis-server` on 127.0.0.1 and a free port, killed when dropped.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl RedisServer {
+    pub fn start(extra: &[&str]) -> RedisServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("redis-entraid-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--dir", dir.to_str().unwrap(), "--maxclients", "4000"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install -y redis-server)");
+        let server = RedisServer { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = server.admin_try() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return server;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn admin_try(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url())?.get_connection()
+    }
+
+    /// A plain connection as the default user (no password), for setup and inspection.
+    pub fn admin(&self) -> redis::Connection {
+        self.admin_try().unwrap()
+    }
+
+    /// How many `AUTH` commands the server has run (`INFO commandstats`).
+    pub fn auth_calls(&self) -> u64 {
+        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut self.admin()).unwrap();
+        info.lines()
+            .find_map(|line| line.strip_prefix("cmdstat_auth:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map(|n| n.parse().unwrap())
+            .unwrap_or(0)
+    }
+
+    /// How many `AUTH`/`HELLO` calls failed (`INFO commandstats`'s failed_calls, Redis 7).
+    pub fn failed_auth_calls(&self) -> u64 {
+        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut self.admin()).unwrap();
+        info.lines()
+            .filter(|line| line.starts_with("cmdstat_auth:") || line.starts_with("cmdstat_hello:"))
+            .filter_map(|line| line.split("failed_calls=").nth(1))
+            .filter_map(|rest| rest.split(',').next())
+            .map(|n| n.parse::<u64>().unwrap())
+            .sum()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three cluster-enabled servers sharing the 16384 slots.
+pub struct Cluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start(&["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]))
+            .collect();
+        let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
+        for (node, (first, last)) in nodes.iter().zip(ranges) {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(first)
+                .arg(last)
+                .query(&mut node.admin())
+                .unwrap();
+        }
+        for node in &nodes[1..] {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(nodes[0].port)
+                .query(&mut node.admin())
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = nodes.iter().all(|n| {
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut n.admin()).unwrap();
+                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+            });
+            if ok {
+                return Cluster { nodes };
+            }
+            assert!(Instant::now() < deadline, "the cluster did not form");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+}
+
+/// Issues JWT-shaped tokens for one `oid` and makes every listed server accept each one
+/// only while it is valid.
+#[derive(Clone)]
+pub struct AclProvider {
+    inner: Arc<AclInner>,
+}
+
+struct AclInner {
+    oid: String,
+    lifetime: Duration,
+    ports: Vec<u16>,
+    calls: AtomicU64,
+    failing: AtomicBool,
+}
+
+impl AclProvider {
+    pub fn new(oid: &str, lifetime: Duration, ports: Vec<u16>) -> AclProvider {
+        AclProvider {
+            inner: Arc::new(AclInner {
+                oid: oid.to_owned(),
+                lifetime,
+                ports,
+                calls: AtomicU64::new(0),
+                failing: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.inner.calls.load(Ordering::SeqCst)
+    }
+
+    /// Makes the identity provider fail (transiently) or recover.
+    pub fn set_failing(&self, failing: bool) {
+        self.inner.failing.store(failing, Ordering::SeqCst);
+    }
+}
+
+fn acl(port: u16, args: &[&str]) {
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("ACL").arg("SETUSER").arg(args).query(&mut c).unwrap();
+}
+
+#[async_trait::async_trait]
+impl IdentityProvider for AclProvider {
+    async fn request_token(&self) -> Result<Token, IdentityError> {
+        let n = self.inner.calls.fetch_add(1, Ordering::SeqCst);
+        if self.inner.failing.load(Ordering::SeqCst) {
+            return Err(IdentityError::transient("test identity provider is down"));
+        }
+        let token = token_with_lifetime(&self.inner.oid, self.inner.lifetime, n);
+        let (oid, secret, ports) = (
+            self.inner.oid.clone(),
+            token.secret().to_owned(),
+            self.inner.ports.clone(),
+        );
+        let grant = (oid.clone(), secret.clone(), ports.clone());
+        tokio::task::spawn_blocking(move || {
+            let (oid, secret, ports) = grant;
+            for port in ports {
+                acl(port, &[&oid, "on", &format!(">{secret}"), "~*", "&*", "+@all"]);
+            }
+        })
+        .await
+        .unwrap();
+        let lifetime = self.inner.lifetime;
+        tokio::spawn(async move {
+            tokio::time::sleep(lifetime).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                for port in ports {
+                    acl(port, &[&oid, &format!("<{secret}")]);
+                }
+            })
+            .await;
+        });
+        Ok(token)
+    }
+}
+
+/// 64 tasks doing SET/GET on random keys for `duration`; returns (ok, failed) commands.
+pub async fn hammer<C>(connection: C, tasks: usize, duration: Duration) -> (u64, u64, Vec<String>)
+where
+    C: redis::aio::ConnectionLike + Clone + Send + 'static,
+{
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let mut connection = connection.clone();
+        handles.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut errors) = (0u64, 0u64, Vec::new());
+            let mut i = 0u64;
+            while tokio::time::Instant::now() < deadline {
+                i += 1;
+                let key = format!("k:{task}:{}", i % 97);
+                let set: redis::RedisResult<()> = redis::cmd("SET").arg(&key).arg(i).query_async(&mut connection).await;
+                let get: redis::RedisResult<u64> = redis::cmd("GET").arg(&key).query_async(&mut connection).await;
+                for result in [set.map(|_| ()), get.map(|_| ())] {
+                    match result {
+                        Ok(()) => ok += 1,
+                        Err(e) => {
+                            failed += 1;
+                            if errors.len() < 3 {
+                                errors.push(e.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+            (ok, failed, errors)
+        }));
+    }
+    let mut totals = (0, 0, Vec::new());
+    for handle in handles {
+        let (ok, failed, errors) = handle.await.unwrap();
+        totals.0 += ok;
+        totals.1 += failed;
+        totals.2.extend(errors);
+    }
+    totals
+}
