@@ -11,14 +11,18 @@ const SEC: Duration = Duration::from_secs(1);
 
 fn provider(lifetime: Duration, spread: Duration) -> (ScriptedProvider, EntraIdCredentialsProvider) {
     let scripted = ScriptedProvider::new("oid-spread", [], Step::Token(lifetime));
-    let mut credentials = EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone()).with_reauth_spread(spread);
+    let mut credentials =
+        EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone()).with_reauth_spread(spread);
     credentials.start_with_config(TokenManagerConfig::default());
     (scripted, credentials)
 }
 
 /// Subscribes `n` streams, takes their first item, and returns the instants at which
 /// each delivers its second.
-async fn second_item_times(credentials: &EntraIdCredentialsProvider, n: usize) -> (tokio::time::Instant, Vec<Duration>) {
+async fn second_item_times(
+    credentials: &EntraIdCredentialsProvider,
+    n: usize,
+) -> (tokio::time::Instant, Vec<Duration>) {
     let mut tasks = Vec::new();
     for _ in 0..n {
         let mut stream = credentials.subscribe();
@@ -45,7 +49,10 @@ async fn renewals_reach_every_connection_spread_inside_the_window() {
     let (_, times) = second_item_times(&credentials, 500).await;
     let refresh = Duration::from_secs(42 * 60);
     assert_eq!(times.len(), 500, "every subscriber got the renewal");
-    assert!(times.iter().all(|t| *t >= refresh && *t < refresh + 5 * SEC), "inside [refresh, refresh + 5 s)");
+    assert!(
+        times.iter().all(|t| *t >= refresh && *t < refresh + 5 * SEC),
+        "inside [refresh, refresh + 5 s)"
+    );
     let spread = *times.iter().max().unwrap() - *times.iter().min().unwrap();
     assert!(spread > 4 * SEC, "spread over the window, not a burst: {spread:?}");
     assert_eq!(scripted.calls(), 2);
@@ -59,7 +66,13 @@ async fn the_delay_never_exceeds_a_tenth_of_the_replaced_tokens_remaining_life()
     let (_, times) = second_item_times(&credentials, 200).await;
     let refresh = 7 * SEC;
     // (Paused time rounds timers up to the millisecond.)
-    assert!(times.iter().all(|t| *t >= refresh && *t <= refresh + Duration::from_millis(300)), "{:?}", times.iter().max());
+    assert!(
+        times
+            .iter()
+            .all(|t| *t >= refresh && *t <= refresh + Duration::from_millis(300)),
+        "{:?}",
+        times.iter().max()
+    );
 }
 
 #[tokio::test(start_paused = true)]
