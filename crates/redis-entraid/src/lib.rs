@@ -33,6 +33,13 @@
 
 #[cfg(feature = "azure")]
 mod azure;
+// The user guide's and the README's code blocks are compiled as doc tests.
+#[cfg(all(doctest, feature = "azure"))]
+#[doc = include_str!("../../../docs/USER_GUIDE.md")]
+mod user_guide {}
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+mod readme {}
 mod credentials_stream;
 mod provider;
 mod retry_config;

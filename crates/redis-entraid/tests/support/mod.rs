@@ -50,10 +50,10 @@ impl RedisServer {
         let server = RedisServer { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut c) = server.admin_try() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return server;
-                }
+            if let Ok(mut c) = server.admin_try()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return server;
             }
             assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
             std::thread::sleep(Duration::from_millis(20));
