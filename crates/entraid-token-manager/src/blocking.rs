@@ -3,6 +3,11 @@
 //! It runs the same [`TokenStateMachine`] as the tokio driver: one manager thread that
 //! waits on a channel with the state machine's deadline, and one short-lived thread per
 //! token request that polls the provider's future to completion.
+//!
+//! The provider's future is polled by a minimal executor, not inside a runtime, so the
+//! provider must not need one: a provider built on reqwest/hyper (as the Azure ones are)
+//! needs the tokio driver. A provider that panics (as those do without a runtime) is
+//! reported as a transient error, not a dead thread.
 
 use std::fmt;
 use std::future::Future;

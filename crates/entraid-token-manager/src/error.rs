@@ -33,6 +33,9 @@ pub enum TokenManagerError {
         "the token manager was stopped; start a new one (keep a TokenManager clone alive for as long as you need tokens)"
     )]
     Stopped,
+    /// The manager could not start: its configuration was refused.
+    #[error("the token manager did not start: {0}")]
+    InvalidConfig(#[from] crate::config::ConfigError),
     /// No token arrived within the time the caller was willing to wait.
     #[error("no Entra ID token arrived within {0:?}; the identity provider may be slow or unreachable")]
     WaitTimedOut(std::time::Duration),

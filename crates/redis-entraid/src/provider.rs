@@ -107,12 +107,7 @@ impl EntraIdCredentialsProvider {
     /// Awaiting this before connecting keeps the first connection from waiting for the
     /// identity provider inside the redis client's connection timeout (1 s by default).
     pub async fn token(&self) -> Result<Token, TokenManagerError> {
-        let manager = self.shared.manager().map_err(|e| TokenManagerError::RequestFailed {
-            error: entraid_identity::IdentityError::permanent(e.to_string()),
-            attempts: 0,
-            retryable: false,
-        })?;
-        manager.token().await
+        self.shared.manager()?.token().await
     }
 
     /// The current token, if one has arrived, without waiting.

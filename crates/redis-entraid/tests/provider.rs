@@ -1,0 +1,136 @@
+//! The provider's lifecycle: start inside or outside a runtime, lazy start, shared
+//! manager, invalid configuration, no secrets in Debug.
+
+use std::time::Duration;
+
+use entraid_test_support::{ScriptedProvider, Step};
+use entraid_token_manager::TokenManagerError;
+use redis::auth::StreamingCredentialsProvider;
+use redis_entraid::{EntraIdCredentialsProvider, RetryConfig, TokenManagerConfig};
+use tokio_stream::StreamExt;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[test]
+fn start_outside_a_runtime_fetches_at_once_on_its_own_thread() {
+    let scripted = ScriptedProvider::new("oid-outside", [], Step::Token(HOUR));
+    let mut provider = EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone());
+    provider.start(RetryConfig::default());
+    // Later, from a runtime of the application's, connections subscribe.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let first = runtime.block_on(async {
+        let mut stream = provider.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    });
+    assert_eq!(first.username(), "oid-outside");
+    assert_eq!(scripted.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_never_started_starts_with_defaults_on_first_use() {
+    let scripted = ScriptedProvider::new("oid-lazy", [], Step::Token(HOUR));
+    let provider = EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone());
+    assert!(provider.current_token().is_none());
+    assert_eq!(scripted.calls(), 0, "nothing happens before first use");
+    let mut stream = provider.subscribe();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.username(), "oid-lazy");
+    assert_eq!(scripted.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_one_manager() {
+    let scripted = ScriptedProvider::new("oid", [], Step::Token(HOUR));
+    let mut provider = EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone());
+    provider.start(RetryConfig::default());
+    let clones: Vec<_> = (0..50).map(|_| provider.clone()).collect();
+    for clone in &clones {
+        let mut stream = clone.subscribe();
+        stream.next().await.unwrap().unwrap();
+    }
+    assert_eq!(scripted.calls(), 1);
+    // Starting a clone again changes nothing.
+    let mut again = clones[0].clone();
+    again.start(RetryConfig::default().set_number_of_retries(1));
+    assert_eq!(scripted.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_configuration_is_reported_not_clamped() {
+    let scripted = ScriptedProvider::new("oid", [], Step::Token(HOUR));
+    let mut provider = EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone());
+    let bad = TokenManagerConfig {
+        expiration_refresh_ratio: 1.5,
+        ..TokenManagerConfig::default()
+    };
+    let error = provider.try_start_with_config(bad.clone()).unwrap_err();
+    assert!(error.to_string().contains("expiration_refresh_ratio"));
+    // Connections then fail with the reason.
+    let mut stream = provider.subscribe();
+    let item = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(item.kind(), redis::ErrorKind::InvalidClientConfig);
+    assert!(item.to_string().contains("expiration_refresh_ratio"), "{item}");
+    assert!(matches!(
+        provider.token().await,
+        Err(TokenManagerError::InvalidConfig(_))
+    ));
+    assert_eq!(scripted.calls(), 0);
+    // The exponent base of the page's RetryConfig is validated too.
+    let mut other = EntraIdCredentialsProvider::new_with_identity_provider(scripted);
+    other.start(RetryConfig::default().set_exponent_base(0.5));
+    assert!(other.token().await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn debug_never_shows_a_secret() {
+    let scripted = ScriptedProvider::new("oid-debug", [], Step::Token(HOUR));
+    let provider = EntraIdCredentialsProvider::new_with_identity_provider(scripted);
+    let token = provider.token().await.unwrap();
+    let shown = format!("{provider:?}");
+    assert!(shown.contains("oid-debug"), "{shown}");
+    assert!(!shown.contains(token.secret()), "{shown}");
+    let mut stream = provider.subscribe();
+    let auth = stream.next().await.unwrap().unwrap();
+    assert!(!format!("{auth:?}").contains(token.secret()));
+}
+
+#[cfg(feature = "azure")]
+#[test]
+fn azure_constructors_refuse_bad_input_with_redis_errors() {
+    let error =
+        EntraIdCredentialsProvider::new_client_secret(String::new(), "client".into(), "secret".into()).unwrap_err();
+    assert_eq!(error.kind(), redis::ErrorKind::InvalidClientConfig);
+    assert!(error.to_string().contains("tenant id"), "{error}");
+    let error = EntraIdCredentialsProvider::new_client_certificate(
+        "tenant".into(),
+        "client".into(),
+        redis_entraid::ClientCertificate {
+            base64_pkcs12: "not base64!".into(),
+            password: Some("pfx-password".into()),
+        },
+    )
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("base64") && !text.contains("pfx-password"), "{text}");
+    let error = EntraIdCredentialsProvider::new_client_secret_with_scopes(
+        "tenant".into(),
+        "client".into(),
+        "secret".into(),
+        vec![" ".into()],
+        None,
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("blank"), "{error}");
+    let certificate = redis_entraid::ClientCertificate {
+        base64_pkcs12: "AAAA".into(),
+        password: Some("hidden".into()),
+    };
+    assert!(!format!("{certificate:?}").contains("hidden"));
+}
