@@ -141,8 +141,8 @@ impl Shared {
                 );
                 return Ok(manager.clone());
             }
-            State::Invalid(error) => return Err(error.clone()),
-            State::NotStarted => {}
+            // A refused configuration may be followed by a valid one.
+            State::Invalid(_) | State::NotStarted => {}
         }
         match start_manager(self.identity.clone(), config) {
             Ok(manager) => {
@@ -157,9 +157,12 @@ impl Shared {
     }
 
     /// The running manager, started with defaults if nobody started it.
+    /// An invalid configuration stays an error here: it is never replaced by the defaults.
     fn manager(&self) -> Result<TokenManager, ConfigError> {
-        if let State::Running(manager) = &*self.lock() {
-            return Ok(manager.clone());
+        match &*self.lock() {
+            State::Running(manager) => return Ok(manager.clone()),
+            State::Invalid(error) => return Err(error.clone()),
+            State::NotStarted => {}
         }
         self.start(TokenManagerConfig::default())
     }

@@ -83,7 +83,7 @@ async fn an_invalid_configuration_is_reported_not_clamped() {
     ));
     assert_eq!(scripted.calls(), 0);
     // The exponent base of the page's RetryConfig is validated too.
-    let mut other = EntraIdCredentialsProvider::new_with_identity_provider(scripted);
+    let mut other = EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone());
     other.start(RetryConfig::default().set_exponent_base(0.5));
     assert!(other.token().await.is_err());
 }
