@@ -1,0 +1,108 @@
+//! RS256 JSON Web Tokens: signing issued tokens, verifying them at the gateway, and
+//! verifying client assertions against a registered certificate.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use openssl::hash::MessageDigest;
+use openssl::pkey::{HasPublic, PKey, PKeyRef, Private};
+use openssl::sign::{Signer, Verifier};
+use serde_json::{Value, json};
+
+use crate::EmulatorError;
+
+/// The token service's signing key, with what a JWKS publishes of it.
+pub(crate) struct SigningKey {
+    key: PKey<Private>,
+    pub(crate) kid: String,
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl SigningKey {
+    pub(crate) fn generate() -> Result<SigningKey, EmulatorError> {
+        let key = crate::pki::rsa_key()?;
+        let der = key
+            .public_key_to_der()
+            .map_err(|e| EmulatorError::Crypto(e.to_string()))?;
+        let digest =
+            openssl::hash::hash(MessageDigest::sha256(), &der).map_err(|e| EmulatorError::Crypto(e.to_string()))?;
+        let kid = URL_SAFE_NO_PAD.encode(&digest[..16]);
+        Ok(SigningKey { key, kid })
+    }
+
+    /// `header.payload.signature` for these claims.
+    pub(crate) fn sign(&self, claims: &Value) -> Result<String, EmulatorError> {
+        let header = json!({"alg": "RS256", "typ": "JWT", "kid": self.kid});
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let mut signer =
+            Signer::new(MessageDigest::sha256(), &self.key).map_err(|e| EmulatorError::Crypto(e.to_string()))?;
+        signer
+            .update(signing_input.as_bytes())
+            .map_err(|e| EmulatorError::Crypto(e.to_string()))?;
+        let signature = signer.sign_to_vec().map_err(|e| EmulatorError::Crypto(e.to_string()))?;
+        Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+    }
+
+    /// Checks the signature and returns the claims.
+    pub(crate) fn verify(&self, jwt: &str) -> Result<Value, String> {
+        verify_rs256(&self.key, jwt)
+    }
+
+    /// The JWKS entry for this key.
+    pub(crate) fn jwk(&self) -> Value {
+        let rsa = self.key.rsa().ok();
+        let n = rsa
+            .as_ref()
+            .map(|r| URL_SAFE_NO_PAD.encode(r.n().to_vec()))
+            .unwrap_or_default();
+        let e = rsa
+            .as_ref()
+            .map(|r| URL_SAFE_NO_PAD.encode(r.e().to_vec()))
+            .unwrap_or_default();
+        json!({"kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid, "n": n, "e": e})
+    }
+}
+
+/// Verifies an RS256 JWT with `key` and returns its claims; the error says what failed.
+pub(crate) fn verify_rs256<T: HasPublic>(key: &PKeyRef<T>, jwt: &str) -> Result<Value, String> {
+    let parts: Vec<&str> = jwt.trim().split('.').collect();
+    let [header, payload, signature] = parts.as_slice() else {
+        return Err("not a JWT (expected three dot-separated parts)".into());
+    };
+    let header: Value = decode_json(header).ok_or("the JWT header is not base64url JSON")?;
+    if header.get("alg").and_then(Value::as_str) != Some("RS256") {
+        return Err("the JWT is not signed with RS256".into());
+    }
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| "the JWT signature is not base64url")?;
+    let mut verifier = Verifier::new(MessageDigest::sha256(), key).map_err(|e| e.to_string())?;
+    verifier
+        .update(format!("{}.{}", parts[0], parts[1]).as_bytes())
+        .map_err(|e| e.to_string())?;
+    if !verifier.verify(&signature).unwrap_or(false) {
+        return Err("the JWT signature does not verify".into());
+    }
+    decode_json(payload).ok_or_else(|| "the JWT payload is not base64url JSON".into())
+}
+
+fn decode_json(part: &str) -> Option<Value> {
+    let bytes = URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The claims of a JWT without checking anything (to find which key to verify with).
+pub(crate) fn unverified_claims(jwt: &str) -> Option<Value> {
+    decode_json(jwt.split('.').nth(1)?)
+}

@@ -1,0 +1,75 @@
+//! The redis-server the gateway fronts, when the emulator starts its own.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use crate::EmulatorError;
+
+/// A redis-server on 127.0.0.1, no persistence, stopped when dropped.
+pub(crate) struct RedisProcess {
+    child: Child,
+    pub(crate) port: u16,
+    dir: PathBuf,
+}
+
+impl RedisProcess {
+    pub(crate) async fn start(binary: &str) -> Result<RedisProcess, EmulatorError> {
+        let port = crate::free_port()?;
+        let dir = std::env::temp_dir().join(format!("entraid-emulator-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| EmulatorError::Redis(format!("cannot create {}: {e}", dir.display())))?;
+        let child = Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                EmulatorError::Redis(format!(
+                    "cannot start {binary:?}: {e}; install it (apt-get install -y redis-server) or pass --redis-server PATH or --upstream HOST:PORT"
+                ))
+            })?;
+        let process = RedisProcess { child, port, dir };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if ping(port).await {
+                return Ok(process);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(EmulatorError::Redis(format!(
+                    "redis-server did not answer on port {port} within 10 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn ping(port: u16) -> bool {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if stream.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    matches!(stream.read_exact(&mut buf).await, Ok(_) if &buf == b"+PONG\r\n")
+}

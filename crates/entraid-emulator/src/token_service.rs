@@ -1,0 +1,446 @@
+//! The Entra ID token service over HTTPS: client credentials (secret or assertion),
+//! managed identity (App Service and IMDS shapes), OpenID configuration and JWKS; and the
+//! loopback admin endpoint for fault injection and statistics.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::faults::{FaultState, Planned};
+use crate::jwt::{SigningKey, now_secs, unverified_claims, verify_rs256};
+use crate::principals::{Principals, guid};
+use crate::stats::Stats;
+
+/// Everything the token service needs to answer.
+pub(crate) struct TokenService {
+    pub(crate) principals: Principals,
+    pub(crate) signer: SigningKey,
+    pub(crate) token_lifetime: Duration,
+    pub(crate) faults: FaultState,
+    pub(crate) identity_header: String,
+    /// `https://127.0.0.1:<port>`.
+    pub(crate) authority: String,
+    pub(crate) stats: Arc<Stats>,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn json_reply(status: StatusCode, body: &Value) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+/// Entra's error shape.
+fn entra_error(status: StatusCode, error: &str, code: u64, description: &str) -> Reply {
+    json_reply(
+        status,
+        &json!({
+            "error": error,
+            "error_description": format!("AADSTS{code}: {description} Trace ID: {} Correlation ID: {} Timestamp: emulator", guid(), guid()),
+            "error_codes": [code],
+            "timestamp": "emulator",
+            "trace_id": guid(),
+            "correlation_id": guid(),
+        }),
+    )
+}
+
+fn query_map(query: Option<&str>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// The scopes and resources that mean "Azure Cache for Redis".
+fn is_redis_resource(resource: &str) -> bool {
+    let r = resource.trim_end_matches("/.default").trim_end_matches('/');
+    r == "https://redis.azure.com" || r == "acca5fbb-b7e4-4009-81f1-37e38fd66d78"
+}
+
+impl TokenService {
+    pub(crate) fn issuer(&self) -> String {
+        format!("{}/{}/v2.0", self.authority, self.principals.tenant_id)
+    }
+
+    fn token_endpoint(&self) -> String {
+        format!("{}/{}/oauth2/v2.0/token", self.authority, self.principals.tenant_id)
+    }
+
+    /// A signed access token for `oid`.
+    fn issue(&self, oid: &str, client_id: &str) -> Result<(String, u64, u64), String> {
+        let now = now_secs();
+        let lifetime = self.token_lifetime.as_secs().max(1);
+        let claims = json!({
+            "aud": "https://redis.azure.com",
+            "iss": self.issuer(),
+            "tid": self.principals.tenant_id,
+            "oid": oid,
+            "sub": oid,
+            "azp": client_id,
+            "appid": client_id,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "jti": guid(),
+            "ver": "2.0",
+        });
+        let token = self.signer.sign(&claims).map_err(|e| e.to_string())?;
+        Stats::bump(&self.stats.tokens_issued);
+        tracing::info!(oid, client_id, lifetime_s = lifetime, "token issued");
+        Ok((token, lifetime, now + lifetime))
+    }
+
+    pub(crate) async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Reply, Infallible> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let query = query_map(request.uri().query());
+        let headers = request.headers().clone();
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let tenant = &self.principals.tenant_id;
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+
+        let is_token_request = matches!(
+            (&method, segments.as_slice()),
+            (&Method::POST, [_, "oauth2", "v2.0", "token"])
+                | (&Method::GET, ["msi", "token"])
+                | (&Method::GET, ["metadata", "identity", "oauth2", "token"])
+        );
+        if is_token_request {
+            let (latency, plan) = self.faults.plan();
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            match plan {
+                Planned::Serve => {}
+                Planned::Hang => std::future::pending::<()>().await,
+                Planned::Fail {
+                    status,
+                    retry_after,
+                    aadsts,
+                } => {
+                    Stats::bump(&self.stats.token_requests_refused);
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    let mut reply = match aadsts {
+                        Some(code) => entra_error(status, "invalid_request", code, "Injected by the emulator."),
+                        None => entra_error(
+                            status,
+                            "temporarily_unavailable",
+                            50001,
+                            "Injected failure: the service is temporarily unavailable.",
+                        ),
+                    };
+                    if let Some(after) = retry_after {
+                        if let Ok(v) = hyper::header::HeaderValue::from_str(&after.to_string()) {
+                            reply.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+                        }
+                    }
+                    tracing::info!(%status, "token request failed by injected fault");
+                    return Ok(reply);
+                }
+            }
+        }
+
+        let reply = match (&method, segments.as_slice()) {
+            (&Method::POST, [t, "oauth2", "v2.0", "token"]) => self.client_credentials(t, &body),
+            (&Method::GET, ["msi", "token"]) => self.managed_identity(&query, &headers, ManagedShape::AppService),
+            (&Method::GET, ["metadata", "identity", "oauth2", "token"]) => {
+                self.managed_identity(&query, &headers, ManagedShape::Imds)
+            }
+            (&Method::GET, [t, "v2.0", ".well-known", "openid-configuration"]) if t == tenant => json_reply(
+                StatusCode::OK,
+                &json!({
+                    "issuer": self.issuer(),
+                    "authorization_endpoint": format!("{}/{tenant}/oauth2/v2.0/authorize", self.authority),
+                    "token_endpoint": self.token_endpoint(),
+                    "jwks_uri": format!("{}/{tenant}/discovery/v2.0/keys", self.authority),
+                    "response_types_supported": ["code", "id_token", "token"],
+                    "subject_types_supported": ["pairwise"],
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                    "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+                    "tenant_region_scope": "EU",
+                }),
+            ),
+            (&Method::GET, [t, "discovery", "v2.0", "keys"]) if t == tenant => {
+                json_reply(StatusCode::OK, &json!({"keys": [self.signer.jwk()]}))
+            }
+            (&Method::GET, ["common", "discovery", "instance"]) => json_reply(
+                StatusCode::OK,
+                &json!({
+                    "tenant_discovery_endpoint": format!("{}/{tenant}/v2.0/.well-known/openid-configuration", self.authority),
+                    "api-version": "1.1",
+                    "metadata": [{"preferred_network": "127.0.0.1", "preferred_cache": "127.0.0.1", "aliases": ["127.0.0.1"]}],
+                }),
+            ),
+            (&Method::GET, [t, "v2.0", ".well-known", "openid-configuration"]) => entra_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_tenant",
+                90002,
+                &format!("Tenant '{t}' not found."),
+            ),
+            _ => json_reply(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "not_found", "error_description": format!("no such endpoint: {method} {path}")}),
+            ),
+        };
+        Ok(reply)
+    }
+
+    fn client_credentials(&self, tenant: &str, body: &[u8]) -> Reply {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+        let refuse = |reply: Reply| {
+            Stats::bump(&self.stats.token_requests_refused);
+            reply
+        };
+        if tenant != self.principals.tenant_id {
+            return refuse(entra_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                90002,
+                &format!(
+                    "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+                ),
+            ));
+        }
+        if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+            return refuse(entra_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                70003,
+                "The app requested an unsupported grant type; the emulator supports client_credentials.",
+            ));
+        }
+        let client_id = form.get("client_id").cloned().unwrap_or_default();
+        let Some(principal) = self.principals.service_principal(&client_id) else {
+            return refuse(entra_error(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                700016,
+                &format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'."),
+            ));
+        };
+        let scope = form.get("scope").cloned().unwrap_or_default();
+        if !scope.split_whitespace().any(is_redis_resource) {
+            return refuse(entra_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_resource",
+                500011,
+                &format!(
+                    "The resource principal named {scope} was not found in the tenant; the emulator issues tokens for https://redis.azure.com/.default."
+                ),
+            ));
+        }
+        if let Some(secret) = form.get("client_secret") {
+            if principal.secret.as_deref() != Some(secret.as_str()) {
+                return refuse(entra_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7000215,
+                    &format!(
+                        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                    ),
+                ));
+            }
+        } else if let Some(assertion) = form.get("client_assertion") {
+            if let Err(problem) = self.check_assertion(principal, assertion) {
+                return refuse(entra_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    700027,
+                    &format!("Client assertion failed signature validation: {problem}."),
+                ));
+            }
+        } else {
+            return refuse(entra_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            ));
+        }
+        match self.issue(&principal.object_id, &client_id) {
+            Ok((token, lifetime, _)) => json_reply(
+                StatusCode::OK,
+                &json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}),
+            ),
+            Err(e) => json_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": "server_error", "error_description": e}),
+            ),
+        }
+    }
+
+    fn check_assertion(&self, principal: &crate::principals::ServicePrincipal, assertion: &str) -> Result<(), String> {
+        let key = principal
+            .certificate_key
+            .as_ref()
+            .ok_or("this application has no certificate registered")?;
+        let claims = verify_rs256(key, assertion)?;
+        let text = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        if text("iss") != principal.client_id || text("sub") != principal.client_id {
+            return Err("iss and sub must be the client id".into());
+        }
+        if !text("aud").ends_with(&format!("/{}/oauth2/v2.0/token", self.principals.tenant_id)) {
+            return Err(format!("aud {:?} is not this tenant's token endpoint", text("aud")));
+        }
+        let exp = claims.get("exp").and_then(Value::as_u64).ok_or("no exp claim")?;
+        if exp <= now_secs() {
+            return Err("the assertion has expired".into());
+        }
+        Ok(())
+    }
+
+    fn managed_identity(
+        &self,
+        query: &HashMap<String, String>,
+        headers: &hyper::HeaderMap,
+        shape: ManagedShape,
+    ) -> Reply {
+        let refuse = |status: StatusCode, message: &str| {
+            Stats::bump(&self.stats.token_requests_refused);
+            json_reply(
+                status,
+                &json!({"error": "invalid_request", "error_description": message}),
+            )
+        };
+        match shape {
+            ManagedShape::AppService => {
+                let header = headers.get("x-identity-header").and_then(|v| v.to_str().ok());
+                if header != Some(self.identity_header.as_str()) {
+                    return refuse(StatusCode::UNAUTHORIZED, "missing or wrong X-IDENTITY-HEADER");
+                }
+            }
+            ManagedShape::Imds => {
+                if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
+                    return refuse(StatusCode::BAD_REQUEST, "Required metadata header not specified");
+                }
+            }
+        }
+        let resource = query.get("resource").cloned().unwrap_or_default();
+        if !is_redis_resource(&resource) {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                &format!("the emulator issues tokens for https://redis.azure.com, not {resource:?}"),
+            );
+        }
+        let get = |k: &str| query.get(k).map(String::as_str);
+        let Some(identity) = self.principals.managed_identity(
+            get("client_id"),
+            get("object_id").or(get("principal_id")),
+            get("msi_res_id").or(get("mi_res_id")),
+        ) else {
+            return refuse(StatusCode::BAD_REQUEST, "Identity not found");
+        };
+        let client_id = identity
+            .client_id
+            .clone()
+            .unwrap_or_else(|| "system-assigned".to_owned());
+        match self.issue(&identity.object_id, &client_id) {
+            Ok((token, lifetime, expires_on)) => {
+                let mut body = json!({
+                    "access_token": token,
+                    "expires_on": expires_on.to_string(),
+                    "resource": resource,
+                    "token_type": "Bearer",
+                    "client_id": client_id,
+                });
+                if shape == ManagedShape::Imds {
+                    body["expires_in"] = Value::String(lifetime.to_string());
+                    body["ext_expires_in"] = Value::String(lifetime.to_string());
+                    body["not_before"] = Value::String(now_secs().to_string());
+                }
+                json_reply(StatusCode::OK, &body)
+            }
+            Err(e) => json_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": "server_error", "error_description": e}),
+            ),
+        }
+    }
+
+    /// Checks a token presented to the gateway: our signature, not expired, for Redis,
+    /// and issued to `username`. Returns its expiry (seconds since 1970).
+    pub(crate) fn validate_access_token(&self, username: &str, token: &str) -> Result<u64, String> {
+        if unverified_claims(token).is_none() {
+            return Err("not a JWT".into());
+        }
+        let claims = self.signer.verify(token)?;
+        if claims.get("aud").and_then(Value::as_str) != Some("https://redis.azure.com") {
+            return Err("wrong audience".into());
+        }
+        if claims.get("oid").and_then(Value::as_str) != Some(username) {
+            return Err("the username is not the token's oid".into());
+        }
+        let exp = claims.get("exp").and_then(Value::as_u64).ok_or("no exp")?;
+        if exp <= now_secs() {
+            return Err("the token has expired".into());
+        }
+        Ok(exp)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ManagedShape {
+    AppService,
+    Imds,
+}
+
+/// The admin endpoint (plain HTTP, loopback only): `POST /faults` with a JSON body,
+/// `GET /stats`.
+pub(crate) async fn admin(service: Arc<TokenService>, request: Request<Incoming>) -> Result<Reply, Infallible> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Ok(match (method, path.as_str()) {
+        (Method::GET, "/stats") => json_reply(StatusCode::OK, &service.stats.to_json()),
+        (Method::POST, "/faults") => {
+            let parsed: Value = if body.is_empty() {
+                json!({})
+            } else {
+                serde_json::from_slice(&body).unwrap_or(Value::Null)
+            };
+            if !parsed.is_object() {
+                json_reply(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "the body must be a JSON object"}),
+                )
+            } else {
+                match service.faults.apply(&parsed) {
+                    Ok(faults) => {
+                        tracing::info!(?faults, "faults set");
+                        json_reply(
+                            StatusCode::OK,
+                            &json!({"fail_next": faults.fail_next, "status": faults.status, "latency_ms": faults.latency.as_millis() as u64, "stop_answering": faults.stop_answering}),
+                        )
+                    }
+                    Err(e) => json_reply(StatusCode::BAD_REQUEST, &json!({"error": e})),
+                }
+            }
+        }
+        _ => json_reply(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "use GET /stats or POST /faults"}),
+        ),
+    })
+}
