@@ -60,7 +60,8 @@ impl AzureIdentityProvider {
     /// 4. else a managed identity: user-assigned when `AZURE_CLIENT_ID` is set, else
     ///    system-assigned.
     ///
-    /// `AZURE_AUTHORITY_HOST` replaces `https://login.microsoftonline.com`.
+    /// `AZURE_AUTHORITY_HOST` replaces `https://login.microsoftonline.com`. With
+    /// `ENTRAID_EMULATOR_CA_FILE` (printed by `entraid-emulator`) that CA is trusted too.
     pub fn from_env_with(env: &dyn EnvLookup) -> Result<Self, AzureConfigError> {
         const TENANT_HINT: &str = "the directory (tenant) id of the service principal";
         const CLIENT_HINT: &str = "the application (client) id of the service principal";
@@ -87,10 +88,40 @@ impl AzureIdentityProvider {
             };
             AzureIdentityProvider::managed_identity(id)?
         };
-        Ok(match get(env, "AZURE_AUTHORITY_HOST") {
+        let provider = match get(env, "AZURE_AUTHORITY_HOST") {
             Some(host) => provider.with_authority_host(&host)?,
             None => provider,
+        };
+        Ok(match get(env, "ENTRAID_EMULATOR_CA_FILE") {
+            Some(path) => {
+                let pem = std::fs::read_to_string(&path).map_err(|e| AzureConfigError::UnreadableFile {
+                    what: "emulator CA certificate (ENTRAID_EMULATOR_CA_FILE)",
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                provider.with_root_certificate_pem(&pem)?
+            }
+            None => provider,
         })
+    }
+
+    /// Also trusts this CA (PEM) for HTTPS to the identity endpoints: for the local
+    /// `entraid-emulator`, or a TLS-inspecting proxy. Replaces the HTTP transport of the
+    /// client options; set other client options first.
+    pub fn with_root_certificate_pem(self, pem: &str) -> Result<Self, AzureConfigError> {
+        let bad = |e: reqwest::Error| AzureConfigError::Certificate {
+            problem: format!("the CA certificate is not usable PEM: {e}"),
+        };
+        let certificate = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(bad)?;
+        let client = reqwest::Client::builder()
+            .add_root_certificate(certificate)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(bad)?;
+        let mut options = self.client_options().clone();
+        options.transport = Some(azure_core::http::Transport::new(Arc::new(client)));
+        Ok(self.with_client_options(options))
     }
 
     /// Sends Entra requests to this authority instead of the public cloud's (a sovereign

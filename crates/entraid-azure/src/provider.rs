@@ -279,6 +279,11 @@ impl AzureIdentityProvider {
         self
     }
 
+    /// The HTTP options in force.
+    pub fn client_options(&self) -> &ClientOptions {
+        &self.client_options
+    }
+
     /// The scopes tokens are requested for.
     pub fn scopes(&self) -> &[String] {
         &self.scopes

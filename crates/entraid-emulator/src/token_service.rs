@@ -82,6 +82,9 @@ impl TokenService {
     fn issue(&self, oid: &str, client_id: &str) -> Result<(String, u64, u64), String> {
         let now = now_secs();
         let lifetime = self.token_lifetime.as_secs().max(1);
+        // `exp` is in whole seconds: round the start up, so the token lives at least the
+        // `expires_in` the response announces (as Entra's do), never up to a second less.
+        let exp = now + 1 + lifetime;
         let claims = json!({
             "aud": "https://redis.azure.com",
             "iss": self.issuer(),
@@ -92,14 +95,14 @@ impl TokenService {
             "appid": client_id,
             "iat": now,
             "nbf": now,
-            "exp": now + lifetime,
+            "exp": exp,
             "jti": guid(),
             "ver": "2.0",
         });
         let token = self.signer.sign(&claims).map_err(|e| e.to_string())?;
         Stats::bump(&self.stats.tokens_issued);
         tracing::info!(oid, client_id, lifetime_s = lifetime, "token issued");
-        Ok((token, lifetime, now + lifetime))
+        Ok((token, lifetime, exp))
     }
 
     pub(crate) async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Reply, Infallible> {
