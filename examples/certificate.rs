@@ -9,7 +9,7 @@
 mod common;
 
 use base64::Engine as _;
-use redis::{AsyncCommands, AsyncConnectionConfig, Client};
+use redis::{AsyncCommands, AsyncConnectionConfig};
 use redis_entraid::{ClientCertificate, EntraIdCredentialsProvider, RetryConfig};
 
 fn env(name: &str) -> Result<String, String> {
@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     provider.start(RetryConfig::default());
 
-    let client = Client::open(common::redis_url()?)?;
+    let client = common::redis_client()?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(common::CONNECTION_TIMEOUT))
         .set_credentials_provider(provider);

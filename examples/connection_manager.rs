@@ -7,8 +7,8 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use redis::AsyncCommands;
 use redis::aio::ConnectionManagerConfig;
-use redis::{AsyncCommands, Client};
 use redis_entraid::{EntraIdCredentialsProvider, RetryConfig};
 
 #[tokio::main]
@@ -17,7 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     provider.start(RetryConfig::default());
     provider.token().await?;
 
-    let client = Client::open(common::redis_url()?)?;
+    let client = common::redis_client()?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(common::CONNECTION_TIMEOUT))
         .set_credentials_provider(provider);

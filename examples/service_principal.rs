@@ -7,7 +7,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use redis::{AsyncCommands, AsyncConnectionConfig, Client};
+use redis::{AsyncCommands, AsyncConnectionConfig};
 use redis_entraid::{EntraIdCredentialsProvider, RetryConfig};
 
 fn env(name: &str) -> Result<String, String> {
@@ -23,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     provider.start(RetryConfig::default());
 
-    let client = Client::open(common::redis_url()?)?;
+    let client = common::redis_client()?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(common::CONNECTION_TIMEOUT))
         .set_credentials_provider(provider);

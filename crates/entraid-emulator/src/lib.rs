@@ -208,15 +208,11 @@ impl Emulator {
             stats: Arc::new(Stats::default()),
         });
 
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(serve_https(token_listener, tls.clone(), service.clone())));
-        tasks.push(tokio::spawn(serve_admin(admin_listener, service.clone())));
-        tasks.push(tokio::spawn(gateway::serve(
-            redis_listener,
-            tls,
-            upstream,
-            service.clone(),
-        )));
+        let tasks = vec![
+            tokio::spawn(serve_https(token_listener, tls.clone(), service.clone())),
+            tokio::spawn(serve_admin(admin_listener, service.clone())),
+            tokio::spawn(gateway::serve(redis_listener, tls, upstream, service.clone())),
+        ];
         Ok(Emulator {
             service,
             token_port,

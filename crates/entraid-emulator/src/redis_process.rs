@@ -71,5 +71,5 @@ async fn ping(port: u16) -> bool {
         return false;
     }
     let mut buf = [0u8; 7];
-    matches!(stream.read_exact(&mut buf).await, Ok(_) if &buf == b"+PONG\r\n")
+    stream.read_exact(&mut buf).await.is_ok() && &buf == b"+PONG\r\n"
 }

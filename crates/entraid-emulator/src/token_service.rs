@@ -149,10 +149,10 @@ impl TokenService {
                             "Injected failure: the service is temporarily unavailable.",
                         ),
                     };
-                    if let Some(after) = retry_after {
-                        if let Ok(v) = hyper::header::HeaderValue::from_str(&after.to_string()) {
-                            reply.headers_mut().insert(hyper::header::RETRY_AFTER, v);
-                        }
+                    if let Some(value) =
+                        retry_after.and_then(|after| hyper::header::HeaderValue::from_str(&after.to_string()).ok())
+                    {
+                        reply.headers_mut().insert(hyper::header::RETRY_AFTER, value);
                     }
                     tracing::info!(%status, "token request failed by injected fault");
                     return Ok(reply);

@@ -309,8 +309,8 @@ async fn client_certificate_through_the_emulator() {
     builder.set_subject_name(&name).unwrap();
     builder.set_issuer_name(&name).unwrap();
     builder.set_pubkey(&key).unwrap();
-    builder.set_not_before(&*Asn1Time::days_from_now(0).unwrap()).unwrap();
-    builder.set_not_after(&*Asn1Time::days_from_now(1).unwrap()).unwrap();
+    builder.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    builder.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
     builder.sign(&key, MessageDigest::sha256()).unwrap();
     let cert = builder.build();
     let pkcs12 = Pkcs12::builder()

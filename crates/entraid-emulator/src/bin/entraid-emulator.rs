@@ -115,15 +115,15 @@ async fn main() -> ExitCode {
         }
     };
     let lines: String = emulator.env().iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    if let Some(path) = &args.env_file {
-        if let Err(e) = std::fs::write(path, &lines) {
-            eprintln!("entraid-emulator: cannot write {}: {e}", path.display());
-            emulator.stop().await;
-            return ExitCode::FAILURE;
-        }
+    if let Some(path) = &args.env_file
+        && let Err(e) = std::fs::write(path, &lines)
+    {
+        eprintln!("entraid-emulator: cannot write {}: {e}", path.display());
+        emulator.stop().await;
+        return ExitCode::FAILURE;
     }
     let mut stdout = std::io::stdout().lock();
-    let _ = write!(stdout, "{lines}READY\n");
+    let _ = writeln!(stdout, "{lines}READY");
     let _ = stdout.flush();
     drop(stdout);
 

@@ -1,0 +1,170 @@
+//! `cargo xtask demo`: the emulator, then the quickstart against it, live.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// `60`, `60s`, `2m` → seconds.
+fn seconds(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a duration like 60s or 2m");
+    if let Some(m) = text.strip_suffix('m') {
+        return m.parse::<u64>().map(|m| m * 60).map_err(|_| bad());
+    }
+    text.trim_end_matches('s').parse().map_err(|_| bad())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn ensure_redis_server() -> Result<(), String> {
+    let present = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if present {
+        return Ok(());
+    }
+    if !is_root() {
+        return Err("redis-server is not installed; run: sudo apt-get install -y redis-server".to_owned());
+    }
+    println!("==> installing redis-server (apt-get)");
+    let update = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .map_err(|e| e.to_string())?;
+    let install = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends", "redis-server"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map_err(|e| e.to_string())?;
+    if update.success() && install.success() {
+        Ok(())
+    } else {
+        Err("apt-get install redis-server failed; install it and run the demo again".to_owned())
+    }
+}
+
+pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
+    let mut duration = 60;
+    let mut lifetime = "20s".to_owned();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--duration" => duration = seconds(it.next().ok_or("--duration needs a value")?)?,
+            "--token-lifetime" => lifetime = it.next().ok_or("--token-lifetime needs a value")?.clone(),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    ensure_redis_server()?;
+    let root = workspace_root();
+    let target = target_dir(&root);
+    println!("==> building the emulator and the quickstart");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let built = Command::new(&cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "entraid-emulator",
+            "--bin",
+            "entraid-emulator",
+            "-p",
+            "redis-entraid-examples",
+            "--example",
+            "quickstart",
+        ])
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !built.success() {
+        return Err("the build failed".to_owned());
+    }
+
+    let demo_dir = target.join("demo");
+    std::fs::create_dir_all(&demo_dir).map_err(|e| e.to_string())?;
+    let env_file = demo_dir.join("emulator.env");
+    println!("==> starting entraid-emulator (tokens live {lifetime})");
+    let mut emulator = Command::new(target.join("debug").join("entraid-emulator"))
+        .args(["--token-lifetime", &lifetime, "--env-file"])
+        .arg(&env_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::File::create(demo_dir.join("emulator.log")).map_err(|e| e.to_string())?,
+        ))
+        .spawn()
+        .map_err(|e| format!("cannot start the emulator: {e}"))?;
+    let stdout = emulator.stdout.take().ok_or("no emulator stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut env = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line == "READY" {
+                let _ = tx.send(Ok(env));
+                return;
+            }
+            if let Some((key, value)) = line.split_once('=') {
+                env.push((key.to_owned(), value.to_owned()));
+            }
+        }
+        let _ = tx.send(Err(
+            "the emulator exited before READY; see target/demo/emulator.log".to_owned()
+        ));
+    });
+    let env = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(env)) => env,
+        Ok(Err(message)) => {
+            let _ = emulator.kill();
+            return Err(message);
+        }
+        Err(_) => {
+            let _ = emulator.kill();
+            return Err("the emulator did not print READY within 60 s".to_owned());
+        }
+    };
+    for (key, value) in &env {
+        let shown = if key.contains("SECRET") || key.contains("HEADER") {
+            "<hidden>"
+        } else {
+            value.as_str()
+        };
+        println!("    {key}={shown}");
+    }
+    println!("==> running examples/quickstart for {duration} s through TLS (emulator log: target/demo/emulator.log)");
+    let status = Command::new(target.join("debug").join("examples").join("quickstart"))
+        .args(["--duration", &duration.to_string()])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .status();
+    // A graceful stop: SIGTERM, as Ctrl-C would.
+    let _ = Command::new("kill").arg(emulator.id().to_string()).status();
+    let _ = emulator.wait();
+    let status = status.map_err(|e| format!("cannot run the quickstart: {e}"))?;
+    if status.success() {
+        println!("==> demo passed: no command failed and no connection was cut");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("==> demo FAILED (see above)");
+        Ok(ExitCode::FAILURE)
+    }
+}
