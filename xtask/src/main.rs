@@ -3,6 +3,7 @@
 //! - `cargo xtask test`: everything CI runs, in order, stopping at the first failure.
 //! - `cargo xtask demo`: the local Entra ID + Redis emulator and the quickstart against it.
 
+mod bench;
 mod demo;
 
 use std::process::{Command, ExitCode};
@@ -15,12 +16,22 @@ commands:
           and a 10-second demo
   demo    [--duration 60s] [--token-lifetime 20s]
           start the local Entra ID + Redis emulator and run examples/quickstart against it
-          through TLS, with a status line each second; exit 0 only if nothing failed";
+          through TLS, with a status line each second; exit 0 only if nothing failed
+  bench   [--quick]
+          redis-entraid vs redis-rs entra-id, side by side, with the machine's floors;
+          writes target/bench/report.md and report.json (--quick: a smoke run)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => run_steps(&test_steps()),
+        Some("bench") => match bench::run(&args[1..]) {
+            Ok(code) => code,
+            Err(message) => {
+                eprintln!("cargo xtask bench: {message}");
+                ExitCode::FAILURE
+            }
+        },
         Some("demo") => match demo::run(&args[1..]) {
             Ok(code) => code,
             Err(message) => {

@@ -1,0 +1,592 @@
+//! redis-entraid (A) against redis-rs's built-in `entra-id` provider (B), on the same
+//! redis-server and the same fake identity provider, in the same run, with the floors the
+//! machine allows. See `cargo xtask bench`.
+//!
+//! ```text
+//! redis-entraid-bench [--quick] [--out DIR]
+//! redis-entraid-bench --memory-child VARIANT N PORT   (internal: one memory measurement)
+//! ```
+
+mod fake;
+mod server;
+mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use serde_json::{Value, json};
+
+use fake::{Gate, Variant};
+use server::Server;
+use stats::{Summary, client_cpu_ns, rss_bytes};
+
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+struct Plan {
+    quick: bool,
+    fanout_sizes: Vec<usize>,
+    pairs: usize,
+    idle_connections: usize,
+    memory_connections: usize,
+    throughput_secs: u64,
+    idp_window_secs: u64,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                fanout_sizes: vec![1_000],
+                pairs: 1,
+                idle_connections: 1_000,
+                memory_connections: 1_000,
+                throughput_secs: 3,
+                idp_window_secs: 2,
+            }
+        } else {
+            Plan {
+                quick,
+                fanout_sizes: vec![1_000, 10_000],
+                pairs: 5,
+                idle_connections: 10_000,
+                memory_connections: 10_000,
+                throughput_secs: 15,
+                idp_window_secs: 10,
+            }
+        }
+    }
+}
+
+fn main() -> Result<(), AnyError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--memory-child") {
+        return memory_child(&args[1..]);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "target/bench".to_owned());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(run(Plan::new(quick)))?;
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(format!("{out}/report.json"), serde_json::to_string_pretty(&report)?)?;
+    let markdown = stats::markdown(&report);
+    std::fs::write(format!("{out}/report.md"), &markdown)?;
+    println!("{markdown}");
+    println!("written: {out}/report.md, {out}/report.json");
+    Ok(())
+}
+
+async fn run(plan: Plan) -> Result<Value, AnyError> {
+    let server = Server::start()?;
+    let mut report = json!({
+        "machine": {
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "redis_server": server.version(),
+            "quick": plan.quick,
+            "pairs": plan.pairs,
+        }
+    });
+    eprintln!("== figure 1 and 7: re-auth fan-out");
+    report["fanout"] = fanout(&server, &plan).await?;
+    eprintln!("== figure 2: a rotation and other traffic");
+    report["probe"] = probe(&server, &plan).await?;
+    eprintln!("== figure 3: memory per connection");
+    report["memory"] = memory(&server, &plan)?;
+    eprintln!("== figure 4: throughput under rotation");
+    report["throughput"] = throughput(&server, &plan).await?;
+    eprintln!("== figure 5: AUTHs per new connection");
+    report["auths_per_connection"] = auths_per_connection(&server).await?;
+    eprintln!("== figure 6: identity-provider calls");
+    report["idp_calls"] = idp_calls(&plan).await?;
+    Ok(report)
+}
+
+async fn connect_many(
+    server: &Server,
+    config: &AsyncConnectionConfig,
+    n: usize,
+) -> Result<Vec<MultiplexedConnection>, AnyError> {
+    let client = redis::Client::open(server.url())?;
+    let mut connections = Vec::with_capacity(n);
+    for _ in 0..n {
+        connections.push(client.get_multiplexed_async_connection_with_config(config).await?);
+    }
+    Ok(connections)
+}
+
+/// Waits (on its own OS thread and connection) until the server ran `n` more AUTHs than
+/// `base`; returns how long that took from `from`, and the exact growth a moment later.
+fn until_auths(
+    server: &Server,
+    base: u64,
+    n: u64,
+    from: Instant,
+) -> std::thread::JoinHandle<Result<(Duration, u64), String>> {
+    let port = server.port;
+    std::thread::spawn(move || {
+        let watcher = Server::attach(port);
+        let deadline = from + Duration::from_secs(60);
+        loop {
+            let now = watcher.auth_calls().map_err(|e| e.to_string())?;
+            if now >= base + n {
+                let took = from.elapsed();
+                std::thread::sleep(Duration::from_millis(300));
+                let settled = watcher.auth_calls().map_err(|e| e.to_string())?;
+                return Ok((took, settled - base));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("only {} of {n} AUTHs after 60 s", now - base));
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    })
+}
+
+/// Figure 1 (and 7): one rotation reaching N live connections.
+async fn fanout(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
+    let mut out = Vec::new();
+    for &n in &plan.fanout_sizes {
+        let mut runs: Vec<(String, Duration, f64, u64)> = Vec::new();
+        for pair in 0..plan.pairs {
+            for variant in [Variant::A { spread: Duration::ZERO }, Variant::B] {
+                let gate = Gate::gated();
+                let provider = variant.provider(&gate)?;
+                gate.wait_first_token().await;
+                let config = AsyncConnectionConfig::new().set_connection_timeout(Some(Duration::from_secs(30)));
+                let connections = connect_many(server, &provider.configure(config), n).await?;
+                gate.wait_blocked().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                // The refresh waiting at the gate serves every connection: count it, and any
+                // request made while the rotation reaches the connections.
+                let calls_before = gate.calls() - gate.waiting();
+                let base = server.auth_calls()?;
+                let cpu_before = client_cpu_ns();
+                let from = Instant::now();
+                let watcher = until_auths(server, base, n as u64, from);
+                gate.release();
+                let (took, grew) = tokio::task::spawn_blocking(move || watcher.join())
+                    .await?
+                    .map_err(|_| "watcher panicked")??;
+                let cpu = (client_cpu_ns() - cpu_before) as f64 / n as f64 / 1000.0;
+                let calls = gate.calls() - calls_before;
+                eprintln!(
+                    "  N={n} pair {pair} {}: {:.1} ms, {cpu:.1} µs CPU/conn, AUTH +{grew}, {calls} IdP call(s)",
+                    variant.name(),
+                    took.as_secs_f64() * 1e3
+                );
+                if grew != n as u64 {
+                    eprintln!("  warning: expected exactly +{n} AUTHs, saw +{grew}");
+                }
+                runs.push((variant.name(), took, cpu, calls));
+                drop(connections);
+                drop(provider);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            // Floors in the same run.
+            let f1 = floor_static(server, n).await?;
+            let f2 = floor_raw(server, n).await?;
+            eprintln!(
+                "  N={n} pair {pair} floors: F1 {:.1} ms, F2 {:.1} ms",
+                f1.as_secs_f64() * 1e3,
+                f2.as_secs_f64() * 1e3
+            );
+            runs.push(("F1".into(), f1, 0.0, 0));
+            runs.push(("F2".into(), f2, 0.0, 0));
+        }
+        let pick = |name: &str| runs.iter().filter(|r| r.0 == name).collect::<Vec<_>>();
+        let ms = |name: &str| Summary::of(pick(name).iter().map(|r| r.1.as_secs_f64() * 1e3));
+        let cpu = |name: &str| Summary::of(pick(name).iter().map(|r| r.2));
+        let ratios: Vec<f64> = pick("A")
+            .iter()
+            .zip(pick("B"))
+            .map(|(a, b)| a.1.as_secs_f64() / b.1.as_secs_f64())
+            .collect();
+        out.push(json!({
+            "n": n,
+            "a_ms": ms("A"), "b_ms": ms("B"), "f1_ms": ms("F1"), "f2_ms": ms("F2"),
+            "a_cpu_us_per_conn": cpu("A"), "b_cpu_us_per_conn": cpu("B"),
+            "a_over_b_per_pair": ratios,
+            "a_idp_calls_per_refresh": pick("A").iter().map(|r| r.3).max(),
+            "b_idp_calls_per_refresh": pick("B").iter().map(|r| r.3).max(),
+        }));
+    }
+    Ok(Value::Array(out))
+}
+
+/// F1: the same N multiplexed connections with static credentials; the benchmark sends the
+/// N AUTHs itself, concurrently.
+async fn floor_static(server: &Server, n: usize) -> Result<Duration, AnyError> {
+    let client = redis::Client::open(format!("redis://{}:x@127.0.0.1:{}", fake::OID, server.port))?;
+    let mut connections = Vec::with_capacity(n);
+    for _ in 0..n {
+        connections.push(client.get_multiplexed_async_connection().await?);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = server.auth_calls()?;
+    let from = Instant::now();
+    let watcher = until_auths(server, base, n as u64, from);
+    let sends: Vec<_> = connections
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                redis::cmd("AUTH")
+                    .arg(fake::OID)
+                    .arg("y")
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+        })
+        .collect();
+    for send in sends {
+        send.await??;
+    }
+    let (took, _) = tokio::task::spawn_blocking(move || watcher.join())
+        .await?
+        .map_err(|_| "watcher panicked")??;
+    Ok(took)
+}
+
+/// F2: N raw sockets, one task each, writing the AUTH and reading the reply.
+async fn floor_raw(server: &Server, n: usize) -> Result<Duration, AnyError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        sockets.push(tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await?);
+    }
+    let command = format!(
+        "*3\r\n$4\r\nAUTH\r\n${}\r\n{}\r\n$1\r\nz\r\n",
+        fake::OID.len(),
+        fake::OID
+    )
+    .into_bytes();
+    let command = Arc::new(command);
+    let base = server.auth_calls()?;
+    let from = Instant::now();
+    let watcher = until_auths(server, base, n as u64, from);
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| {
+            let command = command.clone();
+            tokio::spawn(async move {
+                socket.write_all(&command).await?;
+                let mut reply = [0u8; 5];
+                socket.read_exact(&mut reply).await?;
+                Ok::<_, std::io::Error>(socket)
+            })
+        })
+        .collect();
+    let mut keep = Vec::new();
+    for task in tasks {
+        keep.push(task.await??);
+    }
+    let (took, _) = tokio::task::spawn_blocking(move || watcher.join())
+        .await?
+        .map_err(|_| "watcher panicked")??;
+    Ok(took)
+}
+
+/// Figure 2: probe latency around a rotation of N idle connections.
+async fn probe(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
+    let n = plan.idle_connections;
+    let mut out = serde_json::Map::new();
+    for variant in [
+        Variant::A {
+            spread: redis_entraid::DEFAULT_REAUTH_SPREAD,
+        },
+        Variant::A { spread: Duration::ZERO },
+        Variant::B,
+    ] {
+        let gate = Gate::gated();
+        let provider = variant.provider(&gate)?;
+        gate.wait_first_token().await;
+        let config =
+            provider.configure(AsyncConnectionConfig::new().set_connection_timeout(Some(Duration::from_secs(30))));
+        let idle = connect_many(server, &config, n).await?;
+        gate.wait_blocked().await;
+        let probe_client = redis::Client::open(format!("redis://{}:p@127.0.0.1:{}", fake::OID, server.port))?;
+        let mut probe = probe_client.get_multiplexed_async_connection().await?;
+        let start = Instant::now();
+        let rotate_at = Duration::from_secs(3);
+        let gate2 = gate.clone();
+        let rotation = tokio::spawn(async move {
+            tokio::time::sleep(rotate_at).await;
+            gate2.release();
+        });
+        let mut samples: Vec<(Duration, Duration)> = Vec::new();
+        while start.elapsed() < Duration::from_secs(4) {
+            let t = Instant::now();
+            let _: () = redis::cmd("SET").arg("probe").arg(1).query_async(&mut probe).await?;
+            let _: i64 = redis::cmd("GET").arg("probe").query_async(&mut probe).await?;
+            samples.push((t - start, t.elapsed()));
+        }
+        rotation.await?;
+        let window = |from: Duration, to: Duration| {
+            Summary::of(
+                samples
+                    .iter()
+                    .filter(|s| s.0 >= from && s.0 < to)
+                    .map(|s| s.1.as_secs_f64() * 1e3),
+            )
+        };
+        let quiet = window(Duration::ZERO, Duration::from_secs(2));
+        let rotating = window(Duration::from_secs(2), Duration::from_secs(4));
+        eprintln!(
+            "  {}: quiet p99 {:.2} ms, around rotation p99 {:.2} ms max {:.2} ms",
+            variant.label(),
+            quiet.p99,
+            rotating.p99,
+            rotating.max
+        );
+        out.insert(
+            variant.label(),
+            json!({"quiet_ms": quiet, "rotation_ms": rotating, "p99_ratio": rotating.p99 / quiet.p99}),
+        );
+        drop(idle);
+        drop(provider);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(Value::Object(out))
+}
+
+/// Figure 3: each variant measured in a fresh process, so freed memory of one run cannot
+/// hide the next one's growth.
+fn memory(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
+    let exe = std::env::current_exe()?;
+    let mut results: Vec<(String, f64)> = Vec::new();
+    let pairs = if plan.quick { 1 } else { 3 };
+    for _ in 0..pairs {
+        for variant in ["A", "B", "static", "noop"] {
+            let output = std::process::Command::new(&exe)
+                .args([
+                    "--memory-child",
+                    variant,
+                    &plan.memory_connections.to_string(),
+                    &server.port.to_string(),
+                ])
+                .output()?;
+            let text = String::from_utf8_lossy(&output.stdout);
+            let bytes: f64 = text.trim().parse().map_err(|_| {
+                format!(
+                    "memory child {variant} failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })?;
+            eprintln!("  {variant}: {bytes:.0} bytes per connection");
+            results.push((variant.to_owned(), bytes));
+        }
+    }
+    let of = |name: &str| Summary::of(results.iter().filter(|r| r.0 == name).map(|r| r.1));
+    let (a, noop) = (of("A"), of("noop"));
+    Ok(json!({"a": a, "b": of("B"), "static": of("static"), "noop": noop, "a_minus_noop": a.median - noop.median}))
+}
+
+fn memory_child(args: &[String]) -> Result<(), AnyError> {
+    let [variant, n, port] = args else {
+        return Err("usage: --memory-child VARIANT N PORT".into());
+    };
+    let n: usize = n.parse()?;
+    let port: u16 = port.parse()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let bytes = runtime.block_on(async move {
+        let server = Server::attach(port);
+        let gate = Gate::ungated(Duration::from_secs(3600));
+        let (config, _keep) = match variant.as_str() {
+            "A" => {
+                let p = Variant::A {
+                    spread: redis_entraid::DEFAULT_REAUTH_SPREAD,
+                }
+                .provider(&gate)?;
+                gate.wait_first_token().await;
+                (p.configure(AsyncConnectionConfig::new()), Some(p))
+            }
+            "B" => {
+                let p = Variant::B.provider(&gate)?;
+                gate.wait_first_token().await;
+                (p.configure(AsyncConnectionConfig::new()), Some(p))
+            }
+            "noop" => (
+                AsyncConnectionConfig::new().set_credentials_provider(fake::NoopProvider),
+                None,
+            ),
+            _ => (AsyncConnectionConfig::new(), None),
+        };
+        let url = if variant == "static" {
+            format!("redis://{}:s@127.0.0.1:{port}", fake::OID)
+        } else {
+            server.url()
+        };
+        let client = redis::Client::open(url)?;
+        // Warm up the allocator and the runtime with a few connections first.
+        let mut warm = Vec::new();
+        for _ in 0..50 {
+            warm.push(client.get_multiplexed_async_connection_with_config(&config).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = rss_bytes();
+        let mut connections = Vec::with_capacity(n);
+        for _ in 0..n {
+            connections.push(client.get_multiplexed_async_connection_with_config(&config).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = rss_bytes();
+        drop(connections);
+        Ok::<f64, AnyError>((after as f64 - before as f64) / n as f64)
+    })?;
+    println!("{bytes}");
+    Ok(())
+}
+
+/// Figure 4: one connection, 64 tasks, rotations every 2 s, against static credentials.
+async fn throughput(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
+    let seconds = plan.throughput_secs;
+    let mut out = serde_json::Map::new();
+    let mut ops = Vec::new();
+    for label in ["static", "A"] {
+        let gate = Gate::gated();
+        let (connection, provider) = if label == "A" {
+            let provider = Variant::A {
+                spread: redis_entraid::DEFAULT_REAUTH_SPREAD,
+            }
+            .provider(&gate)?;
+            gate.wait_first_token().await;
+            let config = provider.configure(AsyncConnectionConfig::new());
+            (
+                redis::Client::open(server.url())?
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+                Some(provider),
+            )
+        } else {
+            (
+                redis::Client::open(format!("redis://{}:s@127.0.0.1:{}", fake::OID, server.port))?
+                    .get_multiplexed_async_connection()
+                    .await?,
+                None,
+            )
+        };
+        let rotations = if provider.is_some() {
+            let gate = gate.clone();
+            Some(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    gate.release();
+                }
+            }))
+        } else {
+            None
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+        let failed = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..64)
+            .map(|task| {
+                let mut connection = connection.clone();
+                let failed = failed.clone();
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut i = 0u64;
+                    while tokio::time::Instant::now() < deadline {
+                        i = i.wrapping_mul(6364136223846793005).wrapping_add(task + 1);
+                        let key = format!("t:{}", i % 10_000);
+                        let t = Instant::now();
+                        let set: redis::RedisResult<()> =
+                            redis::cmd("SET").arg(&key).arg(i).query_async(&mut connection).await;
+                        let get: redis::RedisResult<Option<u64>> =
+                            redis::cmd("GET").arg(&key).query_async(&mut connection).await;
+                        if set.is_err() || get.is_err() {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await?);
+        }
+        if let Some(r) = rotations {
+            r.abort();
+        }
+        let rate = latencies.len() as f64 * 2.0 / seconds as f64;
+        let summary = Summary::of(latencies.iter().copied());
+        eprintln!(
+            "  {label}: {rate:.0} ops/s, p99 {:.2} ms, max {:.2} ms, {} failed, {} IdP calls",
+            summary.p99,
+            summary.max,
+            failed.load(Ordering::Relaxed),
+            gate.calls()
+        );
+        ops.push(rate);
+        out.insert(label.to_owned(), json!({"ops_per_s": rate, "latency_ms": summary, "failed": failed.load(Ordering::Relaxed), "rotations": gate.calls().saturating_sub(1)}));
+        drop(provider);
+    }
+    out.insert("ratio".to_owned(), json!(ops[1] / ops[0]));
+    Ok(Value::Object(out))
+}
+
+/// Figure 5: AUTH commands the server runs per new connection.
+async fn auths_per_connection(server: &Server) -> Result<Value, AnyError> {
+    let mut out = serde_json::Map::new();
+    for variant in [
+        Variant::A {
+            spread: redis_entraid::DEFAULT_REAUTH_SPREAD,
+        },
+        Variant::B,
+    ] {
+        let gate = Gate::ungated(Duration::from_secs(3600));
+        let provider = variant.provider(&gate)?;
+        gate.wait_first_token().await;
+        let config = provider.configure(AsyncConnectionConfig::new());
+        let base = server.auth_calls()?;
+        let connections = connect_many(server, &config, 20).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let per = (server.auth_calls()? - base) as f64 / 20.0;
+        eprintln!("  {}: {per} AUTHs per new connection", variant.name());
+        out.insert(variant.name(), json!(per));
+        drop(connections);
+    }
+    Ok(Value::Object(out))
+}
+
+/// Figure 6: identity-provider calls in a window, for 60-second and 1-hour tokens.
+async fn idp_calls(plan: &Plan) -> Result<Value, AnyError> {
+    let mut out = serde_json::Map::new();
+    for lifetime in [60u64, 3600] {
+        for variant in [
+            Variant::A {
+                spread: redis_entraid::DEFAULT_REAUTH_SPREAD,
+            },
+            Variant::B,
+        ] {
+            let gate = Gate::ungated(Duration::from_secs(lifetime));
+            let provider = variant.provider(&gate)?;
+            tokio::time::sleep(Duration::from_secs(plan.idp_window_secs)).await;
+            let calls = gate.calls();
+            eprintln!(
+                "  {} with {lifetime} s tokens: {calls} calls in {} s",
+                variant.name(),
+                plan.idp_window_secs
+            );
+            out.insert(format!("{}_{lifetime}s", variant.name()), json!(calls));
+            drop(provider);
+        }
+    }
+    out.insert("window_s".into(), json!(plan.idp_window_secs));
+    Ok(Value::Object(out))
+}
