@@ -14,20 +14,20 @@ use redis::auth::BasicAuth;
 use redis::{ErrorKind, RedisError, RedisResult};
 use tokio::time::{Instant, Sleep};
 
-/// How long this connection waits before passing a renewal on.
+/// How long this connection waits before passing a renewal on. Kept small: one lives
+/// beside every connection.
 pub(crate) struct Spread {
     max: Duration,
-    random: RandomState,
-    stream_id: u64,
+    /// This stream's random seed, from the provider's per-process random keys.
+    seed: u64,
     renewals: u64,
 }
 
 impl Spread {
-    pub(crate) fn new(max: Duration, random: RandomState, stream_id: u64) -> Spread {
+    pub(crate) fn new(max: Duration, random: &RandomState, stream_id: u64) -> Spread {
         Spread {
             max,
-            random,
-            stream_id,
+            seed: random.hash_one(stream_id),
             renewals: 0,
         }
     }
@@ -40,10 +40,23 @@ impl Spread {
             return Duration::ZERO;
         }
         self.renewals += 1;
-        let draw = self.random.hash_one((self.stream_id, self.renewals));
+        let draw = finalize(self.seed ^ self.renewals.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let unit = (draw >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
         bound.mul_f64(unit)
     }
+}
+
+/// A 64-bit mixing finalizer (MurmurHash3's): spreads consecutive inputs over the range.
+fn finalize(mut z: u64) -> u64 {
+    z = (z ^ (z >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    z = (z ^ (z >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    z ^ (z >> 33)
+}
+
+/// A renewal waiting out its spread delay.
+struct Delayed {
+    sleep: Pin<Box<Sleep>>,
+    auth: BasicAuth,
 }
 
 /// Yields the current token first, then each renewal (after its spread delay) and each
@@ -54,7 +67,7 @@ pub(crate) struct CredentialsStream {
     spread: Spread,
     /// When the token last handed out expires, on tokio's clock.
     current_expiry: Option<Instant>,
-    delayed: Option<(Pin<Box<Sleep>>, BasicAuth)>,
+    delayed: Option<Box<Delayed>>,
 }
 
 impl CredentialsStream {
@@ -81,10 +94,10 @@ impl Stream for CredentialsStream {
     type Item = RedisResult<BasicAuth>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some((sleep, _)) = &mut self.delayed {
-            ready!(sleep.as_mut().poll(cx));
-            if let Some((_, auth)) = self.delayed.take() {
-                return Poll::Ready(Some(Ok(auth)));
+        if let Some(delayed) = &mut self.delayed {
+            ready!(delayed.sleep.as_mut().poll(cx));
+            if let Some(delayed) = self.delayed.take() {
+                return Poll::Ready(Some(Ok(delayed.auth)));
             }
         }
         let item = ready!(Pin::new(&mut self.tokens).poll_next(cx));
@@ -108,7 +121,7 @@ impl Stream for CredentialsStream {
         match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Ok(auth))),
             Poll::Pending => {
-                self.delayed = Some((sleep, auth));
+                self.delayed = Some(Box::new(Delayed { sleep, auth }));
                 Poll::Pending
             }
         }
@@ -121,7 +134,7 @@ mod tests {
 
     #[test]
     fn delays_stay_inside_the_window_and_the_tenth_of_life_bound() {
-        let mut spread = Spread::new(Duration::from_secs(1), RandomState::new(), 7);
+        let mut spread = Spread::new(Duration::from_secs(1), &RandomState::new(), 7);
         let delays: Vec<Duration> = (0..1000).map(|_| spread.next_delay(Duration::from_secs(600))).collect();
         assert!(delays.iter().all(|d| *d < Duration::from_secs(1)));
         assert!(
@@ -131,7 +144,27 @@ mod tests {
         // A replaced token with 2 s left: at most 200 ms.
         assert!((0..1000).all(|_| spread.next_delay(Duration::from_secs(2)) < Duration::from_millis(200)));
         assert_eq!(spread.next_delay(Duration::ZERO), Duration::ZERO);
-        let mut off = Spread::new(Duration::ZERO, RandomState::new(), 1);
+        let mut off = Spread::new(Duration::ZERO, &RandomState::new(), 1);
         assert_eq!(off.next_delay(Duration::from_secs(3600)), Duration::ZERO);
+        // Different streams draw differently.
+        let random = RandomState::new();
+        let (mut a, mut b) = (
+            Spread::new(Duration::from_secs(1), &random, 1),
+            Spread::new(Duration::from_secs(1), &random, 2),
+        );
+        assert_ne!(
+            a.next_delay(Duration::from_secs(600)),
+            b.next_delay(Duration::from_secs(600))
+        );
+    }
+
+    #[test]
+    fn the_per_connection_state_stays_small() {
+        // One of these lives beside every connection (issue 8, figure 3).
+        assert!(
+            std::mem::size_of::<CredentialsStream>() <= 96,
+            "{}",
+            std::mem::size_of::<CredentialsStream>()
+        );
     }
 }
