@@ -251,7 +251,8 @@ async fn fanout(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
 /// F1: the same N multiplexed connections with static credentials; the benchmark sends the
 /// N AUTHs itself, concurrently.
 async fn floor_static(server: &Server, n: usize) -> Result<Duration, AnyError> {
-    let client = redis::Client::open(format!("redis://{}:x@127.0.0.1:{}", fake::OID, server.port))?;
+    let password = fake::token_sized_password();
+    let client = redis::Client::open(format!("redis://{}:{password}@127.0.0.1:{}", fake::OID, server.port))?;
     let mut connections = Vec::with_capacity(n);
     for _ in 0..n {
         connections.push(client.get_multiplexed_async_connection().await?);
@@ -260,14 +261,16 @@ async fn floor_static(server: &Server, n: usize) -> Result<Duration, AnyError> {
     let base = server.auth_calls()?;
     let from = Instant::now();
     let watcher = until_auths(server, base, n as u64, from);
+    let password = Arc::new(password);
     let sends: Vec<_> = connections
         .iter()
         .cloned()
         .map(|mut c| {
+            let password = password.clone();
             tokio::spawn(async move {
                 redis::cmd("AUTH")
                     .arg(fake::OID)
-                    .arg("y")
+                    .arg(password.as_str())
                     .query_async::<()>(&mut c)
                     .await
             })
@@ -289,10 +292,13 @@ async fn floor_raw(server: &Server, n: usize) -> Result<Duration, AnyError> {
     for _ in 0..n {
         sockets.push(tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await?);
     }
+    // The same AUTH as the providers send: the same user, a token-sized password.
+    let password = fake::token_sized_password();
     let command = format!(
-        "*3\r\n$4\r\nAUTH\r\n${}\r\n{}\r\n$1\r\nz\r\n",
+        "*3\r\n$4\r\nAUTH\r\n${}\r\n{}\r\n${}\r\n{password}\r\n",
         fake::OID.len(),
-        fake::OID
+        fake::OID,
+        password.len()
     )
     .into_bytes();
     let command = Arc::new(command);
@@ -305,7 +311,7 @@ async fn floor_raw(server: &Server, n: usize) -> Result<Duration, AnyError> {
             let command = command.clone();
             tokio::spawn(async move {
                 socket.write_all(&command).await?;
-                let mut reply = [0u8; 5];
+                let mut reply = [0u8; 5]; // +OK\r\n
                 socket.read_exact(&mut reply).await?;
                 Ok::<_, std::io::Error>(socket)
             })
@@ -457,7 +463,11 @@ fn memory_child(args: &[String]) -> Result<(), AnyError> {
             _ => (AsyncConnectionConfig::new(), None),
         };
         let url = if variant == "static" {
-            format!("redis://{}:s@127.0.0.1:{port}", fake::OID)
+            format!(
+                "redis://{}:{}@127.0.0.1:{port}",
+                fake::OID,
+                fake::token_sized_password()
+            )
         } else {
             server.url()
         };
@@ -490,31 +500,41 @@ async fn throughput(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
     let rounds: &[&str] = if plan.quick {
         &["static", "A"]
     } else {
-        &["static", "A", "A", "static"]
+        &["static", "noop", "A", "A", "noop", "static"]
     };
     let mut runs: Vec<(&str, f64, Summary, u64, u64)> = Vec::new();
     for &label in rounds {
         let gate = Gate::gated();
-        let (connection, provider) = if label == "A" {
-            let provider = Variant::A {
-                spread: redis_entraid::DEFAULT_REAUTH_SPREAD,
+        // Every connection is made the same way; only the credentials differ.
+        let (connection, provider) = match label {
+            "A" => {
+                let provider = Variant::A {
+                    spread: redis_entraid::DEFAULT_REAUTH_SPREAD,
+                }
+                .provider(&gate)?;
+                gate.wait_first_token().await;
+                let config = provider.configure(AsyncConnectionConfig::new());
+                (
+                    redis::Client::open(server.url())?
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                    Some(provider),
+                )
             }
-            .provider(&gate)?;
-            gate.wait_first_token().await;
-            let config = provider.configure(AsyncConnectionConfig::new());
-            (
+            "noop" => (
                 redis::Client::open(server.url())?
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?,
-                Some(provider),
-            )
-        } else {
-            (
-                redis::Client::open(format!("redis://{}:s@127.0.0.1:{}", fake::OID, server.port))?
-                    .get_multiplexed_async_connection()
+                    .get_multiplexed_async_connection_with_config(
+                        &AsyncConnectionConfig::new().set_credentials_provider(fake::NoopProvider),
+                    )
                     .await?,
                 None,
-            )
+            ),
+            _ => (
+                redis::Client::open(format!("redis://{}:s@127.0.0.1:{}", fake::OID, server.port))?
+                    .get_multiplexed_async_connection_with_config(&AsyncConnectionConfig::new())
+                    .await?,
+                None,
+            ),
         };
         let rotations = if provider.is_some() {
             let gate = gate.clone();
@@ -579,7 +599,7 @@ async fn throughput(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
         ));
         drop(provider);
     }
-    for label in ["static", "A"] {
+    for label in ["static", "noop", "A"] {
         let mine: Vec<_> = runs.iter().filter(|r| r.0 == label).collect();
         let rate = mine.iter().map(|r| r.1).sum::<f64>() / mine.len() as f64;
         // The run with the worse p99 stands for the label (the conservative choice).
