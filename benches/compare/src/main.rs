@@ -401,32 +401,46 @@ async fn probe(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
 /// hide the next one's growth.
 fn memory(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
     let exe = std::env::current_exe()?;
-    let mut results: Vec<(String, f64)> = Vec::new();
+    // `trimmed`: the same run with glibc returning freed memory eagerly
+    // (MALLOC_TRIM_THRESHOLD_=0), which separates live state from allocator retention.
+    let mut results: Vec<(String, bool, f64)> = Vec::new();
     let pairs = if plan.quick { 1 } else { 3 };
     for _ in 0..pairs {
-        for variant in ["A", "B", "static", "noop"] {
-            let output = std::process::Command::new(&exe)
-                .args([
+        for trimmed in [false, true] {
+            for variant in ["A", "B", "static", "noop"] {
+                let mut child = std::process::Command::new(&exe);
+                child.args([
                     "--memory-child",
                     variant,
                     &plan.memory_connections.to_string(),
                     &server.port.to_string(),
-                ])
-                .output()?;
-            let text = String::from_utf8_lossy(&output.stdout);
-            let bytes: f64 = text.trim().parse().map_err(|_| {
-                format!(
-                    "memory child {variant} failed: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                )
-            })?;
-            eprintln!("  {variant}: {bytes:.0} bytes per connection");
-            results.push((variant.to_owned(), bytes));
+                ]);
+                if trimmed {
+                    child.env("MALLOC_TRIM_THRESHOLD_", "0");
+                }
+                let output = child.output()?;
+                let text = String::from_utf8_lossy(&output.stdout);
+                let bytes: f64 = text.trim().parse().map_err(|_| {
+                    format!(
+                        "memory child {variant} failed: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    )
+                })?;
+                eprintln!(
+                    "  {variant}{}: {bytes:.0} bytes per connection",
+                    if trimmed { " (trimmed)" } else { "" }
+                );
+                results.push((variant.to_owned(), trimmed, bytes));
+            }
         }
     }
-    let of = |name: &str| Summary::of(results.iter().filter(|r| r.0 == name).map(|r| r.1));
-    let (a, noop) = (of("A"), of("noop"));
-    Ok(json!({"a": a, "b": of("B"), "static": of("static"), "noop": noop, "a_minus_noop": a.median - noop.median}))
+    let of =
+        |name: &str, trimmed: bool| Summary::of(results.iter().filter(|r| r.0 == name && r.1 == trimmed).map(|r| r.2));
+    let row = |trimmed: bool| {
+        let (a, noop) = (of("A", trimmed), of("noop", trimmed));
+        json!({"a": a, "b": of("B", trimmed), "static": of("static", trimmed), "noop": noop, "a_minus_noop": a.median - noop.median})
+    };
+    Ok(json!({"default": row(false), "trimmed": row(true)}))
 }
 
 fn memory_child(args: &[String]) -> Result<(), AnyError> {

@@ -127,10 +127,18 @@ pub(crate) fn markdown(report: &Value) -> String {
         }
     }
     let mem = &report["memory"];
-    out.push_str(&format!(
-        "\n## 3. RSS growth per connection (bytes, median)\n\n| A | B | static password | no-op provider | A − no-op |\n|---|---|---|---|---|\n| {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
-        f(mem, &["a", "median"]), f(mem, &["b", "median"]), f(mem, &["static", "median"]), f(mem, &["noop", "median"]), f(mem, &["a_minus_noop"])
-    ));
+    out.push_str("\n## 3. RSS growth per connection (bytes, median), each variant in a fresh process\n\n| malloc | A | B | static password | no-op provider | A − no-op |\n|---|---|---|---|---|---|\n");
+    for (label, key) in [("glibc default", "default"), ("MALLOC_TRIM_THRESHOLD_=0", "trimmed")] {
+        let m = &mem[key];
+        out.push_str(&format!(
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+            f(m, &["a", "median"]),
+            f(m, &["b", "median"]),
+            f(m, &["static", "median"]),
+            f(m, &["noop", "median"]),
+            f(m, &["a_minus_noop"])
+        ));
+    }
     let t = &report["throughput"];
     out.push_str("\n## 4. One connection, 64 tasks, rotation every 2 s (A), mean of alternating runs\n\n| | ops/s | p50 ms | p99 ms | max ms | failed |\n|---|---|---|---|---|---|\n");
     for label in ["static", "noop", "A"] {
