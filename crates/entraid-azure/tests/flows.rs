@@ -250,53 +250,11 @@ fn bad_input_is_refused_at_construction() {
 
 // ---------- service principal with a certificate ----------
 
-struct TestCert {
-    pkcs12: Vec<u8>,
-    cert_only: Vec<u8>,
-    public_key: openssl::pkey::PKey<openssl::pkey::Public>,
-}
-
-fn test_certificate(password: &str) -> TestCert {
-    use openssl::{asn1::Asn1Time, hash::MessageDigest, pkcs12::Pkcs12, pkey::PKey, rsa::Rsa, x509};
-    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-    let mut name = x509::X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", "entraid-azure-test").unwrap();
-    let name = name.build();
-    let mut builder = x509::X509Builder::new().unwrap();
-    builder.set_version(2).unwrap();
-    builder.set_subject_name(&name).unwrap();
-    builder.set_issuer_name(&name).unwrap();
-    builder.set_pubkey(&key).unwrap();
-    builder.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-    builder.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
-    builder.sign(&key, MessageDigest::sha256()).unwrap();
-    let cert = builder.build();
-    let pkcs12 = Pkcs12::builder()
-        .name("test")
-        .pkey(&key)
-        .cert(&cert)
-        .build2(password)
-        .unwrap()
-        .to_der()
-        .unwrap();
-    let cert_only = Pkcs12::builder()
-        .name("test")
-        .cert(&cert)
-        .build2(password)
-        .unwrap()
-        .to_der()
-        .unwrap();
-    let public_key = PKey::public_key_from_pem(&key.public_key_to_pem().unwrap()).unwrap();
-    TestCert {
-        pkcs12,
-        cert_only,
-        public_key,
-    }
-}
+use entraid_test_support::test_certificate;
 
 #[tokio::test]
 async fn client_certificate_sends_a_signed_assertion() {
-    let cert = test_certificate("pfx-password");
+    let cert = test_certificate("entraid-azure-test", "pfx-password");
     let mut server = mockito::Server::new_async().await;
     let captured = Arc::new(Mutex::new(String::new()));
     let capture = captured.clone();
@@ -359,7 +317,7 @@ async fn client_certificate_sends_a_signed_assertion() {
 
 #[test]
 fn bad_certificates_are_refused_with_the_reason() {
-    let cert = test_certificate("right");
+    let cert = test_certificate("entraid-azure-test", "right");
     let wrong =
         AzureIdentityProvider::client_certificate(TENANT, CLIENT, cert.pkcs12.clone(), Some("wrong")).unwrap_err();
     assert!(
@@ -367,7 +325,8 @@ fn bad_certificates_are_refused_with_the_reason() {
         "{wrong}"
     );
     let no_key =
-        AzureIdentityProvider::client_certificate(TENANT, CLIENT, cert.cert_only.clone(), Some("right")).unwrap_err();
+        AzureIdentityProvider::client_certificate(TENANT, CLIENT, cert.pkcs12_without_key.clone(), Some("right"))
+            .unwrap_err();
     assert!(
         matches!(&no_key, AzureConfigError::Certificate { problem } if problem.contains("private key")),
         "{no_key}"

@@ -299,38 +299,17 @@ async fn a_wrong_secret_is_a_permanent_error_naming_aadsts7000215() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificate_through_the_emulator() {
-    use openssl::{asn1::Asn1Time, hash::MessageDigest, pkcs12::Pkcs12, pkey::PKey, rsa::Rsa, x509};
-    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-    let mut name = x509::X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", "e2e-client").unwrap();
-    let name = name.build();
-    let mut builder = x509::X509Builder::new().unwrap();
-    builder.set_version(2).unwrap();
-    builder.set_subject_name(&name).unwrap();
-    builder.set_issuer_name(&name).unwrap();
-    builder.set_pubkey(&key).unwrap();
-    builder.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-    builder.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
-    builder.sign(&key, MessageDigest::sha256()).unwrap();
-    let cert = builder.build();
-    let pkcs12 = Pkcs12::builder()
-        .name("e2e")
-        .pkey(&key)
-        .cert(&cert)
-        .build2("")
-        .unwrap()
-        .to_der()
-        .unwrap();
+    let certificate = entraid_test_support::test_certificate("e2e-client", "");
     let principals = Principals::from_json(
         &serde_json::json!({
             "tenant_id": "e2e-tenant",
-            "service_principals": [{"client_id": "cert-app", "object_id": "cert-oid", "certificate_pem": String::from_utf8(cert.to_pem().unwrap()).unwrap()}],
+            "service_principals": [{"client_id": "cert-app", "object_id": "cert-oid", "certificate_pem": certificate.certificate_pem}],
         })
         .to_string(),
     )
     .unwrap();
     let emulator = emulator(Duration::from_secs(60), Some(principals)).await;
-    let provider = AzureIdentityProvider::client_certificate("e2e-tenant", "cert-app", pkcs12, None)
+    let provider = AzureIdentityProvider::client_certificate("e2e-tenant", "cert-app", certificate.pkcs12, None)
         .unwrap()
         .with_authority_host(emulator.authority_host())
         .unwrap()
