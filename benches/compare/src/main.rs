@@ -401,46 +401,40 @@ async fn probe(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
 /// hide the next one's growth.
 fn memory(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
     let exe = std::env::current_exe()?;
-    // `trimmed`: the same run with glibc returning freed memory eagerly
-    // (MALLOC_TRIM_THRESHOLD_=0), which separates live state from allocator retention.
-    let mut results: Vec<(String, bool, f64)> = Vec::new();
+    // Per connection: RSS growth, and bytes allocated and still held (glibc's mallinfo2,
+    // main arena), which separates live state from where the allocator put it.
+    let mut results: Vec<(String, f64, f64)> = Vec::new();
     let pairs = if plan.quick { 1 } else { 3 };
     for _ in 0..pairs {
-        for trimmed in [false, true] {
-            for variant in ["A", "B", "static", "noop"] {
-                let mut child = std::process::Command::new(&exe);
-                child.args([
+        for variant in ["A", "B", "static", "noop"] {
+            let output = std::process::Command::new(&exe)
+                .args([
                     "--memory-child",
                     variant,
                     &plan.memory_connections.to_string(),
                     &server.port.to_string(),
-                ]);
-                if trimmed {
-                    child.env("MALLOC_TRIM_THRESHOLD_", "0");
-                }
-                let output = child.output()?;
-                let text = String::from_utf8_lossy(&output.stdout);
-                let bytes: f64 = text.trim().parse().map_err(|_| {
-                    format!(
-                        "memory child {variant} failed: {}",
-                        String::from_utf8_lossy(&output.stderr)
-                    )
-                })?;
-                eprintln!(
-                    "  {variant}{}: {bytes:.0} bytes per connection",
-                    if trimmed { " (trimmed)" } else { "" }
-                );
-                results.push((variant.to_owned(), trimmed, bytes));
-            }
+                ])
+                .output()?;
+            let text = String::from_utf8_lossy(&output.stdout);
+            let parsed: Vec<f64> = text.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+            let [rss, heap] = parsed[..] else {
+                return Err(format!(
+                    "memory child {variant} failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                )
+                .into());
+            };
+            eprintln!("  {variant}: RSS {rss:.0} bytes, allocated {heap:.0} bytes per connection");
+            results.push((variant.to_owned(), rss, heap));
         }
     }
-    let of =
-        |name: &str, trimmed: bool| Summary::of(results.iter().filter(|r| r.0 == name && r.1 == trimmed).map(|r| r.2));
-    let row = |trimmed: bool| {
-        let (a, noop) = (of("A", trimmed), of("noop", trimmed));
-        json!({"a": a, "b": of("B", trimmed), "static": of("static", trimmed), "noop": noop, "a_minus_noop": a.median - noop.median})
+    let rss = |name: &str| Summary::of(results.iter().filter(|r| r.0 == name).map(|r| r.1));
+    let heap = |name: &str| Summary::of(results.iter().filter(|r| r.0 == name).map(|r| r.2));
+    let row = |of: &dyn Fn(&str) -> Summary| {
+        let (a, noop) = (of("A"), of("noop"));
+        json!({"a": a, "b": of("B"), "static": of("static"), "noop": noop, "a_minus_noop": a.median - noop.median})
     };
-    Ok(json!({"default": row(false), "trimmed": row(true)}))
+    Ok(json!({"rss": row(&rss), "allocated": row(&heap)}))
 }
 
 fn memory_child(args: &[String]) -> Result<(), AnyError> {
@@ -493,16 +487,24 @@ fn memory_child(args: &[String]) -> Result<(), AnyError> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = rss_bytes();
+        // SAFETY: mallinfo2 only reads glibc's allocator statistics.
+        let heap_before = unsafe { libc::mallinfo2() }.uordblks;
         let mut connections = Vec::with_capacity(n);
         for _ in 0..n {
             connections.push(client.get_multiplexed_async_connection_with_config(&config).await?);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let after = rss_bytes();
+        // SAFETY: as above.
+        let heap_after = unsafe { libc::mallinfo2() }.uordblks;
+
         drop(connections);
-        Ok::<f64, AnyError>((after as f64 - before as f64) / n as f64)
+        Ok::<(f64, f64), AnyError>((
+            (after as f64 - before as f64) / n as f64,
+            (heap_after as f64 - heap_before as f64) / n as f64,
+        ))
     })?;
-    println!("{bytes}");
+    println!("{} {}", bytes.0, bytes.1);
     Ok(())
 }
 

@@ -127,8 +127,8 @@ pub(crate) fn markdown(report: &Value) -> String {
         }
     }
     let mem = &report["memory"];
-    out.push_str("\n## 3. RSS growth per connection (bytes, median), each variant in a fresh process\n\n| malloc | A | B | static password | no-op provider | A − no-op |\n|---|---|---|---|---|---|\n");
-    for (label, key) in [("glibc default", "default"), ("MALLOC_TRIM_THRESHOLD_=0", "trimmed")] {
+    out.push_str("\n## 3. Memory per connection (bytes, median), each variant in a fresh process\n\n| measure | A | B | static password | no-op provider | A − no-op |\n|---|---|---|---|---|---|\n");
+    for (label, key) in [("RSS growth", "rss"), ("allocated and held (mallinfo2)", "allocated")] {
         let m = &mem[key];
         out.push_str(&format!(
             "| {label} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
