@@ -17,30 +17,31 @@ use tokio::time::{Instant, Sleep};
 /// How long this connection waits before passing a renewal on. Kept small: one lives
 /// beside every connection.
 pub(crate) struct Spread {
-    max: Duration,
+    /// The window, in milliseconds (up to 49 days).
+    max_ms: u32,
+    renewals: u32,
     /// This stream's random seed, from the provider's per-process random keys.
     seed: u64,
-    renewals: u64,
 }
 
 impl Spread {
     pub(crate) fn new(max: Duration, random: &RandomState, stream_id: u64) -> Spread {
         Spread {
-            max,
-            seed: random.hash_one(stream_id),
+            max_ms: u32::try_from(max.as_millis()).unwrap_or(u32::MAX),
             renewals: 0,
+            seed: random.hash_one(stream_id),
         }
     }
 
     /// A delay in `[0, min(max, left / 10))`, where `left` is what the replaced token had
     /// left: a renewal never waits long enough to put the connection at risk.
     fn next_delay(&mut self, left_on_replaced: Duration) -> Duration {
-        let bound = self.max.min(left_on_replaced / 10);
+        let bound = Duration::from_millis(u64::from(self.max_ms)).min(left_on_replaced / 10);
         if bound.is_zero() {
             return Duration::ZERO;
         }
-        self.renewals += 1;
-        let draw = finalize(self.seed ^ self.renewals.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        self.renewals = self.renewals.wrapping_add(1);
+        let draw = finalize(self.seed ^ u64::from(self.renewals).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let unit = (draw >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
         bound.mul_f64(unit)
     }
