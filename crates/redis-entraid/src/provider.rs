@@ -23,8 +23,8 @@ use crate::credentials_stream::{CredentialsStream, Spread};
 /// are allowed, so 5 s always fits).
 ///
 /// Chosen from `cargo xtask bench`, figure 2 (10 000 idle connections, a probe doing
-/// SET+GET): spread off, a rotation stalls the probe for up to 170–290 ms; 1 s brings the
-/// worst case to about 15–20 ms; 5 s to about 12 ms with the probe's p99 unchanged.
+/// SET+GET): spread off, a rotation stalls the probe for up to 140–290 ms; 1 s brings the
+/// worst case to about 15–20 ms; 5 s to 6–12 ms with the probe's p99 unchanged.
 pub const DEFAULT_REAUTH_SPREAD: Duration = Duration::from_secs(5);
 
 /// Entra ID credentials for the `redis` crate's connections.
