@@ -57,6 +57,16 @@ fn entra_error(status: StatusCode, error: &str, code: u64, description: &str) ->
     )
 }
 
+/// The whole request body (empty if it could not be read).
+async fn read_body(request: Request<Incoming>) -> Bytes {
+    request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
+}
+
 fn query_map(query: Option<&str>) -> HashMap<String, String> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .into_owned()
@@ -110,12 +120,7 @@ impl TokenService {
         let path = request.uri().path().to_owned();
         let query = query_map(request.uri().query());
         let headers = request.headers().clone();
-        let body = request
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let body = read_body(request).await;
         let tenant = &self.principals.tenant_id;
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
 
@@ -409,12 +414,7 @@ enum ManagedShape {
 pub(crate) async fn admin(service: Arc<TokenService>, request: Request<Incoming>) -> Result<Reply, Infallible> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = read_body(request).await;
     Ok(match (method, path.as_str()) {
         (Method::GET, "/stats") => json_reply(StatusCode::OK, &service.stats.to_json()),
         (Method::POST, "/faults") => {

@@ -68,45 +68,13 @@ fn started(provider: impl IdentityProvider, config: TokenManagerConfig) -> Entra
     credentials
 }
 
-/// SET/GET from `tasks` tasks until `deadline`; returns (ok, failed, first errors).
+/// SET/GET from `tasks` tasks for `duration`: (ok, failed, first errors).
 async fn load<C>(connection: C, tasks: usize, duration: Duration) -> (u64, u64, Vec<String>)
 where
     C: redis::aio::ConnectionLike + Clone + Send + 'static,
 {
-    let deadline = tokio::time::Instant::now() + duration;
-    let handles: Vec<_> = (0..tasks)
-        .map(|task| {
-            let mut connection = connection.clone();
-            tokio::spawn(async move {
-                let (mut ok, mut failed, mut errors) = (0, 0, Vec::new());
-                let mut i = 0u64;
-                while tokio::time::Instant::now() < deadline {
-                    i += 1;
-                    let key = format!("e2e:{task}:{}", i % 31);
-                    let r: redis::RedisResult<()> =
-                        redis::cmd("SET").arg(&key).arg(i).query_async(&mut connection).await;
-                    match r {
-                        Ok(()) => ok += 1,
-                        Err(e) => {
-                            failed += 1;
-                            if errors.len() < 3 {
-                                errors.push(e.to_string());
-                            }
-                        }
-                    }
-                }
-                (ok, failed, errors)
-            })
-        })
-        .collect();
-    let mut total = (0, 0, Vec::new());
-    for handle in handles {
-        let (ok, failed, errors) = handle.await.unwrap();
-        total.0 += ok;
-        total.1 += failed;
-        total.2.extend(errors);
-    }
-    total
+    let report = entraid_test_support::set_get_load(connection, tasks, duration).await;
+    (report.ok, report.failed, report.first_errors)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

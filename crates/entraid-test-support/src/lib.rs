@@ -7,10 +7,14 @@
 mod certificate;
 mod clock;
 mod jwt;
+#[cfg(feature = "redis")]
+mod load;
 mod provider;
 
 #[cfg(feature = "certificates")]
 pub use certificate::{TestCertificate, test_certificate};
 pub use clock::FakeClock;
 pub use jwt::{jwt, token_with_lifetime};
+#[cfg(feature = "redis")]
+pub use load::{LoadReport, set_get_load};
 pub use provider::{ScriptedProvider, Step};

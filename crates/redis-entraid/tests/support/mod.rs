@@ -231,44 +231,11 @@ impl IdentityProvider for AclProvider {
     }
 }
 
-/// 64 tasks doing SET/GET on random keys for `duration`; returns (ok, failed) commands.
+/// 64 tasks doing SET/GET for `duration`: (ok, failed, first errors).
 pub async fn hammer<C>(connection: C, tasks: usize, duration: Duration) -> (u64, u64, Vec<String>)
 where
     C: redis::aio::ConnectionLike + Clone + Send + 'static,
 {
-    let deadline = tokio::time::Instant::now() + duration;
-    let mut handles = Vec::new();
-    for task in 0..tasks {
-        let mut connection = connection.clone();
-        handles.push(tokio::spawn(async move {
-            let (mut ok, mut failed, mut errors) = (0u64, 0u64, Vec::new());
-            let mut i = 0u64;
-            while tokio::time::Instant::now() < deadline {
-                i += 1;
-                let key = format!("k:{task}:{}", i % 97);
-                let set: redis::RedisResult<()> = redis::cmd("SET").arg(&key).arg(i).query_async(&mut connection).await;
-                let get: redis::RedisResult<u64> = redis::cmd("GET").arg(&key).query_async(&mut connection).await;
-                for result in [set.map(|_| ()), get.map(|_| ())] {
-                    match result {
-                        Ok(()) => ok += 1,
-                        Err(e) => {
-                            failed += 1;
-                            if errors.len() < 3 {
-                                errors.push(e.to_string());
-                            }
-                        }
-                    }
-                }
-            }
-            (ok, failed, errors)
-        }));
-    }
-    let mut totals = (0, 0, Vec::new());
-    for handle in handles {
-        let (ok, failed, errors) = handle.await.unwrap();
-        totals.0 += ok;
-        totals.1 += failed;
-        totals.2.extend(errors);
-    }
-    totals
+    let report = entraid_test_support::set_get_load(connection, tasks, duration).await;
+    (report.ok, report.failed, report.first_errors)
 }

@@ -1,0 +1,59 @@
+//! Steady SET/GET traffic on a connection, counting what failed.
+
+use std::time::Duration;
+
+/// What a load run did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Commands that succeeded.
+    pub ok: u64,
+    /// Commands that failed.
+    pub failed: u64,
+    /// The first few error messages, for the assertion message.
+    pub first_errors: Vec<String>,
+}
+
+/// `tasks` tasks doing SET then GET on their own keys, back to back, for `duration`.
+#[allow(clippy::unwrap_used)]
+pub async fn set_get_load<C>(connection: C, tasks: usize, duration: Duration) -> LoadReport
+where
+    C: redis::aio::ConnectionLike + Clone + Send + 'static,
+{
+    let deadline = tokio::time::Instant::now() + duration;
+    let handles: Vec<_> = (0..tasks)
+        .map(|task| {
+            let mut connection = connection.clone();
+            tokio::spawn(async move {
+                let mut report = LoadReport::default();
+                let mut i = 0u64;
+                while tokio::time::Instant::now() < deadline {
+                    i += 1;
+                    let key = format!("load:{task}:{}", i % 97);
+                    let set: redis::RedisResult<()> =
+                        redis::cmd("SET").arg(&key).arg(i).query_async(&mut connection).await;
+                    let get: redis::RedisResult<u64> = redis::cmd("GET").arg(&key).query_async(&mut connection).await;
+                    for result in [set.map(drop), get.map(drop)] {
+                        match result {
+                            Ok(()) => report.ok += 1,
+                            Err(e) => {
+                                report.failed += 1;
+                                if report.first_errors.len() < 3 {
+                                    report.first_errors.push(e.to_string());
+                                }
+                            }
+                        }
+                    }
+                }
+                report
+            })
+        })
+        .collect();
+    let mut total = LoadReport::default();
+    for handle in handles {
+        let report = handle.await.unwrap();
+        total.ok += report.ok;
+        total.failed += report.failed;
+        total.first_errors.extend(report.first_errors);
+    }
+    total
+}
