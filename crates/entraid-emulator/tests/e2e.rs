@@ -178,7 +178,8 @@ async fn a_connection_never_reauthenticated_is_cut_at_expiry() {
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let pong: String = redis::cmd("PING").query_async(&mut connection).await.unwrap();
     assert_eq!(pong, "PONG");
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    // The token lives at most 3 s (2 s, its `exp` rounded up to the next second).
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
     let after: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut connection).await;
     assert!(
         after.is_err(),
