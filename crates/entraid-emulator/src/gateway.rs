@@ -20,7 +20,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::jwt::now_secs;
 use crate::resp::{Parsed, encode_command, parse_command};
 use crate::stats::Stats;
 use crate::token_service::TokenService;
@@ -206,11 +205,10 @@ impl Session {
         let token = String::from_utf8_lossy(token);
         match service.validate_access_token(user, &token) {
             Ok(exp) => {
-                let left = Duration::from_secs(exp.saturating_sub(now_secs()));
-                // Whole seconds: `exp` is in seconds; start of the second it names.
+                // The connection lives until the instant `exp` names.
                 let left = (UNIX_EPOCH + Duration::from_secs(exp))
                     .duration_since(std::time::SystemTime::now())
-                    .unwrap_or(left);
+                    .unwrap_or_default();
                 self.expires_at = Some(Instant::now() + left);
                 if self.authenticated {
                     Stats::bump(&service.stats.reauthentications);

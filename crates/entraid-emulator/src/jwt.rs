@@ -101,8 +101,3 @@ fn decode_json(part: &str) -> Option<Value> {
     let bytes = URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
-
-/// The claims of a JWT without checking anything (to find which key to verify with).
-pub(crate) fn unverified_claims(jwt: &str) -> Option<Value> {
-    decode_json(jwt.split('.').nth(1)?)
-}

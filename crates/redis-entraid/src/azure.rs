@@ -42,6 +42,12 @@ fn config_error(error: AzureConfigError) -> RedisError {
     ))
 }
 
+/// A user-assigned identity's client id from `AZURE_CLIENT_ID`, or an error naming it.
+fn client_id_from_process_env() -> RedisResult<String> {
+    let process_env = |name: &str| std::env::var(name).ok();
+    entraid_azure::user_assigned_client_id_from_env(&process_env).map_err(config_error)
+}
+
 fn from_azure(provider: Result<AzureIdentityProvider, AzureConfigError>) -> RedisResult<EntraIdCredentialsProvider> {
     provider
         .map(EntraIdCredentialsProvider::new_with_identity_provider)
@@ -152,10 +158,8 @@ impl EntraIdCredentialsProvider {
     /// naming the variable, when it is unset (redis-rs silently falls back to the
     /// system-assigned identity here).
     pub fn new_user_assigned_managed_identity() -> RedisResult<Self> {
-        let process_env = |name: &str| std::env::var(name).ok();
-        let client_id = entraid_azure::user_assigned_client_id_from_env(&process_env).map_err(config_error)?;
         from_azure(AzureIdentityProvider::managed_identity(ManagedIdentityId::ClientId(
-            client_id,
+            client_id_from_process_env()?,
         )))
     }
 
@@ -167,9 +171,9 @@ impl EntraIdCredentialsProvider {
     ) -> RedisResult<Self> {
         let mut options = options.unwrap_or_default();
         if options.user_assigned_id.is_none() {
-            let process_env = |name: &str| std::env::var(name).ok();
-            let client_id = entraid_azure::user_assigned_client_id_from_env(&process_env).map_err(config_error)?;
-            options.user_assigned_id = Some(entraid_azure::azure_identity::UserAssignedId::ClientId(client_id));
+            options.user_assigned_id = Some(entraid_azure::azure_identity::UserAssignedId::ClientId(
+                client_id_from_process_env()?,
+            ));
         }
         from_azure(AzureIdentityProvider::managed_identity_with_options(options).and_then(|p| p.with_scopes(scopes)))
     }

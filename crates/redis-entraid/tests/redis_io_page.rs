@@ -132,6 +132,8 @@ mod connect_ex0 {
     }
 }
 
+// `connect_ex0` needs an Azure instance, so it is compiled, not run: this file compiling is
+// the check (a test that only built its future could not fail).
 // The page's examples run outside a tokio runtime (plain `fn`), which `start` supports.
 // Started providers contact their identity endpoint at once, so each example runs in a
 // child process whose Entra authority and managed-identity endpoint are closed ports on
@@ -192,11 +194,4 @@ fn user_assigned_identity_without_azure_client_id_fails_clearly() {
         let text = error.to_string();
         assert!(text.contains("AZURE_CLIENT_ID"), "{text}");
     });
-}
-
-#[test]
-fn connect_example_compiles_and_is_a_future() {
-    // Connecting needs an Azure instance; building the future (not polling it) checks the types.
-    let future = connect_ex0::example();
-    drop(future);
 }
