@@ -43,7 +43,9 @@ impl Spread {
         self.renewals = self.renewals.wrapping_add(1);
         let draw = finalize(self.seed ^ u64::from(self.renewals).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let unit = (draw >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
-        bound.mul_f64(unit)
+        // Whole milliseconds, rounded down: timers round up to the millisecond, and the
+        // delay must stay strictly inside the window after that.
+        Duration::from_millis((bound.as_millis() as f64 * unit) as u64)
     }
 }
 
@@ -153,10 +155,13 @@ mod tests {
             Spread::new(Duration::from_secs(1), &random, 1),
             Spread::new(Duration::from_secs(1), &random, 2),
         );
-        assert_ne!(
-            a.next_delay(Duration::from_secs(600)),
-            b.next_delay(Duration::from_secs(600))
-        );
+        // (Five draws each: one pair may collide at millisecond resolution, five will not.)
+        let draws = |s: &mut Spread| {
+            (0..5)
+                .map(|_| s.next_delay(Duration::from_secs(600)))
+                .collect::<Vec<_>>()
+        };
+        assert_ne!(draws(&mut a), draws(&mut b));
     }
 
     #[test]
