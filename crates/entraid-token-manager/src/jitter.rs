@@ -30,10 +30,14 @@ impl Jitter {
         z ^ (z >> 31)
     }
 
+    /// A uniform draw in `[0, 1)`.
+    pub(crate) fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// A uniform factor in `[1 - amount, 1 + amount]`.
     pub(crate) fn factor(&mut self, amount: f64) -> f64 {
-        let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
-        1.0 - amount + 2.0 * amount * unit
+        1.0 - amount + 2.0 * amount * self.unit()
     }
 }
 

@@ -35,6 +35,7 @@
 pub mod blocking;
 mod catch_panic;
 mod config;
+mod connection;
 mod error;
 mod jitter;
 mod snapshot;
@@ -43,6 +44,10 @@ mod state_machine;
 mod tokio_driver;
 
 pub use config::{ConfigError, IsRetryable, RetryPolicy, TokenManagerConfig};
+pub use connection::{
+    Availability, ConnectionId, ConnectionOutput, ConnectionPolicy, ConnectionPolicyError, ConnectionStateMachine,
+    Generation,
+};
 pub use error::TokenManagerError;
 pub use state_machine::{Output, RefreshFailure, RequestId, TokenStateMachine};
 #[cfg(feature = "tokio")]

@@ -1,0 +1,658 @@
+//! The sans-IO per-connection core: keeps one logical Redis connection authenticated
+//! across token renewals, failed `AUTH`s, lost connections and identity outages.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::jitter::Jitter;
+
+/// Identifies one token handed to a [`ConnectionStateMachine`]; later tokens have
+/// greater generations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Generation(u64);
+
+/// Identifies one physical connection the machine asked its driver to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "connection #{}", self.0)
+    }
+}
+
+/// Timing rules of a [`ConnectionStateMachine`].
+///
+/// Margins scale down for short tokens: each is at most a tenth (replace) or a fortieth
+/// (close) of the token's lifetime, so a token of a few seconds still leaves room for
+/// the renewal, which the token manager sends at least 30 % of a lifetime before expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionPolicy {
+    /// Renewals reach each connection after a random delay in `[0, reauth_spread)`, and
+    /// never more than a tenth of the time the token in force has left. Default 5 s.
+    pub reauth_spread: Duration,
+    /// How long one re-authentication `AUTH` may take before it counts as failed.
+    /// Default 5 s (a server stall of a few seconds is survived by waiting).
+    pub auth_timeout: Duration,
+    /// First wait after a failed `AUTH`; doubles per failure up to `auth_retry_max`.
+    /// Default 200 ms.
+    pub auth_retry_initial: Duration,
+    /// Longest wait between two `AUTH` attempts. Default 5 s.
+    pub auth_retry_max: Duration,
+    /// When the token in force has this little left and no `AUTH` with a newer token has
+    /// succeeded, a new connection is opened with the newest token and takes over
+    /// (make-before-break). Capped at a tenth of the token's lifetime. Default 30 s.
+    /// The old connection is closed at a quarter of this margin before its token
+    /// expires, so the server never has to cut it.
+    pub replace_margin: Duration,
+    /// How long opening a connection (TCP, TLS, `HELLO`/`AUTH`) may take. Default 5 s.
+    pub connect_timeout: Duration,
+    /// First wait after a failed connection attempt; doubles per failure up to
+    /// `reconnect_max`. Default 100 ms.
+    pub reconnect_initial: Duration,
+    /// Longest wait between two connection attempts. Default 10 s.
+    pub reconnect_max: Duration,
+}
+
+impl Default for ConnectionPolicy {
+    fn default() -> Self {
+        ConnectionPolicy {
+            reauth_spread: Duration::from_secs(5),
+            auth_timeout: Duration::from_secs(5),
+            auth_retry_initial: Duration::from_millis(200),
+            auth_retry_max: Duration::from_secs(5),
+            replace_margin: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A [`ConnectionPolicy`] value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionPolicyError {
+    /// A timeout of zero would fail every attempt.
+    #[error("connection policy: {0} must be greater than zero")]
+    Zero(&'static str),
+    /// A retry range whose maximum is below its start.
+    #[error("connection policy: {max} ({max_value:?}) is below {initial} ({initial_value:?}); raise the maximum")]
+    MaxBelowInitial {
+        /// The maximum's name.
+        max: &'static str,
+        /// Its value.
+        max_value: Duration,
+        /// The initial delay's name.
+        initial: &'static str,
+        /// Its value.
+        initial_value: Duration,
+    },
+}
+
+impl ConnectionPolicy {
+    /// Checks every value; the machine refuses a policy that fails this.
+    pub fn validate(&self) -> Result<(), ConnectionPolicyError> {
+        for (name, value) in [
+            ("auth_timeout", self.auth_timeout),
+            ("auth_retry_initial", self.auth_retry_initial),
+            ("connect_timeout", self.connect_timeout),
+            ("reconnect_initial", self.reconnect_initial),
+        ] {
+            if value.is_zero() {
+                return Err(ConnectionPolicyError::Zero(name));
+            }
+        }
+        for (max, max_value, initial, initial_value) in [
+            (
+                "auth_retry_max",
+                self.auth_retry_max,
+                "auth_retry_initial",
+                self.auth_retry_initial,
+            ),
+            (
+                "reconnect_max",
+                self.reconnect_max,
+                "reconnect_initial",
+                self.reconnect_initial,
+            ),
+        ] {
+            if max_value < initial_value {
+                return Err(ConnectionPolicyError::MaxBelowInitial {
+                    max,
+                    max_value,
+                    initial,
+                    initial_value,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the machine asks its driver to do. Drain with
+/// [`ConnectionStateMachine::poll_output`] until [`ConnectionOutput::Timeout`] or
+/// [`ConnectionOutput::Idle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionOutput {
+    /// Open a connection authenticated, in its handshake, with the token of
+    /// `generation` (always the newest), within `timeout`; report with
+    /// [`ConnectionStateMachine::handle_connected`] or
+    /// [`handle_connect_failed`](ConnectionStateMachine::handle_connect_failed).
+    Connect {
+        /// The new connection.
+        id: ConnectionId,
+        /// The token to authenticate with.
+        generation: Generation,
+        /// Give up after this long.
+        timeout: Duration,
+    },
+    /// Route new commands to this connection from now on.
+    Use(ConnectionId),
+    /// Send `AUTH` with the token of `generation` on connection `id`, waiting at most
+    /// `timeout`; report with [`ConnectionStateMachine::handle_auth_result`].
+    SendAuth {
+        /// The connection.
+        id: ConnectionId,
+        /// The token to send.
+        generation: Generation,
+        /// Give up after this long.
+        timeout: Duration,
+    },
+    /// Send no new command to this connection; let it close when its commands in flight
+    /// have finished. A [`Close`](ConnectionOutput::Close) follows if they take too long.
+    Retire(ConnectionId),
+    /// Close this connection now: its token is about to expire, and the server would
+    /// otherwise cut it. Commands still in flight on it fail.
+    Close(ConnectionId),
+    /// Nothing more to do until this instant: call
+    /// [`ConnectionStateMachine::handle_timeout`] then (or on an earlier event).
+    Timeout(Instant),
+    /// Nothing is scheduled: wait for an event.
+    Idle,
+}
+
+/// Whether commands can be sent, as the driver should tell its callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// Commands go to this connection.
+    Connected(ConnectionId),
+    /// A connection is being opened with a valid token: commands may wait for it.
+    Connecting,
+    /// No valid token exists: commands should fail at once, saying so. The machine
+    /// connects again as soon as a token arrives.
+    NoValidToken,
+    /// A valid token exists, but the last connection attempt failed; another is
+    /// scheduled. Commands should fail at once with the connection error.
+    Reconnecting,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TokenInfo {
+    generation: Generation,
+    expires_at: Instant,
+    replace_margin: Duration,
+}
+
+impl TokenInfo {
+    /// Past this, a connection still on this token is replaced by one on a newer token.
+    fn replace_at(&self) -> Instant {
+        self.expires_at
+            .checked_sub(self.replace_margin)
+            .unwrap_or(self.expires_at)
+    }
+
+    /// Past this, a connection on this token is closed, and the token is not used to
+    /// open one.
+    fn close_at(&self) -> Instant {
+        self.expires_at
+            .checked_sub(self.replace_margin / 4)
+            .unwrap_or(self.expires_at)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Auth {
+    /// The connection holds the newest token (or nothing newer can be sent).
+    UpToDate,
+    /// Send the newest token at this instant (spread delay or retry backoff).
+    Due(Instant),
+    /// An `AUTH` is waiting for its reply.
+    InFlight { token: TokenInfo, deadline: Instant },
+}
+
+#[derive(Debug)]
+struct Active {
+    id: ConnectionId,
+    in_force: TokenInfo,
+    auth: Auth,
+    auth_failures: u32,
+}
+
+#[derive(Debug)]
+struct Connecting {
+    id: ConnectionId,
+    token: TokenInfo,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Retired {
+    id: ConnectionId,
+    close_at: Instant,
+}
+
+/// Keeps one logical connection authenticated, without a clock, a runtime or I/O.
+///
+/// The driver owns the physical connections and the token source; the machine decides,
+/// from the instants it is given, which connection to open, when to send `AUTH`, when to
+/// give up on a connection and replace it, and when to close one before the server would
+/// cut it.
+///
+/// ```text
+/// loop {
+///     loop {
+///         match sm.poll_output() {
+///             Connect { id, generation, timeout } => open a connection with the newest token
+///             Use(id)                 => route new commands to connection id
+///             SendAuth { id, generation, timeout } => send AUTH with the newest token on id
+///             Retire(id)              => no new commands on id; it closes when idle
+///             Close(id)               => close id now (in-flight commands fail)
+///             Timeout(at)             => { deadline = at; break }
+///             Idle                    => { deadline = never; break }
+///         }
+///     }
+///     publish sm.availability() to callers
+///     wait for the first of: a token or its loss from the token manager, a connect or
+///     AUTH result, a lost connection, the deadline; feed it with the matching handle_*.
+/// }
+/// ```
+///
+/// Rules:
+/// - A connection authenticates once, in its handshake, with the newest token. A token
+///   that arrives while it is being opened is sent as `AUTH` as soon as it is up.
+/// - A renewal is sent as `AUTH` after a spread delay. A failed or timed-out `AUTH` is
+///   retried with backoff. When the token in force comes within the replace margin of
+///   expiry and no newer token has been accepted, a new connection is opened with the
+///   newest token; once it is up it takes new commands and the old one is retired, and
+///   closed at a quarter of the margin before its token expires if still open.
+/// - A lost connection is opened again at once, then with backoff after failures.
+/// - With no valid token, no connection is opened and the last one is closed before its
+///   token expires; the first new token opens one again.
+/// - Time never goes backwards: an earlier `now` than one seen is taken as the later one.
+#[derive(Debug)]
+pub struct ConnectionStateMachine {
+    policy: ConnectionPolicy,
+    jitter: Jitter,
+    now: Option<Instant>,
+    next_generation: u64,
+    next_connection: u64,
+    latest: Option<TokenInfo>,
+    active: Option<Active>,
+    connecting: Option<Connecting>,
+    retired: Vec<Retired>,
+    /// When the next connection attempt may start, after failures.
+    reconnect_at: Option<Instant>,
+    connect_failures: u32,
+    outputs: VecDeque<ConnectionOutput>,
+}
+
+impl ConnectionStateMachine {
+    /// A machine with this policy, validated; random draws are seeded per process.
+    pub fn new(policy: ConnectionPolicy) -> Result<ConnectionStateMachine, ConnectionPolicyError> {
+        Self::with_jitter(policy, Jitter::from_process_randomness())
+    }
+
+    /// Like [`new`](Self::new) with a fixed seed, for tests and simulations that replay.
+    pub fn with_seed(policy: ConnectionPolicy, seed: u64) -> Result<ConnectionStateMachine, ConnectionPolicyError> {
+        Self::with_jitter(policy, Jitter::from_seed(seed))
+    }
+
+    fn with_jitter(policy: ConnectionPolicy, jitter: Jitter) -> Result<ConnectionStateMachine, ConnectionPolicyError> {
+        policy.validate()?;
+        Ok(ConnectionStateMachine {
+            policy,
+            jitter,
+            now: None,
+            next_generation: 0,
+            next_connection: 0,
+            latest: None,
+            active: None,
+            connecting: None,
+            retired: Vec::new(),
+            reconnect_at: None,
+            connect_failures: 0,
+            outputs: VecDeque::new(),
+        })
+    }
+
+    /// A new token, valid until `expires_at` (on the driver's clock), of total `lifetime`
+    /// (which scales the margins). Returns its generation; the driver keeps the token,
+    /// since every later `Connect` or `SendAuth` names the newest one.
+    pub fn handle_token(&mut self, now: Instant, expires_at: Instant, lifetime: Duration) -> Generation {
+        let now = self.observe(now);
+        let generation = Generation(self.next_generation);
+        self.next_generation += 1;
+        let token = TokenInfo {
+            generation,
+            expires_at,
+            replace_margin: self.policy.replace_margin.min(lifetime / 10),
+        };
+        self.latest = Some(token);
+        if let Some(active) = &mut self.active
+            && let Auth::UpToDate = active.auth
+        {
+            let left = active.in_force.expires_at.saturating_duration_since(now);
+            let bound = self.policy.reauth_spread.min(left / 10);
+            let delay = bound.mul_f64(self.jitter.unit());
+            active.auth = Auth::Due(now + delay);
+        }
+        self.process(now);
+        generation
+    }
+
+    /// The token source says there is no valid token (it expired with no replacement).
+    pub fn handle_token_lost(&mut self, now: Instant) {
+        let now = self.observe(now);
+        self.latest = None;
+        self.process(now);
+    }
+
+    /// Connection `id` is open and authenticated with `generation`'s token.
+    pub fn handle_connected(&mut self, now: Instant, id: ConnectionId) {
+        let now = self.observe(now);
+        let Some(connecting) = self.connecting.take_if(|c| c.id == id) else {
+            // Not the attempt the machine waits for (it timed out): not wanted.
+            self.outputs.push_back(ConnectionOutput::Close(id));
+            return;
+        };
+        if connecting.token.close_at() <= now {
+            self.outputs.push_back(ConnectionOutput::Close(id));
+            self.connect_failed(now);
+            self.process(now);
+            return;
+        }
+        self.connect_failures = 0;
+        self.reconnect_at = None;
+        if let Some(old) = self.active.take() {
+            self.outputs.push_back(ConnectionOutput::Retire(old.id));
+            self.retired.push(Retired {
+                id: old.id,
+                close_at: old.in_force.close_at(),
+            });
+        }
+        let newer = self.newer_than(connecting.token.generation);
+        self.active = Some(Active {
+            id,
+            in_force: connecting.token,
+            auth: if newer { Auth::Due(now) } else { Auth::UpToDate },
+            auth_failures: 0,
+        });
+        self.outputs.push_back(ConnectionOutput::Use(id));
+        self.process(now);
+    }
+
+    /// Opening connection `id` failed (or took longer than its timeout).
+    pub fn handle_connect_failed(&mut self, now: Instant, id: ConnectionId) {
+        let now = self.observe(now);
+        if self.connecting.take_if(|c| c.id == id).is_some() {
+            self.connect_failed(now);
+        }
+        self.process(now);
+    }
+
+    /// The reply to an `AUTH` with `generation`'s token on connection `id`: `true` if the
+    /// server accepted it. A late success still counts: the server holds that token.
+    pub fn handle_auth_result(&mut self, now: Instant, id: ConnectionId, generation: Generation, accepted: bool) {
+        let now = self.observe(now);
+        let Some(active) = self.active.as_mut().filter(|a| a.id == id) else {
+            self.process(now);
+            return;
+        };
+        let in_flight = match active.auth {
+            Auth::InFlight { token, .. } if token.generation == generation => Some(token),
+            _ => None,
+        };
+        if accepted {
+            let accepted_token = in_flight.or_else(|| self.latest.filter(|t| t.generation == generation));
+            if let Some(token) = accepted_token
+                && token.generation > active.in_force.generation
+            {
+                active.in_force = token;
+            }
+            if in_flight.is_some() {
+                active.auth_failures = 0;
+                active.auth = Auth::UpToDate;
+            }
+            let newer = self.latest.is_some_and(|t| t.generation > active.in_force.generation);
+            if newer && matches!(active.auth, Auth::UpToDate) {
+                active.auth = Auth::Due(now);
+            }
+        } else if in_flight.is_some() {
+            active.auth_failures += 1;
+            let wait = backoff(
+                &mut self.jitter,
+                self.policy.auth_retry_initial,
+                self.policy.auth_retry_max,
+                active.auth_failures,
+            );
+            active.auth = Auth::Due(now + wait);
+        }
+        self.process(now);
+    }
+
+    /// Connection `id` dropped (an I/O error, the server closed it).
+    pub fn handle_connection_lost(&mut self, now: Instant, id: ConnectionId) {
+        let now = self.observe(now);
+        if self.active.as_ref().is_some_and(|a| a.id == id) {
+            self.active = None;
+            // A first loss reconnects at once; failures after that back off.
+            if self.connect_failures == 0 {
+                self.reconnect_at = None;
+            }
+        } else if self.connecting.take_if(|c| c.id == id).is_some() {
+            self.connect_failed(now);
+        }
+        self.retired.retain(|r| r.id != id);
+        self.process(now);
+    }
+
+    /// Time has passed: acts on whatever is due. Early or repeated calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.observe(now);
+        self.process(now);
+    }
+
+    /// The next thing to do; see the type's docs for the loop.
+    pub fn poll_output(&mut self) -> ConnectionOutput {
+        if let Some(output) = self.outputs.pop_front() {
+            return output;
+        }
+        match self.next_deadline() {
+            Some(at) => ConnectionOutput::Timeout(at),
+            None => ConnectionOutput::Idle,
+        }
+    }
+
+    /// Whether commands can be sent now, and where.
+    pub fn availability(&self) -> Availability {
+        if let Some(active) = &self.active {
+            return Availability::Connected(active.id);
+        }
+        if self.connecting.is_some() {
+            return Availability::Connecting;
+        }
+        let usable = match (self.latest, self.now) {
+            (Some(token), Some(now)) => token.close_at() > now,
+            _ => false,
+        };
+        match (usable, self.connect_failures) {
+            (false, _) => Availability::NoValidToken,
+            (true, 0) => Availability::Connecting,
+            (true, _) => Availability::Reconnecting,
+        }
+    }
+
+    /// Consecutive failed `AUTH`s on the connection in use.
+    pub fn auth_failures(&self) -> u32 {
+        self.active.as_ref().map_or(0, |a| a.auth_failures)
+    }
+
+    /// Whether the connection in use holds an older token than the newest one.
+    pub fn is_behind(&self) -> bool {
+        self.active
+            .as_ref()
+            .is_some_and(|a| self.newer_than(a.in_force.generation))
+    }
+
+    fn observe(&mut self, now: Instant) -> Instant {
+        let now = self.now.map_or(now, |seen| seen.max(now));
+        self.now = Some(now);
+        now
+    }
+
+    fn newer_than(&self, generation: Generation) -> bool {
+        self.latest.is_some_and(|t| t.generation > generation)
+    }
+
+    fn connect_failed(&mut self, now: Instant) {
+        self.connect_failures += 1;
+        let wait = backoff(
+            &mut self.jitter,
+            self.policy.reconnect_initial,
+            self.policy.reconnect_max,
+            self.connect_failures,
+        );
+        self.reconnect_at = Some(now + wait);
+    }
+
+    /// A token fit to open a connection with: valid beyond its close margin.
+    fn usable_latest(&self, now: Instant) -> Option<TokenInfo> {
+        self.latest.filter(|t| t.close_at() > now)
+    }
+
+    fn process(&mut self, now: Instant) {
+        // Retired connections whose token is about to expire are closed.
+        let mut closing = Vec::new();
+        self.retired.retain(|r| {
+            let due = r.close_at <= now;
+            if due {
+                closing.push(r.id);
+            }
+            !due
+        });
+        self.outputs.extend(closing.into_iter().map(ConnectionOutput::Close));
+
+        if let Some(connecting) = &self.connecting
+            && connecting.deadline <= now
+        {
+            self.connecting = None;
+            self.connect_failed(now);
+        }
+
+        let latest = self.usable_latest(now);
+        if let Some(active) = &mut self.active {
+            if active.in_force.close_at() <= now {
+                // The server would cut it soon: close it ourselves.
+                self.outputs.push_back(ConnectionOutput::Close(active.id));
+                self.active = None;
+                self.reconnect_at = None;
+            } else {
+                if let Auth::InFlight { deadline, .. } = active.auth
+                    && deadline <= now
+                {
+                    active.auth_failures += 1;
+                    let wait = backoff(
+                        &mut self.jitter,
+                        self.policy.auth_retry_initial,
+                        self.policy.auth_retry_max,
+                        active.auth_failures,
+                    );
+                    active.auth = Auth::Due(now + wait);
+                }
+                if let Auth::Due(at) = active.auth
+                    && at <= now
+                {
+                    match latest.filter(|t| t.generation > active.in_force.generation) {
+                        Some(token) => {
+                            let deadline_cap = active.in_force.close_at().saturating_duration_since(now);
+                            let timeout = self.policy.auth_timeout.min(deadline_cap);
+                            active.auth = Auth::InFlight {
+                                token,
+                                deadline: now + timeout,
+                            };
+                            self.outputs.push_back(ConnectionOutput::SendAuth {
+                                id: active.id,
+                                generation: token.generation,
+                                timeout,
+                            });
+                        }
+                        None => active.auth = Auth::UpToDate,
+                    }
+                }
+                let must_replace = active.in_force.replace_at() <= now
+                    && latest.is_some_and(|t| t.generation > active.in_force.generation);
+                let may_connect = self.reconnect_at.is_none_or(|at| at <= now);
+                if must_replace && self.connecting.is_none() && may_connect {
+                    tracing::warn!(
+                        connection = %active.id,
+                        failed_auths = active.auth_failures,
+                        "re-authentication did not succeed in time: replacing the connection before its token expires"
+                    );
+                    self.start_connect(now);
+                }
+            }
+        }
+
+        let may_connect = self.reconnect_at.is_none_or(|at| at <= now);
+        if self.active.is_none() && self.connecting.is_none() && may_connect && latest.is_some() {
+            self.start_connect(now);
+        }
+    }
+
+    fn start_connect(&mut self, now: Instant) {
+        let Some(token) = self.usable_latest(now) else { return };
+        let id = ConnectionId(self.next_connection);
+        self.next_connection += 1;
+        let timeout = self.policy.connect_timeout;
+        self.connecting = Some(Connecting {
+            id,
+            token,
+            deadline: now + timeout,
+        });
+        self.outputs.push_back(ConnectionOutput::Connect {
+            id,
+            generation: token.generation,
+            timeout,
+        });
+    }
+
+    /// The earliest instant ahead at which something may become due. Instants already
+    /// past were acted on (or wait for an event), so they are left out.
+    fn next_deadline(&self) -> Option<Instant> {
+        let now = self.now?;
+        let mut candidates: Vec<Instant> = self.retired.iter().map(|r| r.close_at).collect();
+        candidates.extend(self.connecting.as_ref().map(|c| c.deadline));
+        candidates.extend(self.latest.map(|t| t.close_at()));
+        if let Some(active) = &self.active {
+            candidates.push(active.in_force.close_at());
+            if let Auth::Due(at) | Auth::InFlight { deadline: at, .. } = active.auth {
+                candidates.push(at);
+            }
+            if self.newer_than(active.in_force.generation) {
+                candidates.push(active.in_force.replace_at());
+            }
+        }
+        candidates.extend(self.reconnect_at);
+        candidates.into_iter().filter(|at| *at > now).min()
+    }
+}
+
+/// `initial · 2^(n−1)`, at most `max`, scaled by a ±20 % jitter and kept within `max`.
+fn backoff(jitter: &mut Jitter, initial: Duration, max: Duration, failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(30);
+    let base = initial.saturating_mul(1u32 << exponent).min(max);
+    base.mul_f64(jitter.factor(0.2)).min(max)
+}

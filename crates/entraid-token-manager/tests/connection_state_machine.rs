@@ -1,0 +1,420 @@
+//! The per-connection state machine on a fake clock: every branch at exact instants.
+
+use std::time::{Duration, Instant};
+
+use entraid_test_support::FakeClock;
+use entraid_token_manager::{
+    Availability, ConnectionId, ConnectionOutput as Out, ConnectionPolicy, ConnectionPolicyError,
+    ConnectionStateMachine, Generation,
+};
+
+const S: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+/// A 60-second token: replace margin 6 s (a tenth), close margin 1.5 s.
+const LIFE: Duration = Duration::from_secs(60);
+
+fn machine() -> ConnectionStateMachine {
+    ConnectionStateMachine::with_seed(ConnectionPolicy::default(), 7).unwrap()
+}
+
+/// Every output until the machine says when to call again.
+fn drain(sm: &mut ConnectionStateMachine) -> (Vec<Out>, Option<Instant>) {
+    let mut outputs = Vec::new();
+    loop {
+        match sm.poll_output() {
+            Out::Timeout(at) => return (outputs, Some(at)),
+            Out::Idle => return (outputs, None),
+            other => outputs.push(other),
+        }
+    }
+}
+
+fn connect_id(outputs: &[Out]) -> ConnectionId {
+    outputs
+        .iter()
+        .find_map(|o| match o {
+            Out::Connect { id, .. } => Some(*id),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no Connect in {outputs:?}"))
+}
+
+fn auth_of(outputs: &[Out]) -> Option<(ConnectionId, Generation, Duration)> {
+    outputs.iter().find_map(|o| match o {
+        Out::SendAuth {
+            id,
+            generation,
+            timeout,
+        } => Some((*id, *generation, *timeout)),
+        _ => None,
+    })
+}
+
+/// A connected machine at t0 with one 60 s token: (clock, machine, connection).
+fn connected() -> (FakeClock, ConnectionStateMachine, ConnectionId) {
+    let mut clock = FakeClock::new();
+    let mut sm = machine();
+    let now = clock.now();
+    sm.handle_token(now, now + LIFE, LIFE);
+    let (outputs, _) = drain(&mut sm);
+    let id = connect_id(&outputs);
+    assert_eq!(sm.availability(), Availability::Connecting);
+    let now = clock.advance(10 * MS);
+    sm.handle_connected(now, id);
+    let (outputs, _) = drain(&mut sm);
+    assert_eq!(outputs, vec![Out::Use(id)]);
+    assert_eq!(sm.availability(), Availability::Connected(id));
+    (clock, sm, id)
+}
+
+/// Advances the clock to each deadline until `f` finds what it looks for.
+fn run_until<T>(
+    clock: &mut FakeClock,
+    sm: &mut ConnectionStateMachine,
+    limit: Duration,
+    mut f: impl FnMut(&[Out]) -> Option<T>,
+) -> (Instant, T) {
+    let end = clock.now() + limit;
+    loop {
+        let (outputs, next) = drain(sm);
+        if let Some(found) = f(&outputs) {
+            return (clock.now(), found);
+        }
+        let next = next.expect("the machine keeps a deadline while waiting");
+        assert!(next <= end, "nothing found before the limit");
+        let now = clock.set(next);
+        sm.handle_timeout(now);
+    }
+}
+
+#[test]
+fn the_first_token_opens_one_connection_authenticated_in_its_handshake() {
+    let mut clock = FakeClock::new();
+    let mut sm = machine();
+    assert_eq!(sm.availability(), Availability::NoValidToken);
+    assert_eq!(drain(&mut sm), (vec![], None));
+    let now = clock.now();
+    let generation = sm.handle_token(now, now + LIFE, LIFE);
+    let (outputs, _) = drain(&mut sm);
+    assert_eq!(
+        outputs,
+        vec![Out::Connect {
+            id: connect_id(&outputs),
+            generation,
+            timeout: 5 * S
+        }]
+    );
+    // Nothing else while it connects: one connection, one AUTH.
+    let now = clock.advance(100 * MS);
+    sm.handle_timeout(now);
+    assert!(drain(&mut sm).0.is_empty());
+}
+
+#[test]
+fn a_renewal_is_sent_once_after_a_spread_delay_within_a_tenth_of_the_time_left() {
+    let (mut clock, mut sm, id) = connected();
+    let renewal_at = clock.advance(42 * S);
+    let generation = sm.handle_token(renewal_at, renewal_at + LIFE, LIFE);
+    let (sent_at, (auth_id, auth_generation, timeout)) = run_until(&mut clock, &mut sm, 10 * S, auth_of);
+    assert_eq!((auth_id, auth_generation), (id, generation));
+    // The old token has 18 s left: the 5 s spread is capped at a tenth of that.
+    assert!(
+        sent_at - renewal_at < Duration::from_millis(1800),
+        "{:?}",
+        sent_at - renewal_at
+    );
+    assert_eq!(timeout, 5 * S);
+    assert!(sm.is_behind());
+    let now = clock.advance(3 * MS);
+    sm.handle_auth_result(now, id, generation, true);
+    assert!(!sm.is_behind());
+    // Nothing more until the new token's own margins: no replacement.
+    let (outputs, next) = drain(&mut sm);
+    assert!(outputs.is_empty(), "{outputs:?}");
+    assert!(next.unwrap() > renewal_at + 50 * S);
+}
+
+#[test]
+fn spread_delays_differ_between_machines_and_stay_inside_the_window() {
+    let mut delays = Vec::new();
+    for seed in 0..50 {
+        let mut clock = FakeClock::new();
+        let mut sm = ConnectionStateMachine::with_seed(ConnectionPolicy::default(), seed).unwrap();
+        let long = Duration::from_secs(3600);
+        let now = clock.now();
+        sm.handle_token(now, now + long, long);
+        let id = connect_id(&drain(&mut sm).0);
+        sm.handle_connected(now, id);
+        drain(&mut sm);
+        let renewal = clock.advance(2520 * S);
+        sm.handle_token(renewal, renewal + long, long);
+        let (at, _) = run_until(&mut clock, &mut sm, 10 * S, auth_of);
+        delays.push(at - renewal);
+    }
+    assert!(delays.iter().all(|d| *d < 5 * S));
+    assert!(delays.iter().any(|d| *d > 4 * S) && delays.iter().any(|d| *d < S));
+}
+
+#[test]
+fn a_failed_auth_is_retried_with_backoff_then_the_connection_is_replaced_make_before_break() {
+    let (mut clock, mut sm, old) = connected();
+    let t0 = clock.now() - 10 * MS;
+    let renewal = clock.set(t0 + 42 * S);
+    let generation = sm.handle_token(renewal, renewal + LIFE, LIFE);
+    // Every AUTH fails (WRONGPASS, a busy server): retried, waits growing.
+    let mut sent = Vec::new();
+    let replacement = loop {
+        let (outputs, next) = drain(&mut sm);
+        if let Some((id, g, _)) = auth_of(&outputs) {
+            assert_eq!((id, g), (old, generation));
+            sent.push(clock.now());
+            sm.handle_auth_result(clock.now(), id, g, false);
+            continue;
+        }
+        if outputs.iter().any(|o| matches!(o, Out::Connect { .. })) {
+            break connect_id(&outputs);
+        }
+        let now = clock.set(next.unwrap());
+        sm.handle_timeout(now);
+    };
+    // Replaced at the margin: 6 s before the old token's expiry (t0 + 60 s).
+    assert_eq!(clock.now(), t0 + 54 * S);
+    assert!(sent.len() >= 5, "{} AUTH attempts", sent.len());
+    let gaps: Vec<Duration> = sent.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[0] < 300 * MS && gaps.last().unwrap() > &(2 * S), "{gaps:?}");
+    assert!(gaps.iter().all(|g| *g <= 5 * S));
+    // The old connection serves commands until the new one is up.
+    assert_eq!(sm.availability(), Availability::Connected(old));
+    let now = clock.advance(50 * MS);
+    sm.handle_connected(now, replacement);
+    let (outputs, next) = drain(&mut sm);
+    assert_eq!(outputs, vec![Out::Retire(old), Out::Use(replacement)]);
+    assert_eq!(sm.availability(), Availability::Connected(replacement));
+    assert!(!sm.is_behind());
+    // If its commands keep it open, it is closed 1.5 s before its token expires.
+    assert_eq!(next, Some(t0 + 60 * S - 1500 * MS));
+    let now = clock.set(next.unwrap());
+    sm.handle_timeout(now);
+    assert_eq!(drain(&mut sm).0, vec![Out::Close(old)]);
+}
+
+#[test]
+fn an_auth_without_a_reply_times_out_and_counts_as_failed() {
+    let (mut clock, mut sm, id) = connected();
+    let renewal = clock.advance(42 * S);
+    let generation = sm.handle_token(renewal, renewal + LIFE, LIFE);
+    let (sent_at, _) = run_until(&mut clock, &mut sm, 5 * S, auth_of);
+    let (outputs, next) = drain(&mut sm);
+    assert!(outputs.is_empty());
+    assert_eq!(next, Some(sent_at + 5 * S), "the AUTH's deadline");
+    let now = clock.set(sent_at + 5 * S);
+    sm.handle_timeout(now);
+    assert_eq!(sm.auth_failures(), 1);
+    let (again, (again_id, again_generation, _)) = run_until(&mut clock, &mut sm, S, auth_of);
+    assert_eq!((again_id, again_generation), (id, generation));
+    assert!(again - now < 300 * MS);
+}
+
+#[test]
+fn a_late_auth_success_after_its_timeout_still_counts() {
+    let (mut clock, mut sm, id) = connected();
+    let renewal = clock.advance(42 * S);
+    let generation = sm.handle_token(renewal, renewal + LIFE, LIFE);
+    let (sent_at, _) = run_until(&mut clock, &mut sm, 5 * S, auth_of);
+    sm.handle_timeout(clock.set(sent_at + 5 * S));
+    drain(&mut sm);
+    // The server was stalled: the reply to the first AUTH comes now.
+    sm.handle_auth_result(clock.advance(10 * MS), id, generation, true);
+    assert!(!sm.is_behind());
+    let (outputs, _) = drain(&mut sm);
+    assert!(outputs.is_empty(), "{outputs:?}");
+    // And no replacement at the margin.
+    sm.handle_timeout(clock.set(renewal + 13 * S));
+    assert!(drain(&mut sm).0.is_empty());
+}
+
+#[test]
+fn a_renewal_while_connecting_is_sent_as_soon_as_the_connection_is_up() {
+    let mut clock = FakeClock::new();
+    let mut sm = machine();
+    let now = clock.now();
+    sm.handle_token(now, now + LIFE, LIFE);
+    let id = connect_id(&drain(&mut sm).0);
+    let now = clock.advance(100 * MS);
+    let newer = sm.handle_token(now, now + LIFE, LIFE);
+    assert!(drain(&mut sm).0.is_empty(), "no second connection");
+    let now = clock.advance(100 * MS);
+    sm.handle_connected(now, id);
+    let (outputs, _) = drain(&mut sm);
+    assert_eq!(outputs[0], Out::Use(id));
+    assert_eq!(auth_of(&outputs).map(|(i, g, _)| (i, g)), Some((id, newer)));
+}
+
+#[test]
+fn a_lost_connection_reconnects_at_once_then_backs_off_while_attempts_fail() {
+    let (mut clock, mut sm, id) = connected();
+    let now = clock.advance(S);
+    sm.handle_connection_lost(now, id);
+    let first = connect_id(&drain(&mut sm).0);
+    assert_eq!(sm.availability(), Availability::Connecting);
+    let mut failed_at = clock.advance(20 * MS);
+    sm.handle_connect_failed(failed_at, first);
+    assert_eq!(sm.availability(), Availability::Reconnecting);
+    let mut waits = Vec::new();
+    for _ in 0..8 {
+        let (at, id) = run_until(&mut clock, &mut sm, 20 * S, |o| {
+            o.iter()
+                .any(|o| matches!(o, Out::Connect { .. }))
+                .then(|| connect_id(o))
+        });
+        waits.push(at - failed_at);
+        failed_at = clock.advance(MS);
+        sm.handle_connect_failed(failed_at, id);
+    }
+    assert!(waits[0] >= 80 * MS && waits[0] <= 120 * MS, "{waits:?}");
+    assert!(waits.iter().all(|w| *w <= 10 * S));
+    assert!(waits[7] >= 8 * S, "{waits:?}");
+    // Success resets the backoff.
+    let (_, id) = run_until(&mut clock, &mut sm, 20 * S, |o| {
+        o.iter()
+            .any(|o| matches!(o, Out::Connect { .. }))
+            .then(|| connect_id(o))
+    });
+    sm.handle_connected(clock.advance(MS), id);
+    assert_eq!(sm.availability(), Availability::Connected(id));
+    sm.handle_connection_lost(clock.advance(S), id);
+    assert!(drain(&mut sm).0.iter().any(|o| matches!(o, Out::Connect { .. })));
+}
+
+#[test]
+fn a_connect_that_hangs_past_its_timeout_fails_and_its_late_success_is_closed() {
+    let mut clock = FakeClock::new();
+    let mut sm = machine();
+    let now = clock.now();
+    sm.handle_token(now, now + LIFE, LIFE);
+    let (outputs, next) = drain(&mut sm);
+    let id = connect_id(&outputs);
+    assert_eq!(next, Some(now + 5 * S));
+    sm.handle_timeout(clock.set(now + 5 * S));
+    assert_eq!(sm.availability(), Availability::Reconnecting);
+    sm.handle_connected(clock.advance(MS), id);
+    assert_eq!(drain(&mut sm).0, vec![Out::Close(id)]);
+    let (_, again) = run_until(&mut clock, &mut sm, S, |o| {
+        o.iter()
+            .any(|o| matches!(o, Out::Connect { .. }))
+            .then(|| connect_id(o))
+    });
+    assert_ne!(again, id);
+}
+
+#[test]
+fn an_identity_outage_longer_than_the_token_closes_the_connection_before_expiry_then_recovers() {
+    let (mut clock, mut sm, id) = connected();
+    let t0 = clock.now() - 10 * MS;
+    // No renewal ever comes: closed 1.5 s before expiry, not cut by the server.
+    let (at, _) = run_until(&mut clock, &mut sm, 70 * S, |o| {
+        o.contains(&Out::Close(id)).then_some(())
+    });
+    assert_eq!(at, t0 + 60 * S - 1500 * MS);
+    assert_eq!(sm.availability(), Availability::NoValidToken);
+    assert_eq!(drain(&mut sm), (vec![], None), "nothing to do without a token");
+    sm.handle_token_lost(clock.advance(2 * S));
+    assert_eq!(sm.availability(), Availability::NoValidToken);
+    // Hours later a token comes: a connection at once.
+    let now = clock.advance(3 * 3600 * S);
+    sm.handle_token(now, now + LIFE, LIFE);
+    let fresh = connect_id(&drain(&mut sm).0);
+    sm.handle_connected(clock.advance(MS), fresh);
+    assert_eq!(sm.availability(), Availability::Connected(fresh));
+}
+
+#[test]
+fn replies_and_losses_from_retired_connections_change_nothing() {
+    let (mut clock, mut sm, old) = connected();
+    let renewal = clock.advance(42 * S);
+    let generation = sm.handle_token(renewal, renewal + LIFE, LIFE);
+    sm.handle_connection_lost(clock.advance(MS), old);
+    let new = connect_id(&drain(&mut sm).0);
+    sm.handle_connected(clock.advance(MS), new);
+    drain(&mut sm);
+    // A reply from the dead connection, and a second loss report for it.
+    sm.handle_auth_result(clock.advance(MS), old, generation, false);
+    sm.handle_connection_lost(clock.advance(MS), old);
+    assert_eq!(sm.availability(), Availability::Connected(new));
+    assert_eq!(sm.auth_failures(), 0);
+    assert!(drain(&mut sm).0.is_empty());
+}
+
+#[test]
+fn a_retired_connection_that_drops_is_not_closed_again() {
+    let (mut clock, mut sm, old) = connected();
+    let t0 = clock.now() - 10 * MS;
+    sm.handle_token(clock.set(t0 + 42 * S), t0 + 102 * S, LIFE);
+    // Its AUTHs go unanswered: replaced at the margin.
+    let (_, new) = run_until(&mut clock, &mut sm, 20 * S, |o| {
+        o.iter()
+            .any(|o| matches!(o, Out::Connect { .. }))
+            .then(|| connect_id(o))
+    });
+    sm.handle_connected(clock.advance(MS), new);
+    drain(&mut sm);
+    sm.handle_connection_lost(clock.advance(MS), old);
+    sm.handle_timeout(clock.set(t0 + 61 * S));
+    assert!(!drain(&mut sm).0.contains(&Out::Close(old)));
+}
+
+#[test]
+fn short_tokens_scale_the_margins_down() {
+    // A 10 s token renewed at 7 s (3 s left): AUTH spread at most 300 ms, replace at
+    // 9 s, close at 9.75 s.
+    let mut clock = FakeClock::new();
+    let mut sm = machine();
+    let life = 10 * S;
+    let t0 = clock.now();
+    sm.handle_token(t0, t0 + life, life);
+    let id = connect_id(&drain(&mut sm).0);
+    sm.handle_connected(t0, id);
+    drain(&mut sm);
+    let renewal = clock.set(t0 + 7 * S);
+    let generation = sm.handle_token(renewal, renewal + life, life);
+    let (sent, (_, _, timeout)) = run_until(&mut clock, &mut sm, S, auth_of);
+    assert!(sent - renewal < 300 * MS);
+    assert!(timeout <= t0 + 9750 * MS - sent, "{timeout:?}");
+    // Never answered: replaced at 9 s.
+    let (at, _) = run_until(&mut clock, &mut sm, 3 * S, |o| {
+        if let Some((i, g, _)) = auth_of(o) {
+            assert_eq!((i, g), (id, generation));
+        }
+        o.iter().any(|o| matches!(o, Out::Connect { .. })).then_some(())
+    });
+    assert_eq!(at, t0 + 9 * S);
+}
+
+#[test]
+fn time_going_backwards_is_taken_as_the_latest_instant() {
+    let (mut clock, mut sm, id) = connected();
+    let later = clock.advance(30 * S);
+    sm.handle_timeout(later);
+    sm.handle_timeout(later - 20 * S);
+    let (_, next) = drain(&mut sm);
+    assert!(next.unwrap() > later);
+    assert_eq!(sm.availability(), Availability::Connected(id));
+}
+
+#[test]
+fn invalid_policies_are_refused_with_the_value_to_fix() {
+    let zero = ConnectionPolicy {
+        auth_timeout: Duration::ZERO,
+        ..ConnectionPolicy::default()
+    };
+    assert_eq!(
+        ConnectionStateMachine::new(zero).unwrap_err(),
+        ConnectionPolicyError::Zero("auth_timeout")
+    );
+    let inverted = ConnectionPolicy {
+        reconnect_max: 10 * MS,
+        ..ConnectionPolicy::default()
+    };
+    let error = ConnectionStateMachine::new(inverted).unwrap_err();
+    assert!(error.to_string().contains("reconnect_max"), "{error}");
+}
