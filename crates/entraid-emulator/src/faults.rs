@@ -18,6 +18,10 @@ pub(crate) struct Faults {
     pub(crate) latency: Duration,
     /// Accept connections but never answer.
     pub(crate) stop_answering: bool,
+    /// Refuse this many of the gateway's next re-authentications (an `AUTH` on a
+    /// connection that is already authenticated), as if the token were bad: the server
+    /// answers `WRONGPASS` and the connection's deadline does not move.
+    pub(crate) fail_reauth: u32,
 }
 
 /// What the next request should do, taken from the fault state.
@@ -59,8 +63,16 @@ impl FaultState {
         (f.latency, Planned::Serve)
     }
 
+    /// Whether the gateway must refuse this re-authentication (and counts it).
+    pub(crate) fn take_reauth_failure(&self) -> bool {
+        let mut f = self.lock();
+        let fail = f.fail_reauth > 0;
+        f.fail_reauth = f.fail_reauth.saturating_sub(1);
+        fail
+    }
+
     /// Applies an admin request body: any of `fail_next`, `status`, `retry_after`,
-    /// `aadsts`, `latency_ms`, `stop_answering`; `{"reset": true}` clears everything.
+    /// `aadsts`, `latency_ms`, `stop_answering`, `fail_reauth`; `{"reset": true}` clears everything.
     pub(crate) fn apply(&self, body: &serde_json::Value) -> Result<Faults, String> {
         let mut f = self.lock();
         if body.get("reset").and_then(serde_json::Value::as_bool) == Some(true) {
@@ -69,6 +81,9 @@ impl FaultState {
         let number = |k: &str| body.get(k).and_then(serde_json::Value::as_u64);
         if let Some(n) = number("fail_next") {
             f.fail_next = u32::try_from(n).map_err(|_| "fail_next is too large".to_owned())?;
+        }
+        if let Some(n) = number("fail_reauth") {
+            f.fail_reauth = u32::try_from(n).map_err(|_| "fail_reauth is too large".to_owned())?;
         }
         if let Some(s) = number("status") {
             if !(400..=599).contains(&s) {

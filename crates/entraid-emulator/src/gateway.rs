@@ -202,6 +202,11 @@ impl Session {
 
     /// Validates a token; on success the connection is authenticated until its expiry.
     fn check(&mut self, user: &str, token: &[u8], service: &TokenService) -> bool {
+        if self.authenticated && service.faults.take_reauth_failure() {
+            Stats::bump(&service.stats.auth_failures);
+            tracing::info!(connection = self.id, user, "re-authentication refused (injected fault)");
+            return false;
+        }
         let token = String::from_utf8_lossy(token);
         match service.validate_access_token(user, &token) {
             Ok(exp) => {

@@ -102,6 +102,10 @@ pub struct EmulatorConfig {
     pub principals: Option<Principals>,
     /// Where to write the CA certificate; `None` writes it to the temporary directory.
     pub ca_file: Option<PathBuf>,
+    /// Extra arguments for the redis-server it starts (with [`Upstream::Start`]), for
+    /// example `["--enable-debug-command", "yes"]` so a test can stall the server with
+    /// `DEBUG SLEEP`.
+    pub redis_args: Vec<String>,
 }
 
 impl Default for EmulatorConfig {
@@ -113,6 +117,7 @@ impl Default for EmulatorConfig {
             upstream: Upstream::Start("redis-server".to_owned()),
             principals: None,
             ca_file: None,
+            redis_args: Vec::new(),
         }
     }
 }
@@ -183,7 +188,7 @@ impl Emulator {
 
         let (redis, upstream) = match &config.upstream {
             Upstream::Start(binary) => {
-                let process = RedisProcess::start(binary).await?;
+                let process = RedisProcess::start(binary, &config.redis_args).await?;
                 let address = format!("127.0.0.1:{}", process.port);
                 (Some(process), address)
             }

@@ -17,7 +17,7 @@ pub(crate) struct RedisProcess {
 }
 
 impl RedisProcess {
-    pub(crate) async fn start(binary: &str) -> Result<RedisProcess, EmulatorError> {
+    pub(crate) async fn start(binary: &str, extra_args: &[String]) -> Result<RedisProcess, EmulatorError> {
         let port = crate::free_port()?;
         let dir = std::env::temp_dir().join(format!("entraid-emulator-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)
@@ -26,6 +26,7 @@ impl RedisProcess {
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "yes"])
             .arg("--dir")
             .arg(&dir)
+            .args(extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

@@ -11,6 +11,8 @@ pub struct LoadReport {
     pub failed: u64,
     /// The first few error messages, for the assertion message.
     pub first_errors: Vec<String>,
+    /// When the last command failed (tokio's clock).
+    pub last_failure_at: Option<tokio::time::Instant>,
 }
 
 /// `tasks` tasks doing SET then GET on their own keys, back to back, for `duration`.
@@ -37,6 +39,7 @@ where
                             Ok(()) => report.ok += 1,
                             Err(e) => {
                                 report.failed += 1;
+                                report.last_failure_at = Some(tokio::time::Instant::now());
                                 if report.first_errors.len() < 3 {
                                     report.first_errors.push(e.to_string());
                                 }
@@ -54,6 +57,7 @@ where
         total.ok += report.ok;
         total.failed += report.failed;
         total.first_errors.extend(report.first_errors);
+        total.last_failure_at = total.last_failure_at.max(report.last_failure_at);
     }
     total
 }

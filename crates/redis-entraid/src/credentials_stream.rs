@@ -4,6 +4,8 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -70,18 +72,51 @@ pub(crate) struct CredentialsStream {
     spread: Spread,
     /// When the token last handed out expires, on tokio's clock.
     current_expiry: Option<Instant>,
+    /// When the token the connection held before the last renewal expires.
+    replaced_expiry: Option<Instant>,
     delayed: Option<Box<Delayed>>,
+    /// A renewal was handed out and the stream was not polled since: if it is dropped
+    /// now, the redis crate's re-auth task ended on that renewal's `AUTH`.
+    renewal_unacknowledged: bool,
+    /// The provider's count of connections whose re-authentication ended.
+    lost: Arc<AtomicU64>,
 }
 
 impl CredentialsStream {
-    pub(crate) fn new(manager: TokenManager, spread: Spread) -> CredentialsStream {
+    pub(crate) fn new(manager: TokenManager, spread: Spread, lost: Arc<AtomicU64>) -> CredentialsStream {
         CredentialsStream {
             tokens: manager.subscribe(),
             _manager: manager,
             spread,
             current_expiry: None,
+            replaced_expiry: None,
             delayed: None,
+            renewal_unacknowledged: false,
+            lost,
         }
+    }
+
+    fn renewal(&mut self, auth: BasicAuth) -> Poll<Option<RedisResult<BasicAuth>>> {
+        self.renewal_unacknowledged = true;
+        Poll::Ready(Some(Ok(auth)))
+    }
+}
+
+impl Drop for CredentialsStream {
+    fn drop(&mut self) {
+        if !self.renewal_unacknowledged {
+            return;
+        }
+        self.lost.fetch_add(1, Ordering::Relaxed);
+        let cut_in_s = self
+            .replaced_expiry
+            .map(|at| at.saturating_duration_since(Instant::now()).as_secs());
+        tracing::error!(
+            cut_in_s,
+            "a connection's re-authentication ended after a failed AUTH (the redis crate does not retry): \
+             the server will close it when its token expires; use redis_entraid::aio::ConnectionManager, \
+             which retries AUTH and replaces the connection before expiry"
+        );
     }
 }
 
@@ -93,36 +128,58 @@ fn redis_error(error: TokenManagerError) -> RedisError {
     RedisError::from((ErrorKind::AuthenticationFailed, "no Entra ID token", error.to_string()))
 }
 
+/// A connection's first item when no valid token exists. An I/O-kind error, because
+/// redis's `ConnectionManager` reconnects only after I/O errors: with any other kind it
+/// would keep this failure for every later command, even once tokens are back.
+fn first_item_error(error: TokenManagerError) -> RedisError {
+    RedisError::from((
+        ErrorKind::Io,
+        "no Entra ID token",
+        format!("{error}; the connection is retried on the next command"),
+    ))
+}
+
 impl Stream for CredentialsStream {
     type Item = RedisResult<BasicAuth>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.renewal_unacknowledged = false;
         if let Some(delayed) = &mut self.delayed {
             ready!(delayed.sleep.as_mut().poll(cx));
             if let Some(delayed) = self.delayed.take() {
-                return Poll::Ready(Some(Ok(delayed.auth)));
+                return self.renewal(delayed.auth);
             }
         }
         let item = ready!(Pin::new(&mut self.tokens).poll_next(cx));
+        let first = self.current_expiry.is_none();
         let token = match item {
             None => return Poll::Ready(None),
+            Some(Err(error)) if first => return Poll::Ready(Some(Err(first_item_error(error)))),
             Some(Err(error)) => return Poll::Ready(Some(Err(redis_error(error)))),
             Some(Ok(token)) => token,
         };
         let now = Instant::now();
-        let previous_expiry = self.current_expiry.replace(now + token.lifetime());
+        // What the token has left, not its full lifetime: a connection may start late
+        // in a token's life (every reconnect does).
+        let left = token
+            .expires_at()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let expiry = now.checked_add(left).unwrap_or(now);
+        let previous_expiry = self.current_expiry.replace(expiry);
         let auth = basic_auth(&token);
         // A connection's first credentials are never delayed.
         let Some(previous_expiry) = previous_expiry else {
             return Poll::Ready(Some(Ok(auth)));
         };
+        self.replaced_expiry = Some(previous_expiry);
         let delay = self.spread.next_delay(previous_expiry.saturating_duration_since(now));
         if delay.is_zero() {
-            return Poll::Ready(Some(Ok(auth)));
+            return self.renewal(auth);
         }
         let mut sleep = Box::pin(tokio::time::sleep(delay));
         match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Ok(auth))),
+            Poll::Ready(()) => self.renewal(auth),
             Poll::Pending => {
                 self.delayed = Some(Box::new(Delayed { sleep, auth }));
                 Poll::Pending
@@ -168,7 +225,7 @@ mod tests {
     fn the_per_connection_state_stays_small() {
         // One of these lives beside every connection (issue 8, figure 3).
         assert!(
-            std::mem::size_of::<CredentialsStream>() <= 96,
+            std::mem::size_of::<CredentialsStream>() <= 112,
             "{}",
             std::mem::size_of::<CredentialsStream>()
         );

@@ -40,9 +40,12 @@ mod user_guide {}
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 mod readme {}
+pub mod aio;
 mod credentials_stream;
+mod plaintext_check;
 mod provider;
 mod retry_config;
+mod token_feed;
 
 #[cfg(feature = "azure")]
 pub use azure::ClientCertificate;
@@ -52,4 +55,4 @@ pub use retry_config::RetryConfig;
 #[cfg(feature = "azure")]
 pub use entraid_azure::{AzureIdentityProvider, ManagedIdentityId};
 pub use entraid_identity::{IdentityError, IdentityProvider, Token};
-pub use entraid_token_manager::{RetryPolicy, TokenManagerConfig};
+pub use entraid_token_manager::{ConnectionPolicy, RetryPolicy, TokenManagerConfig};

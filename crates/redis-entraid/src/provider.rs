@@ -50,6 +50,9 @@ struct Shared {
     /// Per-process random keys: each connection's spread delay is a hash of its id.
     random: RandomState,
     next_stream: AtomicU64,
+    /// Connections whose redis-crate re-authentication task ended (see
+    /// `lost_reauthentications`).
+    lost_reauthentications: Arc<AtomicU64>,
 }
 
 enum State {
@@ -69,6 +72,7 @@ impl EntraIdCredentialsProvider {
                 state: Mutex::new(State::NotStarted),
                 random: RandomState::new(),
                 next_stream: AtomicU64::new(0),
+                lost_reauthentications: Arc::new(AtomicU64::new(0)),
             }),
             reauth_spread: DEFAULT_REAUTH_SPREAD,
         }
@@ -123,12 +127,34 @@ impl EntraIdCredentialsProvider {
         }
     }
 
+    /// Connections made through the redis crate's own paths (`AsyncConnectionConfig`,
+    /// redis's `ConnectionManager`, the cluster client) whose re-authentication ended:
+    /// the redis crate stops re-authenticating a connection after one failed `AUTH` (a
+    /// timeout under load, a server stall), and the server closes it when its token
+    /// expires. Each is also logged once at `error`. [`crate::aio::ConnectionManager`]
+    /// retries instead, and replaces a connection before its token expires.
+    pub fn lost_reauthentications(&self) -> u64 {
+        self.shared.lost_reauthentications.load(Ordering::Relaxed)
+    }
+
     /// Stops refreshing tokens for every clone; connections then keep their current token
     /// until it expires.
     pub fn stop(&self) {
         if let State::Running(manager) = &*self.shared.lock() {
             manager.stop();
         }
+    }
+}
+
+impl EntraIdCredentialsProvider {
+    /// The running token manager, started with defaults if nobody started it.
+    pub(crate) fn token_manager(&self) -> Result<TokenManager, ConfigError> {
+        self.shared.manager()
+    }
+
+    /// The spread this provider's connections use for renewals.
+    pub(crate) fn reauth_spread(&self) -> Duration {
+        self.reauth_spread
     }
 }
 
@@ -205,7 +231,11 @@ impl StreamingCredentialsProvider for EntraIdCredentialsProvider {
             Ok(manager) => {
                 let id = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
                 let spread = Spread::new(self.reauth_spread, &self.shared.random, id);
-                Box::pin(CredentialsStream::new(manager, spread))
+                Box::pin(CredentialsStream::new(
+                    manager,
+                    spread,
+                    self.shared.lost_reauthentications.clone(),
+                ))
             }
             Err(error) => Box::pin(tokio_stream::once(Err(RedisError::from((
                 ErrorKind::InvalidClientConfig,

@@ -1,0 +1,6 @@
+//! Async connection types that own their re-authentication, so the server never has to
+//! cut one of them. Mirrors `redis::aio`.
+
+mod connection_manager;
+
+pub use connection_manager::{ConnectionManager, ConnectionManagerConfig, ConnectionStats};
