@@ -353,8 +353,11 @@ async fn a_thousand_connections_on_one_provider_through_a_stall_at_rotation() {
     eprintln!("{N} connections opened in {:?}", started_at.elapsed());
     // The renewal of the token now current (if opening took longer than one, some
     // connections were opened with its successor already).
-    let renewal = next_renewal(&provider).await;
-    assert!(renewal > tokio::time::Instant::now() + Duration::from_millis(200));
+    let mut renewal = next_renewal(&provider).await;
+    while renewal < tokio::time::Instant::now() + Duration::from_millis(500) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        renewal = next_renewal(&provider).await;
+    }
     tokio::time::sleep_until(renewal - Duration::from_millis(100)).await;
     stall_server(&emulator, 1.5).await;
     // After the stall and the old token's expiry (6 s after the renewal), every

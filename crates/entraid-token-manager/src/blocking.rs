@@ -294,7 +294,7 @@ impl<P: IdentityProvider> Driver<P> {
 }
 
 /// Polls a future to completion on this thread, parking between wake-ups.
-fn block_on<F: Future>(future: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     struct ThreadWaker(Thread);
     impl Wake for ThreadWaker {
         fn wake(self: Arc<Self>) {

@@ -127,6 +127,15 @@ impl TokenManager {
         }
     }
 
+    /// Like [`token`](Self::token), blocking the calling thread: for synchronous code.
+    ///
+    /// The manager's task must run on another thread (a multi-thread runtime, or the
+    /// runtime thread of a manager started outside any runtime); never call this from a
+    /// task of the runtime the manager runs on.
+    pub fn blocking_token(&self) -> Result<Token, TokenManagerError> {
+        crate::blocking::block_on(self.token())
+    }
+
     /// The current token, if there is one, without waiting.
     pub fn current(&self) -> Option<Token> {
         self.inner.snapshot.borrow().token.clone()

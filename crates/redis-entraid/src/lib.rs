@@ -41,14 +41,18 @@ mod user_guide {}
 #[doc = include_str!("../../../README.md")]
 mod readme {}
 pub mod aio;
+mod connection;
 mod credentials_stream;
 mod plaintext_check;
 mod provider;
+#[cfg(feature = "r2d2")]
+pub mod r2d2;
 mod retry_config;
 mod token_feed;
 
 #[cfg(feature = "azure")]
 pub use azure::ClientCertificate;
+pub use connection::{Connection, ConnectionConfig};
 pub use provider::{DEFAULT_REAUTH_SPREAD, EntraIdCredentialsProvider};
 pub use retry_config::RetryConfig;
 
