@@ -37,3 +37,17 @@ pub(crate) fn redis_client() -> Result<redis::Client, Box<dyn std::error::Error>
         Err(_) => Ok(redis::Client::open(url)?),
     }
 }
+
+/// `--duration SECONDS` (with or without an `s`), if given.
+pub(crate) fn duration_arg() -> Result<Option<Duration>, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => Ok(None),
+        [flag, value] if flag == "--duration" => value
+            .trim_end_matches('s')
+            .parse()
+            .map(|s| Some(Duration::from_secs(s)))
+            .map_err(|_| format!("--duration {value:?}: a number of seconds")),
+        _ => Err("usage: [--duration SECONDS]".to_owned()),
+    }
+}

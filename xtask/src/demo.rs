@@ -95,6 +95,10 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
             "redis-entraid-examples",
             "--example",
             "quickstart",
+            "--example",
+            "supervised",
+            "--example",
+            "sync_connection",
         ])
         .status()
         .map_err(|e| e.to_string())?;
@@ -152,19 +156,68 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
         println!("    {key}={shown}");
     }
     println!("==> running examples/quickstart for {duration} s through TLS (emulator log: target/demo/emulator.log)");
-    let status = Command::new(target.join("debug").join("examples").join("quickstart"))
-        .args(["--duration", &duration.to_string()])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .status();
+    let mut outcome = run_example(&target, "quickstart", duration, &env);
+    // The connection types that own re-authentication, each under load for a while.
+    let short = duration.min(12);
+    for example in ["supervised", "sync_connection"] {
+        if outcome.is_ok() {
+            println!("==> running examples/{example} for {short} s");
+            outcome = run_example(&target, example, short, &env);
+        }
+    }
+    if outcome.is_ok() {
+        outcome = match emulator_stat(&env, "cut_connections") {
+            Some(0) => Ok(()),
+            Some(cut) => Err(format!("the emulator cut {cut} connection(s)")),
+            None => Err("cannot read the emulator's /stats".to_owned()),
+        };
+    }
     // A graceful stop: SIGTERM, as Ctrl-C would.
     let _ = Command::new("kill").arg(emulator.id().to_string()).status();
     let _ = emulator.wait();
-    let status = status.map_err(|e| format!("cannot run the quickstart: {e}"))?;
-    if status.success() {
-        println!("==> demo passed: no command failed and no connection was cut");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("==> demo FAILED (see above)");
-        Ok(ExitCode::FAILURE)
+    let status = outcome;
+    match status {
+        Ok(()) => {
+            println!("==> demo passed: no command failed and no connection was cut");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => {
+            println!("==> demo FAILED: {why}");
+            Ok(ExitCode::FAILURE)
+        }
     }
+}
+
+/// Runs one example with the emulator's environment and `--duration`.
+fn run_example(target: &Path, name: &str, duration: u64, env: &[(String, String)]) -> Result<(), String> {
+    let status = Command::new(target.join("debug").join("examples").join(name))
+        .args(["--duration", &duration.to_string()])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .status()
+        .map_err(|e| format!("cannot run examples/{name}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("examples/{name} failed ({status})"))
+    }
+}
+
+/// One counter from the emulator's admin endpoint (`GET /stats`, plain HTTP on loopback).
+fn emulator_stat(env: &[(String, String)], name: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let url = env.iter().find(|(k, _)| k == "ENTRAID_EMULATOR_ADMIN_URL")?.1.clone();
+    let address = url.strip_prefix("http://")?.trim_end_matches('/').to_owned();
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .write_all(b"GET /stats HTTP/1.0\r\nHost: emulator\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let key = format!("\"{name}\":");
+    let rest = &response[response.find(&key)? + key.len()..];
+    rest.trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }

@@ -59,7 +59,12 @@ struct Step {
 fn cargo(args: &'static [&'static str]) -> Box<dyn Fn() -> Result<(), String>> {
     Box::new(move || {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
+        // The end-to-end suites hold a thousand connections, both ends in one process:
+        // about 3 000 descriptors, above a 1 024 default soft limit.
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -Sn \"$(ulimit -Hn)\" 2>/dev/null; exec \"$0\" \"$@\"")
+            .arg(cargo)
             .args(args)
             .status()
             .map_err(|e| format!("could not run cargo: {e}"))?;

@@ -392,6 +392,11 @@ async fn a_redis_connection_whose_reauthentication_ended_is_counted_once() {
         )
         .await
         .unwrap();
+    // The redis crate's re-auth task first re-sends the token the connection was set up
+    // with: let that happen before refusing, so the renewal's AUTH is the refused one.
+    while stat(&emulator, "reauthentications") == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     emulator.set_faults(&serde_json::json!({"fail_reauth": 1})).unwrap();
     assert_eq!(provider.lost_reauthentications(), 0);
     tokio::time::sleep_until(renewal + Duration::from_millis(800)).await;

@@ -691,10 +691,8 @@ impl Supervisor {
                     }
                     _ => self.machine.handle_auth_result(now(), id, generation, false),
                 },
-                ConnectionOutput::Use(id) => {
-                    if self.replacing {
-                        tracing::info!(connection = %id, "replacement connection in use");
-                    }
+                ConnectionOutput::Use(id) if self.replacing => {
+                    tracing::info!(connection = %id, "replacement connection in use");
                 }
                 ConnectionOutput::Retire(id) => {
                     if let Some((_, switch)) = self.connections.remove(&id) {
@@ -721,7 +719,7 @@ impl Supervisor {
                 }
                 ConnectionOutput::Timeout(at) => return Some(tokio::time::Instant::from_std(at)),
                 ConnectionOutput::Idle => return None,
-                _ => {}
+                ConnectionOutput::Use(_) | _ => {}
             }
         }
     }
