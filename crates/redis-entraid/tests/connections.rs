@@ -104,6 +104,64 @@ async fn cluster_survives_rotations_on_every_shard() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_stall_on_one_node_at_rotation_costs_only_the_commands_during_the_stall() {
+    // The case 1 on the async cluster client, with the 500 ms response timeout
+    // many applications set: one node sleeps 1.5 s from 100 ms before the renewal.
+    // Measured: the cluster client applies its timeout per request, not on the node
+    // connections, so that shard's re-authentication AUTH waits out the stall and
+    // succeeds; only commands to that node during the stall time out.
+    let cluster = Cluster::start();
+    let lifetime = Duration::from_secs(10);
+    let provider = AclProvider::new("oid-cluster-stall", lifetime, cluster.ports());
+    let credentials = started(&provider);
+    let first = credentials.token().await.unwrap();
+    let urls: Vec<String> = cluster.nodes.iter().map(RedisServer::url).collect();
+    let client = redis::cluster::ClusterClientBuilder::new(urls)
+        .set_credentials_provider(credentials.clone())
+        .response_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let connection = client.get_async_connection().await.unwrap();
+    let auth_before = cluster.nodes[1].auth_calls();
+    let load = tokio::spawn(entraid_test_support::set_get_load(
+        connection,
+        16,
+        Duration::from_secs(12),
+    ));
+    let renewal = first.received_at() + lifetime.mul_f64(0.7) - Duration::from_millis(100);
+    tokio::time::sleep(renewal.duration_since(std::time::SystemTime::now()).unwrap_or_default()).await;
+    let port = cluster.nodes[1].port;
+    let stall_end = tokio::time::Instant::now() + Duration::from_millis(1500);
+    tokio::task::spawn_blocking(move || {
+        let mut admin = Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: () = redis::cmd("DEBUG").arg("SLEEP").arg(1.5).query(&mut admin).unwrap();
+    })
+    .await
+    .unwrap();
+    let report = load.await.unwrap();
+    let lost = credentials.lost_reauthentications();
+    let stalled_node_auths = cluster.nodes[1].auth_calls() - auth_before;
+    eprintln!(
+        "cluster stall: {} ok, {} failed (last {:?} after the stall), {lost} lost re-authentication(s), {stalled_node_auths} AUTHs on the stalled node",
+        report.ok,
+        report.failed,
+        report.last_failure_at.map(|at| at.saturating_duration_since(stall_end)),
+    );
+    assert_eq!(lost, 0, "the stalled shard's re-authentication survived");
+    assert!(stalled_node_auths >= 1, "the stalled node was re-authenticated");
+    if let Some(last) = report.last_failure_at {
+        assert!(
+            last <= stall_end + Duration::from_millis(700),
+            "{:?}",
+            report.first_errors
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp3_pubsub_keeps_receiving_across_rotations() {
     let server = RedisServer::start(&[]);
     let provider = AclProvider::new("oid-pubsub", TOKEN_LIFETIME, vec![server.port]);

@@ -111,7 +111,16 @@ pub struct Cluster {
 impl Cluster {
     pub fn start() -> Cluster {
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::start(&["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]))
+            .map(|_| {
+                RedisServer::start(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--enable-debug-command",
+                    "yes",
+                ])
+            })
             .collect();
         let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
         for (node, (first, last)) in nodes.iter().zip(ranges) {
