@@ -5,6 +5,11 @@
 //! authenticated with a fresh Entra ID token, and re-authenticated before each token
 //! expires, for as long as the program runs.
 //!
+//! For long-lived connections, [`aio::ConnectionManager`] (async) and [`Connection`]
+//! (sync) own re-authentication instead of leaving it to the redis crate: a failed
+//! `AUTH` is retried, and a connection that cannot re-authenticate in time is replaced
+//! before the server would cut it.
+//!
 //! It is a drop-in for the examples on the redis.io "Connect to Azure Managed Redis" page:
 //! import `EntraIdCredentialsProvider`, `RetryConfig` and `ClientCertificate` from this
 //! crate instead of `redis` (and do not enable redis's own `entra-id` feature).
@@ -34,7 +39,7 @@
 #[cfg(feature = "azure")]
 mod azure;
 // The user guide's and the README's code blocks are compiled as doc tests.
-#[cfg(all(doctest, feature = "azure"))]
+#[cfg(all(doctest, feature = "azure", feature = "r2d2"))]
 #[doc = include_str!("../../../docs/USER_GUIDE.md")]
 mod user_guide {}
 #[cfg(doctest)]
