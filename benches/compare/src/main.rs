@@ -10,6 +10,7 @@
 mod fake;
 mod server;
 mod stats;
+mod supervised;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -122,6 +123,10 @@ async fn run(plan: Plan, only: Option<String>) -> Result<Value, AnyError> {
     eprintln!("== figure 5: AUTHs per new connection");
     if wanted("auths") {
         report["auths_per_connection"] = auths_per_connection(&server).await?;
+    }
+    eprintln!("== figure 8: a server stall during a rotation");
+    if wanted("stall") {
+        report["stall"] = supervised::stall(&server, if plan.quick { 20 } else { 200 }).await?;
     }
     eprintln!("== figure 6: identity-provider calls");
     if wanted("idp") {
@@ -406,7 +411,7 @@ fn memory(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
     let mut results: Vec<(String, f64, f64)> = Vec::new();
     let pairs = if plan.quick { 1 } else { 3 };
     for _ in 0..pairs {
-        for variant in ["A", "B", "static", "noop"] {
+        for variant in ["A", "B", "static", "noop", "A-manager", "A-redis"] {
             let output = std::process::Command::new(&exe)
                 .args([
                     "--memory-child",
@@ -432,7 +437,8 @@ fn memory(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
     let heap = |name: &str| Summary::of(results.iter().filter(|r| r.0 == name).map(|r| r.2));
     let row = |of: &dyn Fn(&str) -> Summary| {
         let (a, noop) = (of("A"), of("noop"));
-        json!({"a": a, "b": of("B"), "static": of("static"), "noop": noop, "a_minus_noop": a.median - noop.median})
+        json!({"a": a, "b": of("B"), "static": of("static"), "noop": noop, "a_minus_noop": a.median - noop.median,
+            "a_manager": of("A-manager"), "a_redis_manager": of("A-redis")})
     };
     Ok(json!({"rss": row(&rss), "allocated": row(&heap)}))
 }
@@ -447,6 +453,24 @@ fn memory_child(args: &[String]) -> Result<(), AnyError> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if let Some(kind) = supervised::Kind::parse(variant) {
+        let bytes = runtime.block_on(async move {
+            let server = Server::attach(port);
+            let gate = Gate::ungated(Duration::from_secs(3600));
+            let provider = match kind {
+                supervised::Kind::BRedis => Variant::B.provider(&gate)?,
+                _ => Variant::A {
+                    spread: redis_entraid::DEFAULT_REAUTH_SPREAD,
+                }
+                .provider(&gate)?,
+            };
+            gate.wait_first_token().await;
+            let (server, provider) = (&server, &provider);
+            per_connection(n, || supervised::Handle::open(kind, server, provider)).await
+        })?;
+        println!("{} {}", bytes.0, bytes.1);
+        return Ok(());
+    }
     let bytes = runtime.block_on(async move {
         let server = Server::attach(port);
         let gate = Gate::ungated(Duration::from_secs(3600));
@@ -480,32 +504,45 @@ fn memory_child(args: &[String]) -> Result<(), AnyError> {
             server.url()
         };
         let client = redis::Client::open(url)?;
-        // Warm up the allocator and the runtime with a few connections first.
-        let mut warm = Vec::new();
-        for _ in 0..50 {
-            warm.push(client.get_multiplexed_async_connection_with_config(&config).await?);
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let before = rss_bytes();
-        // SAFETY: mallinfo2 only reads glibc's allocator statistics.
-        let heap_before = unsafe { libc::mallinfo2() }.uordblks;
-        let mut connections = Vec::with_capacity(n);
-        for _ in 0..n {
-            connections.push(client.get_multiplexed_async_connection_with_config(&config).await?);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let after = rss_bytes();
-        // SAFETY: as above.
-        let heap_after = unsafe { libc::mallinfo2() }.uordblks;
-
-        drop(connections);
-        Ok::<(f64, f64), AnyError>((
-            (after as f64 - before as f64) / n as f64,
-            (heap_after as f64 - heap_before as f64) / n as f64,
-        ))
+        let (client, config) = (&client, &config);
+        per_connection(n, || async move {
+            Ok(client.get_multiplexed_async_connection_with_config(config).await?)
+        })
+        .await
     })?;
     println!("{} {}", bytes.0, bytes.1);
     Ok(())
+}
+
+/// (RSS growth, bytes allocated and held) per connection for `n` connections from `open`,
+/// after a warm-up of 50.
+async fn per_connection<T, F, Fut>(n: usize, open: F) -> Result<(f64, f64), AnyError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AnyError>>,
+{
+    // Warm up the allocator and the runtime with a few connections first.
+    let mut warm = Vec::new();
+    for _ in 0..50 {
+        warm.push(open().await?);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_bytes();
+    // SAFETY: mallinfo2 only reads glibc's allocator statistics.
+    let heap_before = unsafe { libc::mallinfo2() }.uordblks;
+    let mut connections = Vec::with_capacity(n);
+    for _ in 0..n {
+        connections.push(open().await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_bytes();
+    // SAFETY: as above.
+    let heap_after = unsafe { libc::mallinfo2() }.uordblks;
+    drop(connections);
+    Ok((
+        (after as f64 - before as f64) / n as f64,
+        (heap_after as f64 - heap_before as f64) / n as f64,
+    ))
 }
 
 /// Figure 4: one connection, 64 tasks, rotations every 2 s, against static credentials.
@@ -655,6 +692,9 @@ async fn auths_per_connection(server: &Server) -> Result<Value, AnyError> {
         out.insert(variant.name(), json!(per));
         drop(connections);
     }
+    let per = supervised::auths_per_manager(server).await?;
+    eprintln!("  A-manager: {per} AUTHs per new connection");
+    out.insert("A_manager".into(), json!(per));
     Ok(Value::Object(out))
 }
 

@@ -28,6 +28,9 @@ impl Server {
                 "no",
                 "--maxclients",
                 "20000",
+                // Figure 8 stalls the server with DEBUG SLEEP.
+                "--enable-debug-command",
+                "yes",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -61,6 +64,11 @@ impl Server {
 
     fn connection(&self) -> redis::RedisResult<redis::Connection> {
         redis::Client::open(self.url())?.get_connection()
+    }
+
+    /// A connection of the default user, for administration (`DEBUG SLEEP`).
+    pub(crate) fn admin(&self) -> redis::RedisResult<redis::Connection> {
+        self.connection()
     }
 
     pub(crate) fn auth_calls(&self) -> Result<u64, AnyError> {

@@ -127,16 +127,18 @@ pub(crate) fn markdown(report: &Value) -> String {
         }
     }
     let mem = &report["memory"];
-    out.push_str("\n## 3. Memory per connection (bytes, median), each variant in a fresh process\n\n| measure | A | B | static password | no-op provider | A − no-op |\n|---|---|---|---|---|---|\n");
+    out.push_str("\n## 3. Memory per connection (bytes, median), each variant in a fresh process\n\n| measure | A | B | static password | no-op provider | A − no-op | A-manager | redis `ConnectionManager` + A |\n|---|---|---|---|---|---|---|---|\n");
     for (label, key) in [("RSS growth", "rss"), ("allocated and held (mallinfo2)", "allocated")] {
         let m = &mem[key];
         out.push_str(&format!(
-            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
             f(m, &["a", "median"]),
             f(m, &["b", "median"]),
             f(m, &["static", "median"]),
             f(m, &["noop", "median"]),
-            f(m, &["a_minus_noop"])
+            f(m, &["a_minus_noop"]),
+            f(m, &["a_manager", "median"]),
+            f(m, &["a_redis_manager", "median"])
         ));
     }
     let t = &report["throughput"];
@@ -161,9 +163,17 @@ pub(crate) fn markdown(report: &Value) -> String {
     ));
     let a = &report["auths_per_connection"];
     out.push_str(&format!(
-        "\n## 5. AUTHs per new connection\n\n| A | B |\n|---|---|\n| {} | {} |\n",
-        a["A"], a["B"]
+        "\n## 5. AUTHs per new connection\n\n| A (redis's connections) | A-manager (`redis_entraid::aio::ConnectionManager`) | B |\n|---|---|---|\n| {} | {} | {} |\n",
+        a["A"], a["A_manager"], a["B"]
     ));
+    out.push_str("\n## 8. Server stall (1.5 s `DEBUG SLEEP`) during a rotation, spread off\n\n| connection | N | failed during the stall | failed after it | still re-authenticating at the next rotation | would be cut by Azure |\n|---|---|---|---|---|---|\n");
+    for name in ["A-manager", "A-redis", "B-redis"] {
+        let row = &report["stall"][name];
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} |\n",
+            row["n"], row["failed_during_stall"], row["failed_after_stall"], row["still_reauthenticating"], row["would_be_cut"]
+        ));
+    }
     let i = &report["idp_calls"];
     out.push_str(&format!(
         "\n## 6. Identity-provider calls in {} s\n\n| tokens | A | B |\n|---|---|---|\n| 60 s | {} | {} |\n| 1 h | {} | {} |\n",
