@@ -406,3 +406,43 @@ async fn a_redis_connection_whose_reauthentication_ended_is_counted_once() {
     assert_eq!(provider.lost_reauthentications(), 1, "reported once");
     emulator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_command_longer_than_the_token_fails_before_expiry_and_nothing_is_cut() {
+    // BLPOP with no timeout holds the connection's replies, so the renewal's AUTH queued
+    // behind it never gets one: the connection is replaced, and closed (failing the BLPOP)
+    // before its token expires, instead of being cut by the server.
+    let emulator = emulator(Duration::from_secs(6)).await;
+    let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
+    let token = provider.token().await.unwrap();
+    let manager = ConnectionManager::new_with_config(
+        tls_client(&emulator, false),
+        provider.clone(),
+        ConnectionManagerConfig::new().set_response_timeout(None),
+    )
+    .await
+    .unwrap();
+    let mut blocked = manager.clone();
+    let blpop = tokio::spawn(async move {
+        let result: RedisResult<Option<(String, String)>> = redis::cmd("BLPOP")
+            .arg("never-pushed")
+            .arg(0)
+            .query_async(&mut blocked)
+            .await;
+        (result, SystemTime::now())
+    });
+    let (result, failed_at) = blpop.await.unwrap();
+    let error = result.unwrap_err();
+    assert!(
+        error.to_string().contains("closed before its Entra ID token expired"),
+        "{error}"
+    );
+    assert!(failed_at < token.expires_at(), "closed before the token expired");
+    let mut after = manager.clone();
+    let pong: String = redis::cmd("PING").query_async(&mut after).await.unwrap();
+    assert_eq!(pong, "PONG");
+    eprintln!("blocking command: {error}; {:?}", manager.stats());
+    assert_eq!(manager.stats().replacements, 1);
+    assert_eq!(stat(&emulator, "cut_connections"), 0);
+    emulator.stop().await;
+}

@@ -470,6 +470,9 @@ impl ConnectionStateMachine {
         if let Some(output) = self.outputs.pop_front() {
             return output;
         }
+        // Events are rare (a renewal an hour): keep nothing allocated between them, since
+        // one machine lives beside every connection.
+        self.outputs = VecDeque::new();
         match self.next_deadline() {
             Some(at) => ConnectionOutput::Timeout(at),
             None => ConnectionOutput::Idle,

@@ -51,7 +51,16 @@ mod tests {
             assert!(error.to_string().contains("rediss://"), "{error}");
             assert!(check(&format!("redis://{host}:10000"), true).is_ok());
         }
-        assert!(check("rediss://cache.westeurope.redis.azure.net:10000", false).is_ok());
+        let tls = "redis://127.0.0.1"
+            .into_connection_info()
+            .unwrap()
+            .set_addr(ConnectionAddr::TcpTls {
+                host: "cache.westeurope.redis.azure.net".to_owned(),
+                port: 10000,
+                insecure: false,
+                tls_params: None,
+            });
+        assert!(refuse_plaintext_to_azure(&tls, false).is_ok());
         assert!(check("redis://127.0.0.1:6379", false).is_ok());
         assert!(check("redis://notredis.azure.net.example.com:6379", false).is_ok());
     }
