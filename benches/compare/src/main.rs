@@ -102,6 +102,7 @@ async fn run(plan: Plan, only: Option<String>) -> Result<Value, AnyError> {
             "redis_server": server.version(),
             "quick": plan.quick,
             "pairs": plan.pairs,
+            "server_cpus": std::env::var("BENCH_SERVER_CPUS").ok(),
         }
     });
     eprintln!("== figure 1 and 7: re-auth fan-out");

@@ -16,7 +16,16 @@ pub(crate) struct Server {
 impl Server {
     pub(crate) fn start() -> Result<Server, AnyError> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new("redis-server")
+        // `cargo xtask bench` pins the server to cores of its own when the machine has them.
+        let mut command = match std::env::var("BENCH_SERVER_CPUS") {
+            Ok(cpus) => {
+                let mut taskset = Command::new("taskset");
+                taskset.args(["-c", &cpus, "redis-server"]);
+                taskset
+            }
+            Err(_) => Command::new("redis-server"),
+        };
+        let child = command
             .args([
                 "--port",
                 &port.to_string(),

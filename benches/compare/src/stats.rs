@@ -80,9 +80,13 @@ fn range(v: &Value, key: &str) -> String {
 pub(crate) fn markdown(report: &Value) -> String {
     let m = &report["machine"];
     let mut out = format!(
-        "# redis-entraid (A) vs redis-rs `entra-id` (B)\n\nMachine: {} cores, redis-server {}; {} A/B pair(s) per figure{}.\n\n",
+        "# redis-entraid (A) vs redis-rs `entra-id` (B)\n\nMachine: {} cores, redis-server {}{}; {} A/B pair(s) per figure{}.\n\n",
         m["cores"],
         m["redis_server"].as_str().unwrap_or("?"),
+        match m["server_cpus"].as_str() {
+            Some(cpus) => format!(" (pinned to cores {cpus}, the client to core 0)"),
+            None => String::new(),
+        },
         m["pairs"],
         if m["quick"].as_bool() == Some(true) {
             " (quick run: smoke test, not for conclusions)"

@@ -12,9 +12,8 @@ use entraid_token_manager::{
 use redis::{ErrorKind, RedisError, RedisResult, Value};
 
 use crate::EntraIdCredentialsProvider;
-use crate::aio::no_token_error;
 use crate::plaintext_check::refuse_plaintext_to_azure;
-use crate::token_feed::TokenFeed;
+use crate::token_feed::{TokenFeed, no_token_error, state_machine};
 
 /// How a [`Connection`] connects, times out and re-authenticates.
 #[derive(Debug, Clone)]
@@ -147,24 +146,12 @@ impl Connection {
                     .to_owned(),
             )));
         }
-        let manager = provider.token_manager().map_err(|error| {
-            RedisError::from((
-                ErrorKind::InvalidClientConfig,
-                "the Entra ID token manager configuration is invalid",
-                error.to_string(),
-            ))
-        })?;
+        let manager = provider.token_manager()?;
         let first = match manager.current() {
             Some(token) => token,
             None => manager.blocking_token().map_err(no_token_error)?,
         };
-        let machine = ConnectionStateMachine::new(config.policy).map_err(|error| {
-            RedisError::from((
-                ErrorKind::InvalidClientConfig,
-                "invalid re-authentication policy",
-                error.to_string(),
-            ))
-        })?;
+        let machine = state_machine(config.policy)?;
         let db = client.get_connection_info().redis_settings().db();
         let mut connection = Connection {
             client,

@@ -161,11 +161,7 @@ impl Stream for CredentialsStream {
         let now = Instant::now();
         // What the token has left, not its full lifetime: a connection may start late
         // in a token's life (every reconnect does).
-        let left = token
-            .expires_at()
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        let expiry = now.checked_add(left).unwrap_or(now);
+        let expiry = now.checked_add(crate::token_feed::time_left(&token)).unwrap_or(now);
         let previous_expiry = self.current_expiry.replace(expiry);
         let auth = basic_auth(&token);
         // A connection's first credentials are never delayed.

@@ -148,8 +148,8 @@ impl EntraIdCredentialsProvider {
 
 impl EntraIdCredentialsProvider {
     /// The running token manager, started with defaults if nobody started it.
-    pub(crate) fn token_manager(&self) -> Result<TokenManager, ConfigError> {
-        self.shared.manager()
+    pub(crate) fn token_manager(&self) -> RedisResult<TokenManager> {
+        self.shared.manager().map_err(invalid_config)
     }
 
     /// The spread this provider's connections use for renewals.
@@ -237,13 +237,17 @@ impl StreamingCredentialsProvider for EntraIdCredentialsProvider {
                     self.shared.lost_reauthentications.clone(),
                 ))
             }
-            Err(error) => Box::pin(tokio_stream::once(Err(RedisError::from((
-                ErrorKind::InvalidClientConfig,
-                "the Entra ID token manager configuration is invalid",
-                error.to_string(),
-            ))))),
+            Err(error) => Box::pin(tokio_stream::once(Err(invalid_config(error)))),
         }
     }
+}
+
+fn invalid_config(error: ConfigError) -> RedisError {
+    RedisError::from((
+        ErrorKind::InvalidClientConfig,
+        "the Entra ID token manager configuration is invalid",
+        error.to_string(),
+    ))
 }
 
 impl fmt::Debug for EntraIdCredentialsProvider {

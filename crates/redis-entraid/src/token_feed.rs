@@ -4,7 +4,37 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use entraid_identity::Token;
-use entraid_token_manager::{ConnectionStateMachine, Generation};
+use entraid_token_manager::{ConnectionPolicy, ConnectionStateMachine, Generation, TokenManagerError};
+use redis::{ErrorKind, RedisError, RedisResult};
+
+/// What `token` has left by the wall clock: a token may be handed over late in its life
+/// (a reconnect, a new manager), so its full lifetime would overstate it.
+pub(crate) fn time_left(token: &Token) -> Duration {
+    token
+        .expires_at()
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+}
+
+/// A connection state machine for `policy`, or the reason the policy cannot work.
+pub(crate) fn state_machine(policy: ConnectionPolicy) -> RedisResult<ConnectionStateMachine> {
+    ConnectionStateMachine::new(policy).map_err(|error| {
+        RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "invalid re-authentication policy",
+            error.to_string(),
+        ))
+    })
+}
+
+/// What a command gets while no valid token exists.
+pub(crate) fn no_token_error(error: TokenManagerError) -> RedisError {
+    RedisError::from((
+        ErrorKind::AuthenticationFailed,
+        "no valid Entra ID token",
+        format!("{error}; connections recover by themselves as soon as a token is available"),
+    ))
+}
 
 /// The newest token a connection state machine was given, by generation.
 #[derive(Debug, Default)]
@@ -13,9 +43,8 @@ pub(crate) struct TokenFeed {
 }
 
 impl TokenFeed {
-    /// Hands `token` to the machine unless it is the one it already has. Its expiry is
-    /// the time it has left by the wall clock, so a token handed over late in its life
-    /// (a reconnect, a new manager) is not taken for a fresh one.
+    /// Hands `token` to the machine unless it is the one it already has, expiring after
+    /// the [`time_left`] it has.
     pub(crate) fn offer(&mut self, machine: &mut ConnectionStateMachine, now: Instant, token: Token) {
         if self
             .latest
@@ -24,10 +53,7 @@ impl TokenFeed {
         {
             return;
         }
-        let left = token
-            .expires_at()
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
+        let left = time_left(&token);
         let expires_at = now
             .checked_add(left)
             .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));

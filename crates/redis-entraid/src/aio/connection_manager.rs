@@ -24,7 +24,7 @@ use tokio_stream::StreamExt;
 
 use crate::EntraIdCredentialsProvider;
 use crate::plaintext_check::refuse_plaintext_to_azure;
-use crate::token_feed::TokenFeed;
+use crate::token_feed::{TokenFeed, no_token_error, state_machine};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -414,25 +414,13 @@ impl ConnectionManager {
                 "create it inside one, or use redis_entraid::Connection in synchronous code".to_owned(),
             ))
         })?;
-        let manager = provider.token_manager().map_err(|error| {
-            RedisError::from((
-                ErrorKind::InvalidClientConfig,
-                "the Entra ID token manager configuration is invalid",
-                error.to_string(),
-            ))
-        })?;
+        let manager = provider.token_manager()?;
         // The first token, or the reason there is none, within the manager's attempts.
         let first_token = manager.token().await.map_err(no_token_error)?;
 
         let mut policy = config.policy.clone();
         policy.reauth_spread = config.reauth_spread.unwrap_or(provider.reauth_spread());
-        let machine = ConnectionStateMachine::new(policy.clone()).map_err(|error| {
-            RedisError::from((
-                ErrorKind::InvalidClientConfig,
-                "invalid re-authentication policy",
-                error.to_string(),
-            ))
-        })?;
+        let machine = state_machine(policy.clone())?;
 
         let (slot_tx, slot) = watch::channel(Slot::Connecting);
         let shared = Arc::new(SharedState::default());
@@ -607,14 +595,6 @@ fn closed_error() -> RedisError {
         "the command was still running when the connection had to be closed (a blocking \
          command longer than the token's remaining life?); retry it"
             .to_owned(),
-    ))
-}
-
-pub(crate) fn no_token_error(error: TokenManagerError) -> RedisError {
-    RedisError::from((
-        ErrorKind::AuthenticationFailed,
-        "no valid Entra ID token",
-        format!("{error}; connections recover by themselves as soon as a token is available"),
     ))
 }
 

@@ -3,5 +3,4 @@
 
 mod connection_manager;
 
-pub(crate) use connection_manager::no_token_error;
 pub use connection_manager::{ConnectionManager, ConnectionManagerConfig, ConnectionStats};
