@@ -61,6 +61,7 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
             .args(["taskset", "-c", "0"])
             .env("BENCH_SERVER_CPUS", format!("1-{}", cores - 1));
     }
+    command.env("BENCH_MACHINE_CORES", cores.to_string());
     command.arg(&binary).arg("--out").arg(&out).current_dir(&root);
     if quick {
         command.arg("--quick");

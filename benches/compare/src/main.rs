@@ -98,7 +98,11 @@ async fn run(plan: Plan, only: Option<String>) -> Result<Value, AnyError> {
     let server = Server::start()?;
     let mut report = json!({
         "machine": {
-            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            // The machine's, not this process's: xtask pins the client to one core.
+            "cores": std::env::var("BENCH_MACHINE_CORES")
+                .ok()
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)),
             "redis_server": server.version(),
             "quick": plan.quick,
             "pairs": plan.pairs,

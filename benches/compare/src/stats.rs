@@ -175,7 +175,11 @@ pub(crate) fn markdown(report: &Value) -> String {
         let row = &report["stall"][name];
         out.push_str(&format!(
             "| {name} | {} | {} | {} | {} | {} |\n",
-            row["n"], row["failed_during_stall"], row["failed_after_stall"], row["still_reauthenticating"], row["would_be_cut"]
+            row["n"],
+            row["failed_during_stall"],
+            row["failed_after_stall"],
+            row["still_reauthenticating"],
+            row["would_be_cut"]
         ));
     }
     let i = &report["idp_calls"];
