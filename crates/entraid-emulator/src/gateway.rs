@@ -8,11 +8,19 @@
 //! connection is closed without a reply. Everything else goes through unchanged, both
 //! ways (the server's replies and pushes are copied byte for byte).
 //!
+//! Like Redis, a RESP2 connection in subscribed mode cannot re-authenticate: its `AUTH`
+//! (or `HELLO … AUTH`) is passed on without its token, the server refuses it (`ERR
+//! Can't execute 'auth' … in this context`), and the connection's expiry does not move.
+//! The gateway follows the commands to know the mode: `SUBSCRIBE`-like commands add
+//! channels, `UNSUBSCRIBE`-like ones remove them (all of their kind without arguments),
+//! `RESET` clears them, `HELLO 2|3` sets the protocol.
+//!
 //! Replies stay in order because `AUTH`/`HELLO` are forwarded too, rewritten: a valid one
 //! becomes `AUTH default <anything>` (the upstream's default user has no password, so it
 //! answers `+OK`), an invalid one `AUTH <no such user> x` (the upstream answers
 //! `-WRONGPASS …`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -64,6 +72,17 @@ struct Session {
     authenticated: bool,
     /// When the token that authenticated this connection expires.
     expires_at: Option<Instant>,
+    /// The connection speaks RESP3 (after a successful `HELLO 3`).
+    resp3: bool,
+    /// Channels, patterns and shard channels it is subscribed to, by kind.
+    subscriptions: HashSet<(SubscriptionKind, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SubscriptionKind {
+    Channel,
+    Pattern,
+    Shard,
 }
 
 async fn relay<C: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
@@ -80,6 +99,8 @@ async fn relay<C: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         id,
         authenticated: false,
         expires_at: None,
+        resp3: false,
+        subscriptions: HashSet::new(),
     };
 
     // Server to client: bytes through, unchanged.
@@ -170,6 +191,10 @@ impl Session {
     fn route(&mut self, mut args: Vec<Vec<u8>>, service: &TokenService) -> Route {
         let name = args[0].to_ascii_uppercase();
         match name.as_slice() {
+            b"AUTH" if self.authenticated && self.cannot_authenticate() => {
+                self.refuse_in_subscribed_mode(service);
+                Route::Forward(encode_command(&upstream_auth(true)))
+            }
             b"AUTH" => {
                 let (user, token) = match args.len() {
                     2 => ("default".to_owned(), args[1].clone()),
@@ -182,21 +207,41 @@ impl Session {
             b"HELLO" => {
                 let auth_at = args.iter().position(|a| a.eq_ignore_ascii_case(b"AUTH"));
                 match auth_at {
+                    Some(i) if args.len() > i + 2 && self.authenticated && self.cannot_authenticate() => {
+                        self.refuse_in_subscribed_mode(service);
+                        let auth = upstream_auth(true);
+                        args[i + 1] = auth[1].clone();
+                        args[i + 2] = auth[2].clone();
+                        Route::Forward(encode_command(&args))
+                    }
                     Some(i) if args.len() > i + 2 => {
                         let user = String::from_utf8_lossy(&args[i + 1]).into_owned();
                         let valid = self.check(&user, &args[i + 2].clone(), service);
+                        if valid {
+                            self.resp3 = args.get(1).is_some_and(|v| v.as_slice() == b"3");
+                        }
                         let auth = upstream_auth(valid);
                         args[i + 1] = auth[1].clone();
                         args[i + 2] = auth[2].clone();
                         Route::Forward(encode_command(&args))
                     }
                     _ if !self.authenticated => Route::Reply(HELLO_NOAUTH),
-                    _ => Route::Forward(encode_command(&args)),
+                    _ => {
+                        match args.get(1).map(Vec::as_slice) {
+                            Some(b"3") => self.resp3 = true,
+                            Some(b"2") => self.resp3 = false,
+                            _ => {}
+                        }
+                        Route::Forward(encode_command(&args))
+                    }
                 }
             }
             b"QUIT" if !self.authenticated => Route::ReplyAndClose(b"+OK\r\n"),
             _ if !self.authenticated => Route::Reply(NOAUTH),
-            _ => Route::Forward(encode_command(&args)),
+            _ => {
+                self.track(&name, &args);
+                Route::Forward(encode_command(&args))
+            }
         }
     }
 
@@ -241,6 +286,49 @@ impl Session {
                 false
             }
         }
+    }
+
+    /// In RESP2 subscribed mode the server refuses `AUTH`, as Redis does.
+    fn cannot_authenticate(&self) -> bool {
+        !self.resp3 && !self.subscriptions.is_empty()
+    }
+
+    /// Follows the subscribed mode from the commands, which the server runs in order.
+    fn track(&mut self, name: &[u8], args: &[Vec<u8>]) {
+        let (kind, subscribe) = match name {
+            b"SUBSCRIBE" => (SubscriptionKind::Channel, true),
+            b"PSUBSCRIBE" => (SubscriptionKind::Pattern, true),
+            b"SSUBSCRIBE" => (SubscriptionKind::Shard, true),
+            b"UNSUBSCRIBE" => (SubscriptionKind::Channel, false),
+            b"PUNSUBSCRIBE" => (SubscriptionKind::Pattern, false),
+            b"SUNSUBSCRIBE" => (SubscriptionKind::Shard, false),
+            b"RESET" => {
+                self.subscriptions.clear();
+                self.resp3 = false;
+                return;
+            }
+            _ => return,
+        };
+        let names = &args[1..];
+        if subscribe {
+            self.subscriptions.extend(names.iter().map(|n| (kind, n.clone())));
+        } else if names.is_empty() {
+            self.subscriptions.retain(|(k, _)| *k != kind);
+        } else {
+            for n in names {
+                self.subscriptions.remove(&(kind, n.clone()));
+            }
+        }
+    }
+
+    /// `AUTH` on a RESP2 subscribed connection: the caller passes it on without the token
+    /// so the server answers with its own error, in order; the expiry does not move.
+    fn refuse_in_subscribed_mode(&self, service: &TokenService) {
+        Stats::bump(&service.stats.auth_failures);
+        tracing::info!(
+            connection = self.id,
+            "AUTH refused: a RESP2 connection in subscribed mode cannot re-authenticate"
+        );
     }
 }
 

@@ -73,3 +73,21 @@ where
     let report = entraid_test_support::set_get_load(connection, tasks, duration).await;
     (report.ok, report.failed, report.first_errors)
 }
+
+/// A client whose password is `token`: authenticated once, at connect, and never again.
+pub(crate) fn token_client(emulator: &Emulator, token: &entraid_identity::Token, resp3: bool) -> redis::Client {
+    let suffix = if resp3 { "/?protocol=resp3" } else { "" };
+    redis::Client::build_with_tls(
+        format!(
+            "rediss://{}:{}@127.0.0.1:{}{suffix}",
+            token.username(),
+            token.secret(),
+            emulator.redis_port()
+        ),
+        TlsCertificates {
+            client_tls: None,
+            root_cert: Some(emulator.ca_pem().as_bytes().to_vec()),
+        },
+    )
+    .unwrap()
+}
