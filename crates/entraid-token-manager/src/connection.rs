@@ -174,6 +174,19 @@ pub enum ConnectionOutput {
     Idle,
 }
 
+/// How a connection takes a renewed token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Renewal {
+    /// `AUTH` on the live connection ([`ConnectionOutput::SendAuth`]).
+    #[default]
+    InPlace,
+    /// A new connection, opened with the new token after the spread delay, takes over
+    /// (make-before-break): for a RESP2 subscriber, which the server does not let send
+    /// `AUTH`. A failed attempt is retried with the reconnect backoff; the machine never
+    /// asks for `SendAuth`.
+    Replace,
+}
+
 /// Whether commands can be sent, as the driver should tell its callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Availability {
@@ -278,6 +291,8 @@ struct Retired {
 ///   expiry and no newer token has been accepted, a new connection is opened with the
 ///   newest token; once it is up it takes new commands and the old one is retired, and
 ///   closed at a quarter of the margin before its token expires if still open.
+/// - With [`Renewal::Replace`], a renewal opens a new connection after the spread delay
+///   instead of sending `AUTH`, and it takes over as a replacement does.
 /// - A lost connection is opened again at once, then with backoff after failures.
 /// - With no valid token, no connection is opened and the last one is closed before its
 ///   token expires; the first new token opens one again.
@@ -285,6 +300,7 @@ struct Retired {
 #[derive(Debug)]
 pub struct ConnectionStateMachine {
     policy: ConnectionPolicy,
+    renewal: Renewal,
     jitter: Jitter,
     now: Option<Instant>,
     next_generation: u64,
@@ -314,6 +330,7 @@ impl ConnectionStateMachine {
         policy.validate()?;
         Ok(ConnectionStateMachine {
             policy,
+            renewal: Renewal::InPlace,
             jitter,
             now: None,
             next_generation: 0,
@@ -326,6 +343,12 @@ impl ConnectionStateMachine {
             connect_failures: 0,
             outputs: VecDeque::new(),
         })
+    }
+
+    /// Takes renewals as `renewal` says; [`Renewal::InPlace`] unless set.
+    pub fn with_renewal(mut self, renewal: Renewal) -> Self {
+        self.renewal = renewal;
+        self
     }
 
     /// A new token, valid until `expires_at` (on the driver's clock), of total `lifetime`
@@ -575,10 +598,16 @@ impl ConnectionStateMachine {
                     );
                     active.auth = Auth::Due(now + wait);
                 }
+                let newer = latest.filter(|t| t.generation > active.in_force.generation);
+                // A renewal taken by replacement stays due until a connection with it is up.
+                let renew_by_replacing = self.renewal == Renewal::Replace
+                    && newer.is_some()
+                    && matches!(active.auth, Auth::Due(at) if at <= now);
                 if let Auth::Due(at) = active.auth
                     && at <= now
+                    && !renew_by_replacing
                 {
-                    match latest.filter(|t| t.generation > active.in_force.generation) {
+                    match newer {
                         Some(token) => {
                             let deadline_cap = active.in_force.close_at().saturating_duration_since(now);
                             let timeout = self.policy.auth_timeout.min(deadline_cap);
@@ -595,15 +624,18 @@ impl ConnectionStateMachine {
                         None => active.auth = Auth::UpToDate,
                     }
                 }
-                let must_replace = active.in_force.replace_at() <= now
-                    && latest.is_some_and(|t| t.generation > active.in_force.generation);
+                let must_replace = active.in_force.replace_at() <= now && newer.is_some();
                 let may_connect = self.reconnect_at.is_none_or(|at| at <= now);
-                if must_replace && self.connecting.is_none() && may_connect {
-                    tracing::warn!(
-                        connection = %active.id,
-                        failed_auths = active.auth_failures,
-                        "re-authentication did not succeed in time: replacing the connection before its token expires"
-                    );
+                if (must_replace || renew_by_replacing) && self.connecting.is_none() && may_connect {
+                    if renew_by_replacing {
+                        tracing::debug!(connection = %active.id, "renewal: opening a connection to take over");
+                    } else {
+                        tracing::warn!(
+                            connection = %active.id,
+                            failed_auths = active.auth_failures,
+                            "re-authentication did not succeed in time: replacing the connection before its token expires"
+                        );
+                    }
                     self.start_connect(now);
                 }
             }

@@ -46,7 +46,7 @@ mod tokio_driver;
 pub use config::{ConfigError, IsRetryable, RetryPolicy, TokenManagerConfig};
 pub use connection::{
     Availability, ConnectionId, ConnectionOutput, ConnectionPolicy, ConnectionPolicyError, ConnectionStateMachine,
-    Generation,
+    Generation, Renewal,
 };
 pub use error::TokenManagerError;
 pub use state_machine::{Output, RefreshFailure, RequestId, TokenStateMachine};

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use entraid_test_support::FakeClock;
 use entraid_token_manager::{
     Availability, ConnectionId, ConnectionOutput as Out, ConnectionPolicy, ConnectionPolicyError,
-    ConnectionStateMachine, Generation,
+    ConnectionStateMachine, Generation, Renewal,
 };
 
 const S: Duration = Duration::from_secs(1);
@@ -417,4 +417,89 @@ fn invalid_policies_are_refused_with_the_value_to_fix() {
     };
     let error = ConnectionStateMachine::new(inverted).unwrap_err();
     assert!(error.to_string().contains("reconnect_max"), "{error}");
+}
+
+/// A connected machine that renews by replacement (a RESP2 subscriber).
+fn connected_replacing() -> (FakeClock, ConnectionStateMachine, ConnectionId) {
+    let mut clock = FakeClock::new();
+    let mut sm = machine().with_renewal(Renewal::Replace);
+    let now = clock.now();
+    sm.handle_token(now, now + LIFE, LIFE);
+    let id = connect_id(&drain(&mut sm).0);
+    let now = clock.advance(10 * MS);
+    sm.handle_connected(now, id);
+    assert_eq!(drain(&mut sm).0, vec![Out::Use(id)]);
+    (clock, sm, id)
+}
+
+#[test]
+fn with_replace_renewal_a_new_connection_takes_over_after_the_spread_and_no_auth_is_sent() {
+    let (mut clock, mut sm, old) = connected_replacing();
+    let renewal_at = clock.advance(42 * S);
+    let generation = sm.handle_token(renewal_at, renewal_at + LIFE, LIFE);
+    let mut outputs_seen = Vec::new();
+    let (opened_at, (new, connect_generation)) = run_until(&mut clock, &mut sm, 10 * S, |outputs| {
+        outputs_seen.extend_from_slice(outputs);
+        outputs.iter().find_map(|o| match o {
+            Out::Connect { id, generation, .. } => Some((*id, *generation)),
+            _ => None,
+        })
+    });
+    assert_eq!(connect_generation, generation);
+    // The old token has 18 s left: within the spread, capped at a tenth of that.
+    assert!(opened_at - renewal_at < 1800 * MS, "{:?}", opened_at - renewal_at);
+    assert!(auth_of(&outputs_seen).is_none(), "{outputs_seen:?}");
+    // The old connection serves until the new one is up, then retires.
+    assert_eq!(sm.availability(), Availability::Connected(old));
+    let now = clock.advance(50 * MS);
+    sm.handle_connected(now, new);
+    let (outputs, _) = drain(&mut sm);
+    assert_eq!(outputs, vec![Out::Retire(old), Out::Use(new)]);
+    assert!(!sm.is_behind());
+    // The retired one is closed before its token expires if its driver has not dropped it.
+    let (closed_at, ()) = run_until(&mut clock, &mut sm, 20 * S, |outputs| {
+        outputs.contains(&Out::Close(old)).then_some(())
+    });
+    assert!(closed_at < renewal_at + 18 * S, "{:?}", closed_at - renewal_at);
+    // No second replacement, no AUTH: the new connection holds the newest token.
+    let later = clock.advance(5 * S);
+    sm.handle_timeout(later);
+    let (outputs, _) = drain(&mut sm);
+    assert!(outputs.is_empty(), "{outputs:?}");
+}
+
+#[test]
+fn with_replace_renewal_a_failed_takeover_is_retried_with_backoff_while_the_old_connection_serves() {
+    let (mut clock, mut sm, old) = connected_replacing();
+    let renewal_at = clock.advance(42 * S);
+    sm.handle_token(renewal_at, renewal_at + LIFE, LIFE);
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        let (at, id) = run_until(&mut clock, &mut sm, 20 * S, |outputs| {
+            outputs.iter().find_map(|o| match o {
+                Out::Connect { id, .. } => Some(*id),
+                _ => None,
+            })
+        });
+        attempts.push(at);
+        let now = clock.advance(5 * MS);
+        sm.handle_connect_failed(now, id);
+        assert_eq!(
+            sm.availability(),
+            Availability::Connected(old),
+            "the old one still serves"
+        );
+    }
+    // 100 ms then 200 ms (±20 %) between attempts: backoff, not a busy loop.
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[0] >= 80 * MS && gaps[1] >= 160 * MS, "{gaps:?}");
+    let (_, new) = run_until(&mut clock, &mut sm, 20 * S, |outputs| {
+        outputs.iter().find_map(|o| match o {
+            Out::Connect { id, .. } => Some(*id),
+            _ => None,
+        })
+    });
+    let now = clock.advance(5 * MS);
+    sm.handle_connected(now, new);
+    assert_eq!(drain(&mut sm).0, vec![Out::Retire(old), Out::Use(new)]);
 }
