@@ -7,8 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -20,13 +18,11 @@ use entraid_token_manager::{
 use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
 use redis::{AsyncConnectionConfig, Cmd, ErrorKind, PushInfo, PushKind, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::{Notify, watch};
-use tokio_stream::StreamExt;
 
+use super::supervision::{BoxFuture, IdMap, LostReports, next_token, now, sleep_until, wait_pending};
 use crate::EntraIdCredentialsProvider;
 use crate::plaintext_check::refuse_plaintext_to_azure;
 use crate::token_feed::{TokenFeed, no_token_error, state_machine};
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// How a [`ConnectionManager`] connects, times out and re-authenticates.
 ///
@@ -181,64 +177,6 @@ impl Counters {
             replacements: get(&self.replacements),
             closed_before_expiry: get(&self.closed_before_expiry),
             connections_lost: get(&self.connections_lost),
-        }
-    }
-}
-
-/// A map by connection id for the one or two entries a manager holds: a `Vec`, sized
-/// exactly, costs less beside every manager than a hash map.
-struct IdMap<V>(Vec<(ConnectionId, V)>);
-
-impl<V> IdMap<V> {
-    fn with_capacity(capacity: usize) -> Self {
-        IdMap(Vec::with_capacity(capacity))
-    }
-
-    fn insert(&mut self, id: ConnectionId, value: V) {
-        self.remove(&id);
-        self.0.push((id, value));
-    }
-
-    fn remove(&mut self, id: &ConnectionId) -> Option<V> {
-        let at = self.0.iter().position(|(i, _)| i == id)?;
-        Some(self.0.swap_remove(at).1)
-    }
-
-    fn get(&self, id: &ConnectionId) -> Option<&V> {
-        self.0.iter().find(|(i, _)| i == id).map(|(_, v)| v)
-    }
-
-    fn ids(&self) -> impl Iterator<Item = ConnectionId> + '_ {
-        self.0.iter().map(|(id, _)| *id)
-    }
-}
-
-/// Connections that commands found dropped, for the supervisor. (A `Mutex<Vec>` and a
-/// `Notify` rather than a channel: one lives beside every manager, and tokio's unbounded
-/// channel allocates a block of slots up front.)
-#[derive(Default)]
-struct LostReports {
-    ids: Mutex<Vec<ConnectionId>>,
-    notify: Notify,
-}
-
-impl LostReports {
-    fn report(&self, id: ConnectionId) {
-        let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-        drop(ids);
-        self.notify.notify_one();
-    }
-
-    async fn next(&self) -> Vec<ConnectionId> {
-        loop {
-            let ids = std::mem::take(&mut *self.ids.lock().unwrap_or_else(PoisonError::into_inner));
-            if !ids.is_empty() {
-                return ids;
-            }
-            self.notify.notified().await;
         }
     }
 }
@@ -645,15 +583,11 @@ struct Supervisor {
     /// Retired connections: only their ids, so they close when their commands end.
     retired: Vec<ConnectionId>,
     pending_connect: Option<(ConnectionId, BoxFuture<RedisResult<MultiplexedConnection>>)>,
-    pending_auth: Option<(ConnectionId, Generation, BoxFuture<RedisResult<()>>)>,
+    pending_auth: Option<((ConnectionId, Generation), BoxFuture<RedisResult<()>>)>,
     slot: watch::Sender<Slot>,
     shared: Arc<SharedState>,
     /// The connection being opened replaces one that could not re-authenticate.
     replacing: bool,
-}
-
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 impl Supervisor {
@@ -663,8 +597,8 @@ impl Supervisor {
             self.publish();
             let wake = tokio::select! {
                 item = next_token(&mut self.tokens) => Wake::Token(item),
-                (id, result) = wait_connect(&mut self.pending_connect) => Wake::Connected(id, result),
-                (id, generation, result) = wait_auth(&mut self.pending_auth) => Wake::Auth(id, generation, result),
+                (id, result) = wait_pending(&mut self.pending_connect) => Wake::Connected(id, result),
+                ((id, generation), result) = wait_pending(&mut self.pending_auth) => Wake::Auth(id, generation, result),
                 ids = self.shared.lost.next() => Wake::Lost(ids),
                 () = sleep_until(deadline) => Wake::Timer,
             };
@@ -761,7 +695,7 @@ impl Supervisor {
                         let auth = redis::cmd("AUTH").arg(token.username()).arg(token.secret()).to_owned();
                         let future: BoxFuture<RedisResult<()>> =
                             Box::pin(async move { auth.query_async::<()>(&mut connection).await });
-                        self.pending_auth = Some((id, generation, future));
+                        self.pending_auth = Some(((id, generation), future));
                     }
                     _ => self.machine.handle_auth_result(now(), id, generation, false),
                 },
@@ -773,7 +707,7 @@ impl Supervisor {
                         self.retired.push(id);
                         self.drain(old);
                     }
-                    if self.pending_auth.as_ref().is_some_and(|(a, _, _)| *a == id) {
+                    if self.pending_auth.as_ref().is_some_and(|((a, _), _)| *a == id) {
                         self.pending_auth = None;
                     }
                 }
@@ -789,7 +723,7 @@ impl Supervisor {
                         tracing::info!(connection = %id, "connection closed before its token expires");
                         self.shared.closures.close(id);
                     }
-                    if self.pending_auth.as_ref().is_some_and(|(a, _, _)| *a == id) {
+                    if self.pending_auth.as_ref().is_some_and(|((a, _), _)| *a == id) {
                         self.pending_auth = None;
                     }
                 }
@@ -919,38 +853,6 @@ impl Drop for Supervisor {
         for id in self.connections.ids().chain(self.retired.iter().copied()) {
             self.shared.closures.close(id);
         }
-    }
-}
-
-async fn next_token(tokens: &mut Option<TokenStream>) -> Option<Result<entraid_identity::Token, TokenManagerError>> {
-    match tokens {
-        Some(tokens) => tokens.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn wait_connect(
-    pending: &mut Option<(ConnectionId, BoxFuture<RedisResult<MultiplexedConnection>>)>,
-) -> (ConnectionId, RedisResult<MultiplexedConnection>) {
-    match pending {
-        Some((id, future)) => (*id, future.await),
-        None => std::future::pending().await,
-    }
-}
-
-async fn wait_auth(
-    pending: &mut Option<(ConnectionId, Generation, BoxFuture<RedisResult<()>>)>,
-) -> (ConnectionId, Generation, RedisResult<()>) {
-    match pending {
-        Some((id, generation, future)) => (*id, *generation, future.await),
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -2,5 +2,6 @@
 //! cut one of them. Mirrors `redis::aio`.
 
 mod connection_manager;
+mod supervision;
 
 pub use connection_manager::{ConnectionManager, ConnectionManagerConfig, ConnectionStats};

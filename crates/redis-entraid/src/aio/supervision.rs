@@ -1,0 +1,100 @@
+//! What the supervisors of [`ConnectionManager`](super::ConnectionManager) and
+//! [`PubSub`](super::PubSub) share: small containers sized for one or two connections,
+//! and the futures their loops wait on.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
+
+use entraid_token_manager::{ConnectionId, TokenManagerError, TokenStream};
+use tokio::sync::Notify;
+use tokio_stream::StreamExt;
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The instant the state machines are given: tokio's clock, so paused-time tests work.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// A map by connection id for the one or two entries a manager holds: a `Vec`, sized
+/// exactly, costs less beside every manager than a hash map.
+pub(crate) struct IdMap<V>(Vec<(ConnectionId, V)>);
+
+impl<V> IdMap<V> {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        IdMap(Vec::with_capacity(capacity))
+    }
+
+    pub(crate) fn insert(&mut self, id: ConnectionId, value: V) {
+        self.remove(&id);
+        self.0.push((id, value));
+    }
+
+    pub(crate) fn remove(&mut self, id: &ConnectionId) -> Option<V> {
+        let at = self.0.iter().position(|(i, _)| i == id)?;
+        Some(self.0.swap_remove(at).1)
+    }
+
+    pub(crate) fn get(&self, id: &ConnectionId) -> Option<&V> {
+        self.0.iter().find(|(i, _)| i == id).map(|(_, v)| v)
+    }
+
+    pub(crate) fn ids(&self) -> impl Iterator<Item = ConnectionId> + '_ {
+        self.0.iter().map(|(id, _)| *id)
+    }
+}
+
+/// Connections that commands found dropped, for the supervisor. (A `Mutex<Vec>` and a
+/// `Notify` rather than a channel: one lives beside every manager, and tokio's unbounded
+/// channel allocates a block of slots up front.)
+#[derive(Default)]
+pub(crate) struct LostReports {
+    ids: Mutex<Vec<ConnectionId>>,
+    notify: Notify,
+}
+
+impl LostReports {
+    pub(crate) fn report(&self, id: ConnectionId) {
+        let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        drop(ids);
+        self.notify.notify_one();
+    }
+
+    pub(crate) async fn next(&self) -> Vec<ConnectionId> {
+        loop {
+            let ids = std::mem::take(&mut *self.ids.lock().unwrap_or_else(PoisonError::into_inner));
+            if !ids.is_empty() {
+                return ids;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+pub(crate) async fn next_token(
+    tokens: &mut Option<TokenStream>,
+) -> Option<Result<entraid_identity::Token, TokenManagerError>> {
+    match tokens {
+        Some(tokens) => tokens.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The result of the pending operation, if any; never resolves without one.
+pub(crate) async fn wait_pending<K: Copy, T>(pending: &mut Option<(K, BoxFuture<T>)>) -> (K, T) {
+    match pending {
+        Some((key, future)) => (*key, future.await),
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
