@@ -19,7 +19,7 @@ use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
 use redis::{AsyncConnectionConfig, Cmd, ErrorKind, PushInfo, PushKind, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::{Notify, watch};
 
-use super::supervision::{BoxFuture, IdMap, LostReports, next_token, now, sleep_until, wait_pending};
+use super::supervision::{BoxFuture, IdMap, LostReports, PendingAuth, next_token, now, sleep_until, wait_pending};
 use crate::EntraIdCredentialsProvider;
 use crate::plaintext_check::refuse_plaintext_to_azure;
 use crate::token_feed::{TokenFeed, no_token_error, state_machine};
@@ -583,7 +583,7 @@ struct Supervisor {
     /// Retired connections: only their ids, so they close when their commands end.
     retired: Vec<ConnectionId>,
     pending_connect: Option<(ConnectionId, BoxFuture<RedisResult<MultiplexedConnection>>)>,
-    pending_auth: Option<((ConnectionId, Generation), BoxFuture<RedisResult<()>>)>,
+    pending_auth: PendingAuth,
     slot: watch::Sender<Slot>,
     shared: Arc<SharedState>,
     /// The connection being opened replaces one that could not re-authenticate.

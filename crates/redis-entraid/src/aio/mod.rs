@@ -2,6 +2,9 @@
 //! cut one of them. Mirrors `redis::aio`.
 
 mod connection_manager;
+mod delivery;
+mod pubsub;
 mod supervision;
 
 pub use connection_manager::{ConnectionManager, ConnectionManagerConfig, ConnectionStats};
+pub use pubsub::{PubSub, PubSubConfig, PubSubSink, PubSubStats, PubSubStream};

@@ -6,11 +6,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 
-use entraid_token_manager::{ConnectionId, TokenManagerError, TokenStream};
+use entraid_token_manager::{ConnectionId, Generation, TokenManagerError, TokenStream};
 use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A re-authentication `AUTH` waiting for its reply, by connection and token.
+pub(crate) type PendingAuth = Option<((ConnectionId, Generation), BoxFuture<redis::RedisResult<()>>)>;
 
 /// The instant the state machines are given: tokio's clock, so paused-time tests work.
 pub(crate) fn now() -> std::time::Instant {
