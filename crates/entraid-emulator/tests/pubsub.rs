@@ -3,13 +3,276 @@
 //! new connection before its token expires; the negative controls show what happens
 //! without that.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use entraid_identity::IdentityProvider;
+use redis_entraid::aio::{ConnectionManager, PubSub, PubSubStream};
+use redis_entraid::{EntraIdCredentialsProvider, TokenManagerConfig};
 use tokio_stream::StreamExt;
 
 mod support;
-use support::{emulator, secret_provider, stat, token_client};
+use support::{
+    back_after_outage, emulator, outage_longer_than_a_token, quick_retries, secret_provider, started, stat, tls_client,
+    token_client,
+};
+
+/// Where the publisher sends message `i`: three channels subscribed by name, and one
+/// matched by the subscriber's pattern `pat*`.
+const TARGETS: [&str; 4] = ["ch0", "ch1", "ch2", "pattern-matched"];
+
+/// What a subscriber received: per target, every number in arrival order.
+type Received = BTreeMap<String, Vec<u64>>;
+
+/// Publishes numbered messages round-robin on [`TARGETS`] at `rate` per second for
+/// `duration`; returns how many were sent (a failed `PUBLISH` is retried, so every
+/// number is sent once).
+async fn publish_numbers(mut publisher: ConnectionManager, rate: u32, duration: Duration) -> u64 {
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    let end = tokio::time::Instant::now() + duration;
+    let mut sent = 0u64;
+    while tokio::time::Instant::now() < end {
+        tick.tick().await;
+        let target = TARGETS[(sent % 4) as usize];
+        loop {
+            let published: redis::RedisResult<u64> = redis::cmd("PUBLISH")
+                .arg(target)
+                .arg(sent)
+                .query_async(&mut publisher)
+                .await;
+            match published {
+                Ok(_) => break,
+                Err(error) => {
+                    eprintln!("publish {sent} failed ({error}); again");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        sent += 1;
+    }
+    sent
+}
+
+/// Collects messages until none came for `quiet`.
+async fn collect(stream: &mut PubSubStream, received: &mut Received, quiet: Duration) {
+    while let Ok(Some(msg)) = tokio::time::timeout(quiet, stream.next()).await {
+        let number: u64 = msg.get_payload().unwrap();
+        let key = if msg.from_pattern() {
+            "pattern-matched".to_owned()
+        } else {
+            msg.get_channel_name().to_owned()
+        };
+        received.entry(key).or_default().push(number);
+    }
+}
+
+async fn subscriber(
+    emulator: &entraid_emulator::Emulator,
+    provider: &EntraIdCredentialsProvider,
+    resp3: bool,
+) -> PubSub {
+    let mut pubsub = PubSub::new(tls_client(emulator, resp3), provider.clone())
+        .await
+        .unwrap();
+    pubsub.subscribe(&TARGETS[..3]).await.unwrap();
+    pubsub.psubscribe("pattern*").await.unwrap();
+    pubsub
+}
+
+/// 200 messages a second for 30 s on 6 s tokens (a renewal about every 4.2 s): every
+/// number arrives, the duplicates are the ones counted, and nothing was cut.
+async fn every_message_across_rotations(resp3: bool) {
+    let emulator = emulator(Duration::from_secs(6), None).await;
+    let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
+    let pubsub = subscriber(&emulator, &provider, resp3).await;
+    let stats = pubsub.stats();
+    let (sink, mut stream) = pubsub.split();
+    let publisher = ConnectionManager::new(tls_client(&emulator, false), provider.clone())
+        .await
+        .unwrap();
+    let publishing = tokio::spawn(publish_numbers(publisher, 200, Duration::from_secs(30)));
+    let mut received = Received::new();
+    let collecting = async {
+        collect(&mut stream, &mut received, Duration::from_secs(35)).await;
+    };
+    let sent = tokio::select! {
+        sent = publishing => sent.unwrap(),
+        () = collecting => unreachable!("the stream went quiet while publishing"),
+    };
+    collect(&mut stream, &mut received, Duration::from_secs(1)).await;
+    let after = sink.stats();
+    let protocol = if resp3 { "RESP3" } else { "RESP2" };
+    let mut total = 0;
+    let mut duplicated = 0;
+    for (at, target) in TARGETS.iter().enumerate() {
+        let numbers = received.get(*target).cloned().unwrap_or_default();
+        let distinct: BTreeSet<u64> = numbers.iter().copied().collect();
+        let expected: BTreeSet<u64> = (0..sent).filter(|i| *i % 4 == at as u64).collect();
+        let missing: Vec<&u64> = expected.difference(&distinct).take(10).collect();
+        assert!(missing.is_empty(), "{protocol} {target}: missing {missing:?}");
+        assert_eq!(distinct, expected, "{protocol} {target}: nothing extra");
+        total += numbers.len();
+        duplicated += numbers.len() - distinct.len();
+        // Each connection's messages keep their order: a number goes back only at a swap.
+        let backwards = numbers.windows(2).filter(|w| w[1] < w[0]).count() as u64;
+        assert!(
+            backwards <= after.swaps,
+            "{protocol} {target}: {backwards} steps back, {} swaps",
+            after.swaps
+        );
+    }
+    eprintln!(
+        "{protocol}: {sent} published, {total} received, {duplicated} duplicated; stats {after:?} (at start {stats:?}); emulator {}",
+        emulator.stats().to_json()
+    );
+    assert_eq!(
+        duplicated as u64, after.duplicates,
+        "{protocol}: the duplicates counted are the ones delivered"
+    );
+    assert_eq!(after.messages, total as u64);
+    if resp3 {
+        assert!(after.reauthentications >= 5, "{after:?}");
+        assert_eq!(after.swaps, 0, "{after:?}");
+    } else {
+        assert!(after.swaps >= 5, "{after:?}");
+        assert_eq!(
+            stat(&emulator, "auth_failures"),
+            0,
+            "no AUTH is tried in subscribed mode"
+        );
+    }
+    assert_eq!(stat(&emulator, "cut_connections"), 0);
+    emulator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp2_subscriber_receives_every_message_across_swaps() {
+    every_message_across_rotations(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_subscriber_receives_every_message_across_reauthentications() {
+    every_message_across_rotations(true).await;
+}
+
+/// Waits until the subscriber starts a swap (it counts one when it opens the connection
+/// that takes over).
+async fn swap_started(pubsub: &PubSub, swaps: u64) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while pubsub.stats().swaps == swaps {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("a swap within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_changed_during_a_swap_reach_the_connection_that_survives() {
+    let emulator = emulator(Duration::from_secs(4), None).await;
+    let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
+    let mut pubsub = PubSub::new(tls_client(&emulator, false), provider.clone())
+        .await
+        .unwrap();
+    let mut publisher = ConnectionManager::new(tls_client(&emulator, false), provider.clone())
+        .await
+        .unwrap();
+    for round in 0..3 {
+        let (early, late, early_pattern, late_pattern) = (
+            format!("early{round}"),
+            format!("late{round}"),
+            format!("ep{round}*"),
+            format!("lp{round}*"),
+        );
+        pubsub.subscribe(&early).await.unwrap();
+        pubsub.psubscribe(&early_pattern).await.unwrap();
+        let swaps = pubsub.stats().swaps;
+        swap_started(&pubsub, swaps).await;
+        // While the new connection is being opened and subscribed.
+        pubsub.subscribe(&late).await.unwrap();
+        pubsub.unsubscribe(&early).await.unwrap();
+        pubsub.psubscribe(&late_pattern).await.unwrap();
+        pubsub.punsubscribe(&early_pattern).await.unwrap();
+        // Once the swap is done, only the late ones receive.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for (channel, wanted) in [
+            (early.clone(), false),
+            (late.clone(), true),
+            (format!("ep{round}x"), false),
+            (format!("lp{round}x"), true),
+        ] {
+            let receivers: u64 = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(round)
+                .query_async(&mut publisher)
+                .await
+                .unwrap();
+            assert_eq!(
+                receivers,
+                u64::from(wanted),
+                "round {round}: {channel} has {receivers} subscribers"
+            );
+        }
+        let got: Vec<String> = {
+            let mut got = Vec::new();
+            let mut messages = pubsub.on_message();
+            while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
+                got.push(msg.get_channel_name().to_owned());
+            }
+            got
+        };
+        assert_eq!(got, [late.clone(), format!("lp{round}x")], "round {round}");
+        pubsub.unsubscribe(&late).await.unwrap();
+        pubsub.punsubscribe(&late_pattern).await.unwrap();
+    }
+    eprintln!("changes during swaps: {:?}", pubsub.stats());
+    assert_eq!(stat(&emulator, "cut_connections"), 0);
+    emulator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_identity_outage_longer_than_a_token_messages_resume_by_themselves() {
+    for resp3 in [false, true] {
+        let emulator = emulator(Duration::from_secs(4), None).await;
+        let provider = started(secret_provider(&emulator), quick_retries());
+        let pubsub = subscriber(&emulator, &provider, resp3).await;
+        let (_sink, mut stream) = pubsub.split();
+        let mut publisher = ConnectionManager::new(tls_client(&emulator, false), provider.clone())
+            .await
+            .unwrap();
+        outage_longer_than_a_token(&emulator, &provider).await;
+        back_after_outage(&emulator, &provider).await;
+        let token_back = tokio::time::Instant::now();
+        // Publish until the subscriber hears one.
+        let heard = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut i = 0u64;
+            loop {
+                let _ = redis::cmd("PUBLISH")
+                    .arg("ch0")
+                    .arg(i)
+                    .query_async::<u64>(&mut publisher)
+                    .await;
+                i += 1;
+                if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), stream.next()).await {
+                    return token_back.elapsed();
+                }
+            }
+        })
+        .await;
+        let protocol = if resp3 { "RESP3" } else { "RESP2" };
+        eprintln!(
+            "{protocol} outage: messages resumed {heard:?} after a token was back; {:?}",
+            stream
+        );
+        assert!(heard.is_ok(), "{protocol}: messages resume within 5 s of a valid token");
+        assert_eq!(
+            stat(&emulator, "cut_connections"),
+            0,
+            "{protocol}: closed before expiry, never cut"
+        );
+        emulator.stop().await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resp2_subscriber_cannot_reauthenticate_and_is_cut_at_expiry() {

@@ -9,10 +9,12 @@ use entraid_emulator::{Emulator, EmulatorConfig};
 use redis::aio::ConnectionManagerConfig as RedisManagerConfig;
 use redis::{AsyncConnectionConfig, PushKind, RedisResult};
 use redis_entraid::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis_entraid::{EntraIdCredentialsProvider, RetryPolicy, TokenManagerConfig};
+use redis_entraid::{EntraIdCredentialsProvider, TokenManagerConfig};
 
 mod support;
-use support::{secret_provider, started, stat, tls_client};
+use support::{
+    back_after_outage, outage_longer_than_a_token, quick_retries, secret_provider, started, stat, tls_client,
+};
 
 /// An emulator whose redis-server lets a test stall it with `DEBUG SLEEP`.
 async fn emulator(lifetime: Duration) -> Emulator {
@@ -23,19 +25,6 @@ async fn emulator(lifetime: Duration) -> Emulator {
     })
     .await
     .expect("the emulator starts (redis-server on PATH)")
-}
-
-/// Retries every 200 ms at most, so a test's token manager finds the service back fast.
-fn quick_retries() -> TokenManagerConfig {
-    TokenManagerConfig {
-        token_request_timeout: Duration::from_secs(1),
-        retry: RetryPolicy {
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(200),
-            ..RetryPolicy::default()
-        },
-        ..TokenManagerConfig::default()
-    }
 }
 
 /// When the token manager will renew the provider's current token (70 % of its life).
@@ -164,32 +153,6 @@ async fn until_ping(connection: &mut (impl redis::aio::ConnectionLike + Send), l
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     None
-}
-
-/// Stops the token service until every token has expired for `past_expiry`, then
-/// brings it back; returns once a new token is out.
-async fn outage_longer_than_a_token(emulator: &Emulator, provider: &EntraIdCredentialsProvider) {
-    let token = provider.token().await.unwrap();
-    emulator
-        .set_faults(&serde_json::json!({"stop_answering": true}))
-        .unwrap();
-    let expired = token.expires_at().duration_since(SystemTime::now()).unwrap_or_default();
-    tokio::time::sleep(expired + Duration::from_secs(4)).await;
-    assert!(
-        provider.current_token().is_none(),
-        "the token expired during the outage"
-    );
-}
-
-async fn back_after_outage(emulator: &Emulator, provider: &EntraIdCredentialsProvider) {
-    emulator.set_faults(&serde_json::json!({"reset": true})).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while provider.current_token().is_none() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("a token within 10 s of the service coming back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,13 @@
 // Each suite uses some of these.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use entraid_azure::AzureIdentityProvider;
 use entraid_emulator::{Emulator, EmulatorConfig, Principals};
 use entraid_identity::IdentityProvider;
 use redis::TlsCertificates;
-use redis_entraid::{EntraIdCredentialsProvider, TokenManagerConfig};
+use redis_entraid::{EntraIdCredentialsProvider, RetryPolicy, TokenManagerConfig};
 
 pub(crate) async fn emulator(lifetime: Duration, principals: Option<Principals>) -> Emulator {
     Emulator::start(EmulatorConfig {
@@ -90,4 +90,43 @@ pub(crate) fn token_client(emulator: &Emulator, token: &entraid_identity::Token,
         },
     )
     .unwrap()
+}
+
+/// Retries every 200 ms at most, so a test's token manager finds the service back fast.
+pub(crate) fn quick_retries() -> TokenManagerConfig {
+    TokenManagerConfig {
+        token_request_timeout: Duration::from_secs(1),
+        retry: RetryPolicy {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(200),
+            ..RetryPolicy::default()
+        },
+        ..TokenManagerConfig::default()
+    }
+}
+
+/// Stops the token service until every token has expired for `past_expiry`, then
+/// brings it back; returns once a new token is out.
+pub(crate) async fn outage_longer_than_a_token(emulator: &Emulator, provider: &EntraIdCredentialsProvider) {
+    let token = provider.token().await.unwrap();
+    emulator
+        .set_faults(&serde_json::json!({"stop_answering": true}))
+        .unwrap();
+    let expired = token.expires_at().duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(expired + Duration::from_secs(4)).await;
+    assert!(
+        provider.current_token().is_none(),
+        "the token expired during the outage"
+    );
+}
+
+pub(crate) async fn back_after_outage(emulator: &Emulator, provider: &EntraIdCredentialsProvider) {
+    emulator.set_faults(&serde_json::json!({"reset": true})).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while provider.current_token().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a token within 10 s of the service coming back");
 }
