@@ -79,21 +79,27 @@ async fn subscriber(
     pubsub
 }
 
-/// 200 messages a second for 30 s on 6 s tokens (a renewal about every 4.2 s): every
-/// number arrives, the duplicates are the ones counted, and nothing was cut.
-async fn every_message_across_rotations(resp3: bool) {
+/// 200 messages a second for `duration` on 6 s tokens (a renewal about every 4.2 s):
+/// every number arrives, the duplicates are the ones counted, and nothing was cut. With
+/// `refuse_reauth` the gateway refuses every re-authentication `AUTH`.
+async fn every_message_across_rotations(resp3: bool, refuse_reauth: bool, duration: Duration) {
     let emulator = emulator(Duration::from_secs(6), None).await;
     let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
     let pubsub = subscriber(&emulator, &provider, resp3).await;
+    if refuse_reauth {
+        emulator
+            .set_faults(&serde_json::json!({"fail_reauth": 1_000_000}))
+            .unwrap();
+    }
     let stats = pubsub.stats();
     let (sink, mut stream) = pubsub.split();
     let publisher = ConnectionManager::new(tls_client(&emulator, false), provider.clone())
         .await
         .unwrap();
-    let publishing = tokio::spawn(publish_numbers(publisher, 200, Duration::from_secs(30)));
+    let publishing = tokio::spawn(publish_numbers(publisher, 200, duration));
     let mut received = Received::new();
     let collecting = async {
-        collect(&mut stream, &mut received, Duration::from_secs(35)).await;
+        collect(&mut stream, &mut received, duration + Duration::from_secs(5)).await;
     };
     let sent = tokio::select! {
         sent = publishing => sent.unwrap(),
@@ -101,7 +107,11 @@ async fn every_message_across_rotations(resp3: bool) {
     };
     collect(&mut stream, &mut received, Duration::from_secs(1)).await;
     let after = sink.stats();
-    let protocol = if resp3 { "RESP3" } else { "RESP2" };
+    let protocol = match (resp3, refuse_reauth) {
+        (true, false) => "RESP3",
+        (true, true) => "RESP3, every re-auth refused,",
+        (false, _) => "RESP2",
+    };
     let mut total = 0;
     let mut duplicated = 0;
     for (at, target) in TARGETS.iter().enumerate() {
@@ -130,7 +140,10 @@ async fn every_message_across_rotations(resp3: bool) {
         "{protocol}: the duplicates counted are the ones delivered"
     );
     assert_eq!(after.messages, total as u64);
-    if resp3 {
+    if refuse_reauth {
+        assert!(after.swaps >= 2 && after.failed_auths >= 2, "{after:?}");
+        assert_eq!(after.reauthentications, 0, "{after:?}");
+    } else if resp3 {
         assert!(after.reauthentications >= 5, "{after:?}");
         assert_eq!(after.swaps, 0, "{after:?}");
     } else {
@@ -147,12 +160,17 @@ async fn every_message_across_rotations(resp3: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp2_subscriber_receives_every_message_across_swaps() {
-    every_message_across_rotations(false).await;
+    every_message_across_rotations(false, false, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp3_subscriber_receives_every_message_across_reauthentications() {
-    every_message_across_rotations(true).await;
+    every_message_across_rotations(true, false, Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_subscriber_whose_reauthentications_are_refused_is_swapped_without_losing_a_message() {
+    every_message_across_rotations(true, true, Duration::from_secs(15)).await;
 }
 
 /// Waits until the subscriber starts a swap (it counts one when it opens the connection

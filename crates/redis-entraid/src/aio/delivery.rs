@@ -5,7 +5,10 @@
 //! or closed), then follow it. Each connection's messages keep their order, and none is
 //! dropped. A message published while both were subscribed arrives on both and is
 //! delivered twice; the number of such duplicates is counted (not removed: two equal
-//! messages may be two real ones).
+//! messages may be two real ones). The newer connection may still be reading its copies
+//! when the older one finishes, so a swap's count settles once the newer one has
+//! delivered as many messages again as the older one did during the overlap (or at the
+//! next swap); until then [`Delivery::duplicates`] counts what has arrived.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -41,12 +44,34 @@ struct Feed<K> {
     overlap: Vec<Fingerprint>,
 }
 
+/// A finished swap whose duplicates are still being counted.
+#[derive(Debug)]
+struct Settling {
+    /// What the older connection delivered during the overlap.
+    earlier: Vec<Fingerprint>,
+    /// What the newer one delivered since it took over.
+    later: Vec<Fingerprint>,
+}
+
+impl Settling {
+    fn count(&self) -> u64 {
+        count_duplicates(&self.earlier, &self.later)
+    }
+
+    fn settled(&self) -> bool {
+        self.later.len() >= 2 * self.earlier.len() + 16
+    }
+}
+
 /// The connections of one subscriber (by id, `K`), in delivery order.
 #[derive(Debug)]
 pub(crate) struct Delivery<K> {
     sender: UnboundedSender<Msg>,
     queue: Vec<Feed<K>>,
     delivered: u64,
+    /// Duplicates of the swaps that settled.
+    duplicates: u64,
+    settling: Option<Settling>,
 }
 
 impl<K: Copy + PartialEq> Delivery<K> {
@@ -55,12 +80,15 @@ impl<K: Copy + PartialEq> Delivery<K> {
             sender,
             queue: Vec::with_capacity(2),
             delivered: 0,
+            duplicates: 0,
+            settling: None,
         }
     }
 
     /// Connection `id` is being opened: its messages come after those of every
     /// connection opened before it.
     pub(crate) fn open(&mut self, id: K) {
+        self.settle();
         if !self.queue.iter().any(|f| f.id == id) {
             self.queue.push(Feed {
                 id,
@@ -81,19 +109,23 @@ impl<K: Copy + PartialEq> Delivery<K> {
         }
     }
 
-    /// Connection `id` will deliver nothing more. Returns how many messages the
-    /// connections that took over had in common with it (duplicates delivered).
-    pub(crate) fn finish(&mut self, id: K) -> u64 {
+    /// Connection `id` will deliver nothing more; the next one's messages follow.
+    pub(crate) fn finish(&mut self, id: K) {
         let Some(feed) = self.queue.iter_mut().find(|f| f.id == id) else {
-            return 0;
+            return;
         };
         feed.finished = true;
-        let mut duplicates = 0;
         while self.queue.first().is_some_and(|f| f.finished) {
             let done = self.queue.remove(0);
             let Some(next) = self.queue.first_mut() else { break };
             let buffered = std::mem::take(&mut next.buffered);
-            duplicates += count_duplicates(&done.overlap, &buffered);
+            self.settle();
+            if !done.overlap.is_empty() {
+                self.settling = Some(Settling {
+                    earlier: done.overlap,
+                    later: Vec::new(),
+                });
+            }
             for msg in buffered {
                 self.deliver(msg);
             }
@@ -104,7 +136,11 @@ impl<K: Copy + PartialEq> Delivery<K> {
             // Nothing queued behind it any more: no overlap to remember.
             first.overlap = Vec::new();
         }
-        duplicates
+    }
+
+    /// Messages delivered twice so far, because both connections of a swap had them.
+    pub(crate) fn duplicates(&self) -> u64 {
+        self.duplicates + self.settling.as_ref().map_or(0, Settling::count)
     }
 
     /// Messages handed to the user so far.
@@ -113,21 +149,45 @@ impl<K: Copy + PartialEq> Delivery<K> {
     }
 
     fn deliver(&mut self, msg: Msg) {
-        if self.queue.len() > 1
-            && let Some(first) = self.queue.first_mut()
-            && first.overlap.len() < OVERLAP_LOG_LIMIT
-        {
-            first.overlap.push(fingerprint(&msg));
+        let overlapping =
+            self.queue.len() > 1 && self.queue.first().is_some_and(|f| f.overlap.len() < OVERLAP_LOG_LIMIT);
+        if overlapping || self.settling.is_some() {
+            let print = fingerprint(&msg);
+            if overlapping && let Some(first) = self.queue.first_mut() {
+                first.overlap.push(print);
+            }
+            if let Some(settling) = &mut self.settling {
+                settling.later.push(print);
+                if settling.settled() {
+                    self.settle();
+                }
+            }
         }
         self.delivered += 1;
         // The user dropped the stream: nothing to deliver to.
         let _ = self.sender.send(msg);
     }
+
+    /// Counts the swap being settled for good.
+    fn settle(&mut self) {
+        if let Some(settling) = self.settling.take() {
+            let duplicates = settling.count();
+            self.duplicates += duplicates;
+            if duplicates > 0 {
+                tracing::info!(
+                    duplicates,
+                    "swap: messages both connections received were delivered twice"
+                );
+            }
+        }
+    }
 }
 
 /// Per channel (and pattern), the longest run that ends what `earlier` delivered and
 /// starts what `later` received: the messages published while both were subscribed.
-fn count_duplicates(earlier: &[Fingerprint], later: &[Msg]) -> u64 {
+/// `later` may still be growing, so a run it matches only as far as it goes counts for
+/// what it has.
+fn count_duplicates(earlier: &[Fingerprint], later: &[Fingerprint]) -> u64 {
     if earlier.is_empty() || later.is_empty() {
         return 0;
     }
@@ -135,18 +195,19 @@ fn count_duplicates(earlier: &[Fingerprint], later: &[Msg]) -> u64 {
     for (key, payload) in earlier {
         by_key.entry(*key).or_default().0.push(*payload);
     }
-    for (key, payload) in later.iter().map(fingerprint) {
-        if let Some(entry) = by_key.get_mut(&key) {
-            entry.1.push(payload);
+    for (key, payload) in later {
+        if let Some(entry) = by_key.get_mut(key) {
+            entry.1.push(*payload);
         }
     }
     by_key
         .values()
         .map(|(a, b)| {
-            (1..=a.len().min(b.len()))
+            (1..=a.len())
                 .rev()
-                .find(|k| a[a.len() - k..] == b[..*k])
-                .unwrap_or(0) as u64
+                .map(|k| (k, k.min(b.len())))
+                .find(|(k, m)| a[a.len() - k..a.len() - k + m] == b[..*m])
+                .map_or(0, |(_, m)| m as u64)
         })
         .sum()
 }
@@ -193,9 +254,11 @@ mod tests {
         delivery.accept(old, msg("a", "3"));
         delivery.accept(new, msg("a", "4"));
         assert_eq!(received(&mut rx), ["a:1", "a:2", "a:3"], "the new one waits");
-        assert_eq!(delivery.finish(old), 2);
+        delivery.finish(old);
+        assert_eq!(delivery.duplicates(), 2);
         delivery.accept(new, msg("a", "5"));
         assert_eq!(received(&mut rx), ["a:2", "a:3", "a:4", "a:5"]);
+        assert_eq!(delivery.duplicates(), 2);
         assert_eq!(delivery.delivered(), 7);
         // A late message from the finished one is not delivered.
         delivery.accept(old, msg("a", "6"));
@@ -216,7 +279,8 @@ mod tests {
         for m in [msg("a", "y"), msg("b", "2"), msg("b", "x")] {
             delivery.accept(new, m);
         }
-        assert_eq!(delivery.finish(old), 2);
+        delivery.finish(old);
+        assert_eq!(delivery.duplicates(), 2);
         assert_eq!(received(&mut rx).len(), 7);
     }
 
@@ -229,7 +293,7 @@ mod tests {
         delivery.open(new);
         delivery.accept(old, msg("a", "1"));
         delivery.accept(new, msg("a", "2"));
-        assert_eq!(delivery.finish(new), 0);
+        delivery.finish(new);
         assert_eq!(received(&mut rx), ["a:1"]);
         delivery.finish(old);
         assert_eq!(received(&mut rx), ["a:2"], "kept, in order, after the old one");
@@ -245,6 +309,33 @@ mod tests {
         delivery.accept(first, msg("a", "1"));
         delivery.accept(stranger, msg("a", "2"));
         assert_eq!(received(&mut rx), ["a:1"]);
-        assert_eq!(delivery.finish(stranger), 0);
+        delivery.finish(stranger);
+        assert_eq!(delivery.duplicates(), 0);
+    }
+
+    #[test]
+    fn a_duplicate_the_new_connection_reads_after_the_old_one_finished_still_counts() {
+        let (tx, mut rx) = unbounded_channel();
+        let mut delivery = Delivery::new(tx);
+        let (old, new) = (1, 2);
+        delivery.open(old);
+        delivery.open(new);
+        for payload in ["1", "2", "3"] {
+            delivery.accept(old, msg("a", payload));
+        }
+        delivery.accept(new, msg("a", "2"));
+        delivery.finish(old);
+        assert_eq!(delivery.duplicates(), 1);
+        // Its copy of "3" was still in its socket.
+        delivery.accept(new, msg("a", "3"));
+        assert_eq!(delivery.duplicates(), 2);
+        for i in 4..40 {
+            delivery.accept(new, msg("a", &i.to_string()));
+        }
+        assert_eq!(delivery.duplicates(), 2, "settled");
+        assert_eq!(received(&mut rx).len(), 3 + 2 + 36);
+        // The next swap starts from a settled count.
+        delivery.open(3);
+        assert_eq!(delivery.duplicates(), 2);
     }
 }

@@ -125,7 +125,6 @@ struct Counters {
     reauthentications: AtomicU64,
     failed_auths: AtomicU64,
     swaps: AtomicU64,
-    duplicates: AtomicU64,
     closed_before_expiry: AtomicU64,
     connections_lost: AtomicU64,
 }
@@ -275,26 +274,27 @@ impl Shared {
     fn snapshot(&self) -> PubSubStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let c = &self.counters;
+        // One lock: a second `self.delivery()` in this expression would wait for the first.
+        let (duplicates, messages) = {
+            let delivery = self.delivery();
+            (delivery.duplicates(), delivery.delivered())
+        };
         PubSubStats {
             connections_opened: get(&c.connections_opened),
             connect_failures: get(&c.connect_failures),
             reauthentications: get(&c.reauthentications),
             failed_auths: get(&c.failed_auths),
             swaps: get(&c.swaps),
-            duplicates: get(&c.duplicates),
+            duplicates,
             closed_before_expiry: get(&c.closed_before_expiry),
             connections_lost: get(&c.connections_lost),
-            messages: self.delivery().delivered(),
+            messages,
         }
     }
 
     /// Connection `id` delivers nothing more; the next one's messages follow.
     fn finish(&self, id: ConnectionId) {
-        let duplicates = self.delivery().finish(id);
-        if duplicates > 0 {
-            tracing::info!(connection = %id, duplicates, "swap: messages both connections received were delivered twice");
-            self.counters.duplicates.fetch_add(duplicates, Ordering::Relaxed);
-        }
+        self.delivery().finish(id);
     }
 }
 
