@@ -7,14 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use entraid_identity::IdentityProvider;
-use redis_entraid::aio::{ConnectionManager, PubSub, PubSubStream};
+use redis_entraid::aio::{ConnectionManager, ConnectionManagerConfig, PubSub, PubSubStream};
 use redis_entraid::{EntraIdCredentialsProvider, TokenManagerConfig};
 use tokio_stream::StreamExt;
 
 mod support;
 use support::{
-    back_after_outage, emulator, outage_longer_than_a_token, quick_retries, secret_provider, started, stat, tls_client,
-    token_client,
+    back_after_outage, emulator, next_renewal, outage_longer_than_a_token, quick_retries, secret_provider,
+    stall_server, stallable_emulator, started, stat, tls_client, token_client,
 };
 
 /// Where the publisher sends message `i`: three channels subscribed by name, and one
@@ -79,24 +79,52 @@ async fn subscriber(
     pubsub
 }
 
-/// 200 messages a second for `duration` on 6 s tokens (a renewal about every 4.2 s):
-/// every number arrives, the duplicates are the ones counted, and nothing was cut. With
-/// `refuse_reauth` the gateway refuses every re-authentication `AUTH`.
-async fn every_message_across_rotations(resp3: bool, refuse_reauth: bool, duration: Duration) {
-    let emulator = emulator(Duration::from_secs(6), None).await;
+/// What goes wrong while messages flow.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Trouble {
+    /// Nothing: renewals only.
+    None,
+    /// The gateway refuses every re-authentication `AUTH`.
+    RefusedReauth,
+    /// The server sleeps 1.5 s from 100 ms before the first renewal.
+    StallAtRenewal,
+}
+
+/// 200 messages a second for `duration` on `lifetime` tokens (renewed at 70 % of their
+/// life): every number arrives, the duplicates are the ones counted, at least `renewals`
+/// renewals reached the subscriber, and nothing was cut.
+async fn every_message_across_rotations(
+    resp3: bool,
+    trouble: Trouble,
+    lifetime: Duration,
+    duration: Duration,
+    renewals: u64,
+) {
+    let emulator = stallable_emulator(lifetime).await;
     let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
+    let renewal = next_renewal(&provider).await;
     let pubsub = subscriber(&emulator, &provider, resp3).await;
-    if refuse_reauth {
+    if trouble == Trouble::RefusedReauth {
         emulator
             .set_faults(&serde_json::json!({"fail_reauth": 1_000_000}))
             .unwrap();
     }
     let stats = pubsub.stats();
     let (sink, mut stream) = pubsub.split();
-    let publisher = ConnectionManager::new(tls_client(&emulator, false), provider.clone())
-        .await
-        .unwrap();
+    // A reply that never came would make the publisher send that number again: wait
+    // out a stall instead.
+    let publisher = ConnectionManager::new_with_config(
+        tls_client(&emulator, false),
+        provider.clone(),
+        ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(5))),
+    )
+    .await
+    .unwrap();
     let publishing = tokio::spawn(publish_numbers(publisher, 200, duration));
+    if trouble == Trouble::StallAtRenewal {
+        tokio::time::sleep_until(renewal - Duration::from_millis(100)).await;
+        stall_server(&emulator, 1.5).await;
+    }
     let mut received = Received::new();
     let collecting = async {
         collect(&mut stream, &mut received, duration + Duration::from_secs(5)).await;
@@ -107,11 +135,7 @@ async fn every_message_across_rotations(resp3: bool, refuse_reauth: bool, durati
     };
     collect(&mut stream, &mut received, Duration::from_secs(1)).await;
     let after = sink.stats();
-    let protocol = match (resp3, refuse_reauth) {
-        (true, false) => "RESP3",
-        (true, true) => "RESP3, every re-auth refused,",
-        (false, _) => "RESP2",
-    };
+    let protocol = format!("{} ({trouble:?})", if resp3 { "RESP3" } else { "RESP2" });
     let mut total = 0;
     let mut duplicated = 0;
     for (at, target) in TARGETS.iter().enumerate() {
@@ -140,19 +164,24 @@ async fn every_message_across_rotations(resp3: bool, refuse_reauth: bool, durati
         "{protocol}: the duplicates counted are the ones delivered"
     );
     assert_eq!(after.messages, total as u64);
-    if refuse_reauth {
-        assert!(after.swaps >= 2 && after.failed_auths >= 2, "{after:?}");
-        assert_eq!(after.reauthentications, 0, "{after:?}");
-    } else if resp3 {
-        assert!(after.reauthentications >= 5, "{after:?}");
-        assert_eq!(after.swaps, 0, "{after:?}");
-    } else {
-        assert!(after.swaps >= 5, "{after:?}");
-        assert_eq!(
-            stat(&emulator, "auth_failures"),
-            0,
-            "no AUTH is tried in subscribed mode"
-        );
+    match (resp3, trouble) {
+        (true, Trouble::RefusedReauth) => {
+            assert!(after.swaps >= renewals && after.failed_auths >= renewals, "{after:?}");
+            assert_eq!(after.reauthentications, 0, "{after:?}");
+        }
+        (true, _) => {
+            assert!(after.reauthentications >= renewals, "{after:?}");
+            assert_eq!(after.swaps, 0, "{after:?}");
+        }
+        (false, _) => {
+            assert!(after.swaps >= renewals, "{after:?}");
+            assert_eq!(after.failed_auths, 0, "{after:?}");
+            assert_eq!(
+                stat(&emulator, "auth_failures"),
+                0,
+                "no AUTH is tried in subscribed mode"
+            );
+        }
     }
     assert_eq!(stat(&emulator, "cut_connections"), 0);
     emulator.stop().await;
@@ -160,17 +189,29 @@ async fn every_message_across_rotations(resp3: bool, refuse_reauth: bool, durati
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp2_subscriber_receives_every_message_across_swaps() {
-    every_message_across_rotations(false, false, Duration::from_secs(30)).await;
+    let (lifetime, duration) = (Duration::from_secs(6), Duration::from_secs(30));
+    every_message_across_rotations(false, Trouble::None, lifetime, duration, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp3_subscriber_receives_every_message_across_reauthentications() {
-    every_message_across_rotations(true, false, Duration::from_secs(30)).await;
+    let (lifetime, duration) = (Duration::from_secs(6), Duration::from_secs(30));
+    every_message_across_rotations(true, Trouble::None, lifetime, duration, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp3_subscriber_whose_reauthentications_are_refused_is_swapped_without_losing_a_message() {
-    every_message_across_rotations(true, true, Duration::from_secs(15)).await;
+    let (lifetime, duration) = (Duration::from_secs(6), Duration::from_secs(15));
+    every_message_across_rotations(true, Trouble::RefusedReauth, lifetime, duration, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stall_at_a_rotation_loses_no_message_and_cuts_nothing() {
+    // 10 s tokens renewed at 7 s and 14 s; the server sleeps from 6.9 s to 8.4 s.
+    let (lifetime, duration) = (Duration::from_secs(10), Duration::from_secs(16));
+    for resp3 in [false, true] {
+        every_message_across_rotations(resp3, Trouble::StallAtRenewal, lifetime, duration, 2).await;
+    }
 }
 
 /// Waits until the subscriber starts a swap (it counts one when it opens the connection

@@ -5,74 +5,23 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use entraid_emulator::{Emulator, EmulatorConfig};
 use redis::aio::ConnectionManagerConfig as RedisManagerConfig;
 use redis::{AsyncConnectionConfig, PushKind, RedisResult};
+use redis_entraid::TokenManagerConfig;
 use redis_entraid::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis_entraid::{EntraIdCredentialsProvider, TokenManagerConfig};
 
 mod support;
 use support::{
-    back_after_outage, outage_longer_than_a_token, quick_retries, secret_provider, started, stat, tls_client,
+    back_after_outage, next_renewal, outage_longer_than_a_token, quick_retries, secret_provider, stall_server,
+    stallable_emulator, started, stat, tls_client,
 };
-
-/// An emulator whose redis-server lets a test stall it with `DEBUG SLEEP`.
-async fn emulator(lifetime: Duration) -> Emulator {
-    Emulator::start(EmulatorConfig {
-        token_lifetime: lifetime,
-        redis_args: vec!["--enable-debug-command".into(), "yes".into()],
-        ..EmulatorConfig::default()
-    })
-    .await
-    .expect("the emulator starts (redis-server on PATH)")
-}
-
-/// When the token manager will renew the provider's current token (70 % of its life).
-async fn next_renewal(provider: &EntraIdCredentialsProvider) -> tokio::time::Instant {
-    let token = provider.token().await.unwrap();
-    let at = token.received_at() + token.lifetime().mul_f64(0.7);
-    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-    tokio::time::Instant::now() + wait
-}
-
-/// Stalls the upstream redis-server for `seconds` (`DEBUG SLEEP` on a connection of its
-/// own, so the server, not a client, is what stalls).
-async fn stall_server(emulator: &Emulator, seconds: f64) {
-    let token = entraid_identity::IdentityProvider::request_token(&secret_provider(emulator))
-        .await
-        .unwrap();
-    let client = redis::Client::build_with_tls(
-        format!(
-            "rediss://{}:{}@127.0.0.1:{}",
-            token.username(),
-            token.secret(),
-            emulator.redis_port()
-        ),
-        redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(emulator.ca_pem().as_bytes().to_vec()),
-        },
-    )
-    .unwrap();
-    let mut connection = client
-        .get_multiplexed_async_connection_with_config(&AsyncConnectionConfig::new().set_response_timeout(None))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _: RedisResult<()> = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(seconds)
-            .query_async(&mut connection)
-            .await;
-    });
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_stall_during_a_rotation_costs_no_command_after_it_and_no_cut() {
     // 10 s tokens renewed at 7 s; the server sleeps 1.5 s from 100 ms before the renewal:
     // redis's own re-auth task gives up on its 500 ms timeout here, and the gateway cuts
     // that connection at 10 s (issue's case 1). Ours waits for the AUTH or retries it.
-    let emulator = emulator(Duration::from_secs(10)).await;
+    let emulator = stallable_emulator(Duration::from_secs(10)).await;
     let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
     let renewal = next_renewal(&provider).await;
     let manager = ConnectionManager::new(tls_client(&emulator, false), provider.clone())
@@ -117,7 +66,7 @@ async fn a_server_stall_during_a_rotation_costs_no_command_after_it_and_no_cut()
 async fn refused_reauthentications_replace_the_connection_before_its_token_expires() {
     // Every re-authentication is refused (WRONGPASS): each rotation must replace the
     // connection, make-before-break, with no failed command and no cut.
-    let emulator = emulator(Duration::from_secs(6)).await;
+    let emulator = stallable_emulator(Duration::from_secs(6)).await;
     let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
     provider.token().await.unwrap();
     let manager = ConnectionManager::new(tls_client(&emulator, false), provider.clone())
@@ -157,7 +106,7 @@ async fn until_ping(connection: &mut (impl redis::aio::ConnectionLike + Send), l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_outage_longer_than_a_token_fails_fast_then_recovers_by_itself() {
-    let emulator = emulator(Duration::from_secs(4)).await;
+    let emulator = stallable_emulator(Duration::from_secs(4)).await;
     let provider = started(secret_provider(&emulator), quick_retries());
     let mut manager = ConnectionManager::new(tls_client(&emulator, false), provider.clone())
         .await
@@ -196,7 +145,7 @@ async fn an_identity_outage_longer_than_a_token_fails_fast_then_recovers_by_itse
 async fn redis_connection_manager_with_our_provider_recovers_after_an_outage_longer_than_a_token() {
     // The case 2 on the redis.io path: the first item of a stream when no token
     // exists is an I/O-kind error, so redis's manager reconnects on a later command.
-    let emulator = emulator(Duration::from_secs(4)).await;
+    let emulator = stallable_emulator(Duration::from_secs(4)).await;
     let provider = started(secret_provider(&emulator), quick_retries());
     let mut manager = tls_client(&emulator, false)
         .get_connection_manager_with_config(
@@ -218,7 +167,7 @@ async fn redis_connection_manager_with_our_provider_recovers_after_an_outage_lon
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_new_connections_send_twenty_auths() {
-    let emulator = emulator(Duration::from_secs(60)).await;
+    let emulator = stallable_emulator(Duration::from_secs(60)).await;
     let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
     provider.token().await.unwrap();
     let before = stat(&emulator, "authentications") + stat(&emulator, "reauthentications");
@@ -239,7 +188,7 @@ async fn twenty_new_connections_send_twenty_auths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp3_subscriptions_keep_receiving_across_replacements() {
-    let emulator = emulator(Duration::from_secs(6)).await;
+    let emulator = stallable_emulator(Duration::from_secs(6)).await;
     let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
     provider.token().await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -297,7 +246,7 @@ async fn resp3_subscriptions_keep_receiving_across_replacements() {
 async fn a_thousand_connections_on_one_provider_through_a_stall_at_rotation() {
     const N: usize = 1000;
     // 20 s tokens, renewed at 14 s.
-    let emulator = emulator(Duration::from_secs(20)).await;
+    let emulator = stallable_emulator(Duration::from_secs(20)).await;
     let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
     provider.token().await.unwrap();
     // 50 handshakes at a time: a thousand at once exceed the 5 s connection timeout in
@@ -346,7 +295,7 @@ async fn a_thousand_connections_on_one_provider_through_a_stall_at_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_connection_whose_reauthentication_ended_is_counted_once() {
     // The redis crate's own task ends on the first refused AUTH; the provider notices.
-    let emulator = emulator(Duration::from_secs(4)).await;
+    let emulator = stallable_emulator(Duration::from_secs(4)).await;
     let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
     let renewal = next_renewal(&provider).await;
     let mut connection = tls_client(&emulator, false)
@@ -375,7 +324,7 @@ async fn a_blocking_command_longer_than_the_token_fails_before_expiry_and_nothin
     // BLPOP with no timeout holds the connection's replies, so the renewal's AUTH queued
     // behind it never gets one: the connection is replaced, and closed (failing the BLPOP)
     // before its token expires, instead of being cut by the server.
-    let emulator = emulator(Duration::from_secs(6)).await;
+    let emulator = stallable_emulator(Duration::from_secs(6)).await;
     let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
     let token = provider.token().await.unwrap();
     let manager = ConnectionManager::new_with_config(

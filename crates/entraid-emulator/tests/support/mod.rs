@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use entraid_azure::AzureIdentityProvider;
 use entraid_emulator::{Emulator, EmulatorConfig, Principals};
 use entraid_identity::IdentityProvider;
-use redis::TlsCertificates;
+use redis::{AsyncConnectionConfig, RedisResult, TlsCertificates};
 use redis_entraid::{EntraIdCredentialsProvider, RetryPolicy, TokenManagerConfig};
 
 pub(crate) async fn emulator(lifetime: Duration, principals: Option<Principals>) -> Emulator {
@@ -129,4 +129,55 @@ pub(crate) async fn back_after_outage(emulator: &Emulator, provider: &EntraIdCre
     })
     .await
     .expect("a token within 10 s of the service coming back");
+}
+
+/// An emulator whose redis-server lets a test stall it with `DEBUG SLEEP`.
+pub(crate) async fn stallable_emulator(lifetime: Duration) -> Emulator {
+    Emulator::start(EmulatorConfig {
+        token_lifetime: lifetime,
+        redis_args: vec!["--enable-debug-command".into(), "yes".into()],
+        ..EmulatorConfig::default()
+    })
+    .await
+    .expect("the emulator starts (redis-server on PATH)")
+}
+
+/// When the token manager will renew the provider's current token (70 % of its life).
+pub(crate) async fn next_renewal(provider: &EntraIdCredentialsProvider) -> tokio::time::Instant {
+    let token = provider.token().await.unwrap();
+    let at = token.received_at() + token.lifetime().mul_f64(0.7);
+    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::Instant::now() + wait
+}
+
+/// Stalls the upstream redis-server for `seconds` (`DEBUG SLEEP` on a connection of its
+/// own, so the server, not a client, is what stalls).
+pub(crate) async fn stall_server(emulator: &Emulator, seconds: f64) {
+    let token = entraid_identity::IdentityProvider::request_token(&secret_provider(emulator))
+        .await
+        .unwrap();
+    let client = redis::Client::build_with_tls(
+        format!(
+            "rediss://{}:{}@127.0.0.1:{}",
+            token.username(),
+            token.secret(),
+            emulator.redis_port()
+        ),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(emulator.ca_pem().as_bytes().to_vec()),
+        },
+    )
+    .unwrap();
+    let mut connection = client
+        .get_multiplexed_async_connection_with_config(&AsyncConnectionConfig::new().set_response_timeout(None))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _: RedisResult<()> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(seconds)
+            .query_async(&mut connection)
+            .await;
+    });
 }
