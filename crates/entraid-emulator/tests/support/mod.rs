@@ -11,13 +11,18 @@ use redis::{AsyncConnectionConfig, RedisResult, TlsCertificates};
 use redis_entraid::{EntraIdCredentialsProvider, RetryPolicy, TokenManagerConfig};
 
 pub(crate) async fn emulator(lifetime: Duration, principals: Option<Principals>) -> Emulator {
-    Emulator::start(EmulatorConfig {
+    start(EmulatorConfig {
         token_lifetime: lifetime,
         principals,
         ..EmulatorConfig::default()
     })
     .await
-    .expect("the emulator starts (redis-server on PATH)")
+}
+
+async fn start(config: EmulatorConfig) -> Emulator {
+    Emulator::start(config)
+        .await
+        .expect("the emulator starts (redis-server on PATH)")
 }
 
 pub(crate) fn env(emulator: &Emulator, key: &str) -> String {
@@ -133,13 +138,12 @@ pub(crate) async fn back_after_outage(emulator: &Emulator, provider: &EntraIdCre
 
 /// An emulator whose redis-server lets a test stall it with `DEBUG SLEEP`.
 pub(crate) async fn stallable_emulator(lifetime: Duration) -> Emulator {
-    Emulator::start(EmulatorConfig {
+    start(EmulatorConfig {
         token_lifetime: lifetime,
         redis_args: vec!["--enable-debug-command".into(), "yes".into()],
         ..EmulatorConfig::default()
     })
     .await
-    .expect("the emulator starts (redis-server on PATH)")
 }
 
 /// When the token manager will renew the provider's current token (70 % of its life).
@@ -156,19 +160,7 @@ pub(crate) async fn stall_server(emulator: &Emulator, seconds: f64) {
     let token = entraid_identity::IdentityProvider::request_token(&secret_provider(emulator))
         .await
         .unwrap();
-    let client = redis::Client::build_with_tls(
-        format!(
-            "rediss://{}:{}@127.0.0.1:{}",
-            token.username(),
-            token.secret(),
-            emulator.redis_port()
-        ),
-        redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(emulator.ca_pem().as_bytes().to_vec()),
-        },
-    )
-    .unwrap();
+    let client = token_client(emulator, &token, false);
     let mut connection = client
         .get_multiplexed_async_connection_with_config(&AsyncConnectionConfig::new().set_response_timeout(None))
         .await

@@ -239,6 +239,17 @@ mod tests {
         out
     }
 
+    /// A swap under way: connection `OLD` delivering, `NEW` opened behind it.
+    const OLD: u32 = 1;
+    const NEW: u32 = 2;
+    fn swapping() -> (Delivery<u32>, UnboundedReceiver<Msg>) {
+        let (tx, rx) = unbounded_channel();
+        let mut delivery = Delivery::new(tx);
+        delivery.open(OLD);
+        delivery.open(NEW);
+        (delivery, rx)
+    }
+
     #[test]
     fn a_swap_delivers_the_old_connection_first_then_the_new_one_and_counts_the_overlap() {
         let (tx, mut rx) = unbounded_channel();
@@ -267,11 +278,8 @@ mod tests {
 
     #[test]
     fn duplicates_are_counted_per_channel_and_equal_payloads_elsewhere_do_not_count() {
-        let (tx, mut rx) = unbounded_channel();
-        let mut delivery = Delivery::new(tx);
-        let (old, new) = (1, 2);
-        delivery.open(old);
-        delivery.open(new);
+        let (mut delivery, mut rx) = swapping();
+        let (old, new) = (OLD, NEW);
         for m in [msg("a", "x"), msg("b", "1"), msg("a", "y"), msg("b", "2")] {
             delivery.accept(old, m);
         }
@@ -286,11 +294,8 @@ mod tests {
 
     #[test]
     fn a_newer_connection_lost_before_the_older_one_finished_still_delivers_what_it_had() {
-        let (tx, mut rx) = unbounded_channel();
-        let mut delivery = Delivery::new(tx);
-        let (old, new) = (1, 2);
-        delivery.open(old);
-        delivery.open(new);
+        let (mut delivery, mut rx) = swapping();
+        let (old, new) = (OLD, NEW);
         delivery.accept(old, msg("a", "1"));
         delivery.accept(new, msg("a", "2"));
         delivery.finish(new);
@@ -315,11 +320,8 @@ mod tests {
 
     #[test]
     fn a_duplicate_the_new_connection_reads_after_the_old_one_finished_still_counts() {
-        let (tx, mut rx) = unbounded_channel();
-        let mut delivery = Delivery::new(tx);
-        let (old, new) = (1, 2);
-        delivery.open(old);
-        delivery.open(new);
+        let (mut delivery, mut rx) = swapping();
+        let (old, new) = (OLD, NEW);
         for payload in ["1", "2", "3"] {
             delivery.accept(old, msg("a", payload));
         }
