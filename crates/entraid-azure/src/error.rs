@@ -14,12 +14,17 @@ pub enum AzureConfigError {
         /// Where to find the right value.
         hint: &'static str,
     },
-    /// The tenant id has characters a tenant id cannot have.
+    /// The tenant id has characters a tenant id cannot have. The value itself is not
+    /// kept: a secret pasted into the wrong slot must not end up in logs.
     #[error(
-        "tenant id {0:?} is not valid: use the directory (tenant) id, a GUID such as \
-         72f988bf-86f1-41af-91ab-2d7cd011db47, or a verified domain name (letters, digits, '.', '-')"
+        "the tenant id ({length} characters, not shown in case a secret was pasted there) is not valid: \
+         use the directory (tenant) id, a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47, or a \
+         verified domain name (letters, digits, '.', '-')"
     )]
-    InvalidTenantId(String),
+    InvalidTenantId {
+        /// How many characters the refused value had.
+        length: usize,
+    },
     /// No scopes, or a blank one.
     #[error("{0}; use the default scope https://redis.azure.com/.default unless you know you need another")]
     InvalidScopes(&'static str),

@@ -297,7 +297,8 @@ impl AzureIdentityProvider {
             Source::ManagedIdentity(id) => id.describe(),
             Source::WorkloadIdentity { client_id, .. } => format!("workload identity {client_id}"),
             Source::DeveloperTools { .. } => "the developer tools' signed-in account (az, azd)".to_owned(),
-            Source::Credential(credential) => format!("credential {credential:?}"),
+            // Never the credential's `Debug`: a user's type may derive it over its secret.
+            Source::Credential(_) => "the TokenCredential passed to from_credential".to_owned(),
         }
     }
 

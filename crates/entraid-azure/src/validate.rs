@@ -9,7 +9,9 @@ pub(crate) fn tenant_id(value: &str) -> Result<String, AzureConfigError> {
         "find it as 'Directory (tenant) ID' on the app registration's overview page, or set AZURE_TENANT_ID",
     )?;
     if !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
-        return Err(AzureConfigError::InvalidTenantId(value));
+        return Err(AzureConfigError::InvalidTenantId {
+            length: value.chars().count(),
+        });
     }
     Ok(value)
 }
@@ -64,8 +66,13 @@ mod tests {
         ));
         assert_eq!(
             tenant_id("bad/tenant").unwrap_err(),
-            AzureConfigError::InvalidTenantId("bad/tenant".into())
+            AzureConfigError::InvalidTenantId { length: 10 }
         );
+        // A secret pasted into the tenant slot never reaches the error.
+        let secret = "Qx8~Zp3.Wk9_secret+value/==";
+        let error = tenant_id(secret).unwrap_err();
+        assert!(!error.to_string().contains(secret) && !format!("{error:?}").contains(secret));
+        assert!(!error.to_string().contains("secret+value"), "{error}");
         assert!(tenant_id("a b").is_err());
     }
 

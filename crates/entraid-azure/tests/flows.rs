@@ -230,7 +230,8 @@ fn bad_input_is_refused_at_construction() {
         "{empty}"
     );
     let bad = AzureIdentityProvider::client_secret("not a/tenant", CLIENT, SECRET).unwrap_err();
-    assert_eq!(bad, AzureConfigError::InvalidTenantId("not a/tenant".into()));
+    assert_eq!(bad, AzureConfigError::InvalidTenantId { length: 12 });
+    assert!(!bad.to_string().contains("not a/tenant"), "{bad}");
     let no_client = AzureIdentityProvider::client_secret(TENANT, "", SECRET).unwrap_err();
     assert!(matches!(no_client, AzureConfigError::Empty { what: "client id", .. }));
     let no_secret = AzureIdentityProvider::client_secret(TENANT, CLIENT, "  ").unwrap_err();
@@ -753,4 +754,45 @@ fn unsupported_managed_identity_sources_fail_clearly_at_construction() {
         .status()
         .unwrap();
     assert!(status.success(), "the child test failed");
+}
+
+/// A user's credential whose derived `Debug` shows its secret, as many hand-written ones do.
+#[derive(Debug)]
+#[allow(dead_code)] // read only by the derived Debug, which is the point
+struct CredentialWithDerivedDebug {
+    client_secret: String,
+}
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for CredentialWithDerivedDebug {
+    async fn get_token(
+        &self,
+        _scopes: &[&str],
+        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        Err(azure_core::Error::with_message(
+            azure_core::error::ErrorKind::Credential,
+            "the user's credential refused",
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_users_credential_debug_never_reaches_errors_or_messages() {
+    let secret = "user-credential-secret-9f8e7d".to_owned();
+    let credential = CredentialWithDerivedDebug {
+        client_secret: secret.clone(),
+    };
+    assert!(
+        format!("{credential:?}").contains(&secret),
+        "the control: its Debug leaks"
+    );
+    let provider = AzureIdentityProvider::from_credential(Arc::new(credential));
+    assert!(!provider.principal().contains(&secret), "{}", provider.principal());
+    assert!(!format!("{provider:?}").contains(&secret));
+    let error = provider.request_token().await.unwrap_err();
+    for text in [error.to_string(), format!("{error:?}"), format!("{:#}", error)] {
+        assert!(!text.contains(&secret), "{text}");
+    }
+    assert!(error.to_string().contains("TokenCredential"), "{error}");
 }

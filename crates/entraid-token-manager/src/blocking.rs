@@ -2,7 +2,8 @@
 //!
 //! It runs the same [`TokenStateMachine`] as the tokio driver: one manager thread that
 //! waits on a channel with the state machine's deadline, and one short-lived thread per
-//! token request that polls the provider's future to completion.
+//! token request that polls the provider's future to completion (at most
+//! [`MAX_REQUEST_THREADS`] at once, so a provider that hangs cannot pile up threads).
 //!
 //! The provider's future is polled by a minimal executor, not inside a runtime, so the
 //! provider must not need one: a provider built on reqwest/hyper (as the Azure ones are)
@@ -11,11 +12,12 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use entraid_identity::{IdentityError, IdentityProvider, Token};
 
@@ -143,6 +145,7 @@ impl TokenManager {
             machine,
             shared: shared.clone(),
             outbox: messages.clone(),
+            request_threads: Arc::new(AtomicUsize::new(0)),
         };
         thread::Builder::new()
             .name("entraid-token-manager".into())
@@ -173,7 +176,7 @@ impl TokenManager {
 
     /// The current token, if there is one, without waiting.
     pub fn current(&self) -> Option<Token> {
-        self.inner.shared.lock().snapshot.token.clone()
+        self.inner.shared.lock().snapshot.valid_token().cloned()
     }
 
     /// A blocking iterator: the current token first (if there is one), then every renewal
@@ -245,11 +248,14 @@ struct Driver<P> {
     machine: TokenStateMachine,
     shared: Arc<Shared>,
     outbox: mpsc::Sender<Message>,
+    /// Request threads still running (a hung provider's stay).
+    request_threads: Arc<AtomicUsize>,
 }
 
 impl<P: IdentityProvider> Driver<P> {
     fn run(mut self, inbox: mpsc::Receiver<Message>) {
         self.machine.start(Instant::now());
+        self.machine.handle_wall_clock(Instant::now(), SystemTime::now());
         loop {
             let deadline = loop {
                 match self.machine.poll_output() {
@@ -265,7 +271,7 @@ impl<P: IdentityProvider> Driver<P> {
             };
             match message {
                 Ok(Message::Response(id, result)) => self.machine.handle_response(Instant::now(), id, result),
-                Err(RecvTimeoutError::Timeout) => self.machine.handle_timeout(Instant::now()),
+                Err(RecvTimeoutError::Timeout) => self.machine.handle_wall_clock(Instant::now(), SystemTime::now()),
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
@@ -276,20 +282,56 @@ impl<P: IdentityProvider> Driver<P> {
         tracing::info!("token manager stopped");
     }
 
-    /// One thread per request: a provider that hangs holds only its own thread, and the
-    /// state machine's timeout moves on without it.
+    /// One thread per request, at most [`MAX_REQUEST_THREADS`] at once: a provider that
+    /// hangs holds only its own thread while the state machine's timeout moves on, and a
+    /// provider that hangs every time holds no more than that many. With all of them
+    /// still busy, a request fails at once (transient) instead of starting another.
     fn spawn_request(&self, id: RequestId) {
+        let Some(slot) = RequestSlot::take(&self.request_threads) else {
+            let failure = IdentityError::transient(format!(
+                "the identity provider has not answered {MAX_REQUEST_THREADS} earlier requests (each holds a \
+                 thread); no new request is started until one of them returns: check the provider for a \
+                 request that never finishes"
+            ))
+            .with_code("provider_hung");
+            let _ = self.outbox.send(Message::Response(id, Err(failure)));
+            return;
+        };
         let future = request(&self.provider);
         let outbox = self.outbox.clone();
         let spawned = thread::Builder::new()
             .name("entraid-token-request".into())
             .spawn(move || {
-                let _ = outbox.send(Message::Response(id, block_on(future)));
+                let result = block_on(future);
+                drop(slot);
+                let _ = outbox.send(Message::Response(id, result));
             });
         if let Err(error) = spawned {
             let failure = IdentityError::transient(format!("could not start a thread for the token request: {error}"));
             let _ = self.outbox.send(Message::Response(id, Err(failure)));
         }
+    }
+}
+
+/// The most request threads the blocking driver runs at once.
+pub const MAX_REQUEST_THREADS: usize = 4;
+
+/// One of the [`MAX_REQUEST_THREADS`] places, given back when dropped.
+struct RequestSlot(Arc<AtomicUsize>);
+
+impl RequestSlot {
+    fn take(live: &Arc<AtomicUsize>) -> Option<RequestSlot> {
+        live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_REQUEST_THREADS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| RequestSlot(live.clone()))
+    }
+}
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

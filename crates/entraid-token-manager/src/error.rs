@@ -33,6 +33,15 @@ pub enum TokenManagerError {
         "the token manager was stopped; start a new one (keep a TokenManager clone alive for as long as you need tokens)"
     )]
     Stopped,
+    /// The tokio runtime the manager ran on was shut down (a temporary runtime, a
+    /// `#[tokio::test]` that ended) while handles to it were still in use. Nothing
+    /// refreshes the token any more.
+    #[error(
+        "the tokio runtime the token manager ran on was shut down, so nothing refreshes the token any more; \
+         start the manager on a runtime that lives as long as the program (TokenManager::start_on), \
+         or let redis_entraid's provider run it on a runtime of its own"
+    )]
+    RuntimeShutDown,
     /// The manager could not start: its configuration was refused.
     #[error("the token manager did not start: {0}")]
     InvalidConfig(#[from] crate::config::ConfigError),

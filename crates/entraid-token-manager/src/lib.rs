@@ -20,7 +20,9 @@
 //! # Retry rule
 //! A failed or timed-out request is retried after
 //! `min(max_delay, initial_delay · multiplier^(n−1))`, scaled by a random jitter factor,
-//! and never sooner than the error's `retry_after`. After `max_attempts` consecutive
+//! and never sooner than the error's `retry_after` (itself capped at
+//! `max(max_delay, 5 min)`, and never past the point where the current token would have
+//! less left than its refresh margin). After `max_attempts` consecutive
 //! failures the error is reported and every later wait is `max_delay`: the manager never
 //! stops by itself. A success resets the count; a non-retryable error is reported at once.
 //!
@@ -49,6 +51,8 @@ pub use connection::{
     Generation, Renewal,
 };
 pub use error::TokenManagerError;
-pub use state_machine::{Output, RefreshFailure, RequestId, TokenStateMachine};
+pub use state_machine::{
+    Output, RETRY_AFTER_CAP, RefreshFailure, RequestId, TokenStateMachine, WALL_CLOCK_CHECK_INTERVAL,
+};
 #[cfg(feature = "tokio")]
 pub use tokio_driver::{TokenManager, TokenStream};

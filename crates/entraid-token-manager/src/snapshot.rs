@@ -1,6 +1,8 @@
 //! The one value every driver publishes to its subscribers: the current token and the
 //! latest event. Shared by the drivers so they hand out exactly the same items.
 
+use std::time::SystemTime;
+
 use entraid_identity::Token;
 
 use crate::error::TokenManagerError;
@@ -53,11 +55,20 @@ impl Snapshot {
         self.event = Event::Stopped;
     }
 
+    /// The current token, unless the wall clock says it has expired: after a suspend the
+    /// driver may not have noticed yet, and an expired token is never handed out.
+    pub(crate) fn valid_token(&self) -> Option<&Token> {
+        self.token
+            .as_ref()
+            .filter(|token| token.expires_at() > SystemTime::now())
+    }
+
     /// What a new subscriber, or a caller waiting for a token, gets now: the current
     /// token if there is one, else the reason there is none, else nothing yet.
     pub(crate) fn first_item(&self) -> Option<Result<Token, TokenManagerError>> {
         match (&self.token, &self.event) {
             (_, Event::Stopped) => Some(Err(TokenManagerError::Stopped)),
+            (Some(_), _) if self.valid_token().is_none() => Some(Err(TokenManagerError::TokenExpired)),
             (Some(token), _) => Some(Ok(token.clone())),
             (None, Event::Failed(error)) => Some(Err(error.clone())),
             (None, Event::Expired) => Some(Err(TokenManagerError::TokenExpired)),

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use entraid_identity::{IdentityError, Token};
 
@@ -87,6 +87,19 @@ struct Current {
 /// values cannot overflow `Instant`.
 const MAX_SCHEDULE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// The longest a `retry_after` may postpone an attempt, unless `max_delay` is longer: a
+/// throttled endpoint asking for a day's pause must not leave every connection to expire.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(5 * 60);
+
+/// Once a driver feeds the wall clock, the machine asks to be woken at least this often
+/// to compare it with the monotonic clock, which stands still while the machine is
+/// suspended: after a resume, an expired token is noticed within this interval.
+pub const WALL_CLOCK_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A gap between the wall clock and the monotonic clock smaller than this is noise (the
+/// two are read at slightly different moments), not a suspend.
+const WALL_CLOCK_TOLERANCE: Duration = Duration::from_secs(1);
+
 /// Keeps one token fresh, without reading a clock, spawning, sleeping or doing I/O.
 ///
 /// The caller (a *driver*) owns time and the identity provider. The state machine only
@@ -107,9 +120,14 @@ const MAX_SCHEDULE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 ///     }
 ///     wait until `deadline` or until the request finishes, whichever is first:
 ///         finished  => sm.handle_response(now, id, result)
-///         deadline  => sm.handle_timeout(now)
+///         deadline  => sm.handle_wall_clock(now, SystemTime::now())  // or handle_timeout(now)
 /// }
 /// ```
+///
+/// A driver that feeds the wall clock ([`handle_wall_clock`](Self::handle_wall_clock))
+/// survives suspend and resume: the monotonic clock stops while a machine sleeps, so a
+/// schedule kept on it alone would hand out an expired token after a resume and refresh
+/// late by the time slept.
 ///
 /// Rules it implements (see the crate docs for the full statement):
 ///
@@ -122,6 +140,9 @@ const MAX_SCHEDULE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 ///   trying every `max_delay`: it never stops by itself.
 /// - At most one request is in flight. A response after its request's timeout, or for a
 ///   superseded request, is ignored.
+/// - A `retry_after` never postpones an attempt by more than `max(max_delay, 5 min)`
+///   ([`RETRY_AFTER_CAP`]), nor past the point where the current token would have less
+///   left than the refresh rule leaves it.
 /// - A response carrying the current token's secret again is not announced.
 /// - `handle_timeout` may be called early or spuriously; time never goes backwards (an
 ///   earlier `now` than one seen before is taken as the later one).
@@ -158,6 +179,8 @@ pub struct TokenStateMachine {
     consecutive_failures: u32,
     next_request_id: u64,
     outputs: VecDeque<Output>,
+    /// When the driver last fed the wall clock; `None` if it never does.
+    wall_clock_checked_at: Option<Instant>,
 }
 
 impl TokenStateMachine {
@@ -184,6 +207,7 @@ impl TokenStateMachine {
             consecutive_failures: 0,
             next_request_id: 0,
             outputs: VecDeque::new(),
+            wall_clock_checked_at: None,
         })
     }
 
@@ -224,6 +248,48 @@ impl TokenStateMachine {
         if let Some(now) = self.observe(now) {
             self.process(now);
         }
+    }
+
+    /// Time has passed, and this is the wall clock now: like
+    /// [`handle_timeout`](Self::handle_timeout), and also compares the current token's
+    /// wall-clock expiry (`Token::expires_at`) with the monotonic schedule.
+    ///
+    /// When the wall clock says the token has less left than the monotonic clock does
+    /// (the machine was suspended, or the clock was set forward), every deadline moves
+    /// earlier by the difference: a token expired by the wall clock is dropped and a new
+    /// one requested at once, one within its refresh margin is refreshed at once. The
+    /// wall clock never postpones anything, so a clock set backwards changes nothing.
+    /// After the first call the machine asks to be woken at least every
+    /// [`WALL_CLOCK_CHECK_INTERVAL`].
+    pub fn handle_wall_clock(&mut self, now: Instant, wall: SystemTime) {
+        let Some(now) = self.observe(now) else {
+            return;
+        };
+        self.wall_clock_checked_at = Some(now);
+        if let Some(current) = &mut self.current {
+            let left_by_wall = current
+                .token
+                .expires_at()
+                .duration_since(wall)
+                .unwrap_or(Duration::ZERO);
+            let left_by_monotonic = current.expires_at.saturating_duration_since(now);
+            if let Some(lost) = left_by_monotonic
+                .checked_sub(left_by_wall)
+                .filter(|lost| *lost >= WALL_CLOCK_TOLERANCE)
+            {
+                tracing::warn!(
+                    ?lost,
+                    token_left = ?left_by_wall,
+                    "the wall clock ran ahead of the monotonic clock (suspend and resume, or a clock set \
+                     forward): the token's schedule moves earlier"
+                );
+                current.expires_at = later(now, left_by_wall);
+                if let Some(at) = &mut self.next_request_at {
+                    *at = at.checked_sub(lost).unwrap_or(now).max(now);
+                }
+            }
+        }
+        self.process(now);
     }
 
     /// The next thing to do. Call after [`start`](Self::start) and every `handle_*`,
@@ -275,6 +341,15 @@ impl TokenStateMachine {
     /// Everything due at `now`, in order: request timeout, next request, token expiry.
     /// Afterwards every pending deadline lies after `now`.
     fn process(&mut self, now: Instant) {
+        // A driver that woke for the wall-clock check but did not feed the wall clock
+        // skips this check rather than being woken for it again at once.
+        if let Some(at) = self
+            .wall_clock_checked_at
+            .as_mut()
+            .filter(|at| later(**at, WALL_CLOCK_CHECK_INTERVAL) <= now)
+        {
+            *at = now;
+        }
         self.expire_overdue_request(now);
         if self.in_flight.is_none() && self.next_request_at.is_some_and(|at| now >= at) {
             self.issue_request(now);
@@ -362,9 +437,9 @@ impl TokenStateMachine {
         } else {
             policy.backoff(attempts)
         };
-        let mut delay = base.mul_f64(self.jitter.factor(policy.jitter));
+        let mut delay = scale(base, self.jitter.factor(policy.jitter));
         if let Some(after) = error.retry_after() {
-            delay = delay.max(after);
+            delay = delay.max(self.retry_after_bound(now, after));
         }
         let next_attempt_at = later(now, delay);
         self.next_request_at = Some(next_attempt_at);
@@ -381,16 +456,34 @@ impl TokenStateMachine {
         }
     }
 
+    /// How long a `retry_after` may postpone the next attempt: at most
+    /// `max(max_delay, RETRY_AFTER_CAP)`, and never past the point where the current token
+    /// would have less left than the refresh rule leaves it (the lower refresh bound, for
+    /// tokens longer than it).
+    fn retry_after_bound(&self, now: Instant, after: Duration) -> Duration {
+        let mut bound = after.min(self.config.retry.max_delay.max(RETRY_AFTER_CAP));
+        if let Some(current) = &self.current {
+            let lifetime = current.token.lifetime();
+            let margin = self
+                .config
+                .lower_refresh_bound
+                .min(lifetime.saturating_sub(self.config.refresh_delay(lifetime)));
+            let latest = current.expires_at.checked_sub(margin).unwrap_or(now);
+            bound = bound.min(latest.saturating_duration_since(now));
+        }
+        bound
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         let request = match &self.in_flight {
             Some(in_flight) => Some(in_flight.deadline),
             None => self.next_request_at,
         };
         let expiry = self.current.as_ref().map(|c| c.expires_at);
-        match (request, expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let wall_check = self
+            .wall_clock_checked_at
+            .map(|at| later(at, WALL_CLOCK_CHECK_INTERVAL));
+        [request, expiry, wall_check].into_iter().flatten().min()
     }
 }
 
@@ -398,4 +491,10 @@ fn later(now: Instant, after: Duration) -> Instant {
     now.checked_add(after.min(MAX_SCHEDULE))
         .or_else(|| now.checked_add(Duration::from_secs(3600)))
         .unwrap_or(now)
+}
+
+/// `duration · factor`, saturating instead of panicking when the product does not fit
+/// (a `max_delay` near `Duration::MAX` is a valid configuration).
+fn scale(duration: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(duration.as_secs_f64() * factor).unwrap_or(MAX_SCHEDULE)
 }

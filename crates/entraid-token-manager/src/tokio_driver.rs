@@ -4,6 +4,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use entraid_identity::{IdentityProvider, Token};
 use tokio::sync::{oneshot, watch};
@@ -119,10 +120,12 @@ impl TokenManager {
                 return item;
             }
             if snapshot.changed().await.is_err() {
-                return snapshot
-                    .borrow()
-                    .first_item()
-                    .unwrap_or(Err(TokenManagerError::Stopped));
+                let ended = snapshot.borrow();
+                return if ended.is_stopped() {
+                    Err(TokenManagerError::Stopped)
+                } else {
+                    Err(TokenManagerError::RuntimeShutDown)
+                };
             }
         }
     }
@@ -138,7 +141,7 @@ impl TokenManager {
 
     /// The current token, if there is one, without waiting.
     pub fn current(&self) -> Option<Token> {
-        self.inner.snapshot.borrow().token.clone()
+        self.inner.snapshot.borrow().valid_token().cloned()
     }
 
     /// A stream of the current token (first, if there is one) and then every renewal and
@@ -160,9 +163,17 @@ impl TokenManager {
         }
     }
 
-    /// Whether the background task has stopped.
+    /// Whether the background task has stopped (by [`stop`](Self::stop), or because its
+    /// runtime shut down).
     pub fn is_stopped(&self) -> bool {
         self.inner.snapshot.has_changed().is_err() || self.inner.snapshot.borrow().is_stopped()
+    }
+
+    /// Whether the background task ended without being stopped: the tokio runtime it ran
+    /// on was shut down. Handles then get [`TokenManagerError::RuntimeShutDown`]; start a
+    /// new manager on a runtime that lives longer.
+    pub fn lost_its_runtime(&self) -> bool {
+        self.inner.snapshot.has_changed().is_err() && !self.inner.snapshot.borrow().is_stopped()
     }
 }
 
@@ -194,8 +205,10 @@ impl futures_core::Stream for TokenStream {
                 return Poll::Ready(None);
             }
             let Some(snapshot) = std::task::ready!(Pin::new(&mut self.changes).poll_next(cx)) else {
+                // The task's sender went without saying "stopped": its runtime shut down.
+                // Say so once, rather than ending as if all were well.
                 self.done = true;
-                return Poll::Ready(None);
+                return Poll::Ready(Some(Err(TokenManagerError::RuntimeShutDown)));
             };
             let item = if std::mem::take(&mut self.first) {
                 snapshot.first_item()
@@ -235,6 +248,7 @@ impl<P: IdentityProvider> Driver<P> {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let mut pending: Option<(RequestId, RequestFuture)> = None;
         self.machine.start(now());
+        self.machine.handle_wall_clock(now(), SystemTime::now());
         loop {
             let deadline = loop {
                 match self.machine.poll_output() {
@@ -265,7 +279,7 @@ impl<P: IdentityProvider> Driver<P> {
                     pending = None;
                     self.machine.handle_response(now(), id, result);
                 }
-                Wake::Timer => self.machine.handle_timeout(now()),
+                Wake::Timer => self.machine.handle_wall_clock(now(), SystemTime::now()),
             }
         }
         self.publish.send_modify(Snapshot::stop);

@@ -256,3 +256,65 @@ proptest! {
         prop_assert!(requests >= 2, "refreshes happen: {requests}");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Extreme but valid values never panic: huge delays, lifetimes, retry_after values,
+    /// wall clocks far apart from the monotonic one.
+    #[test]
+    fn extreme_values_never_panic(
+        max_delay_secs in prop_oneof![Just(u64::MAX), Just(u64::MAX / 2), 1u64..u64::MAX],
+        multiplier in prop_oneof![Just(f64::MAX), 1.0f64..1e300],
+        jitter in 0.0f64..0.999,
+        lifetime_secs in prop_oneof![Just(u64::MAX), Just(u64::MAX / 4), 0u64..u64::MAX],
+        retry_after_ms in prop_oneof![Just(u64::MAX), 0u64..u64::MAX],
+        wall_offset_secs in prop_oneof![Just(0u64), Just(u64::MAX / 8), 0u64..1 << 40],
+        wall_ahead in any::<bool>(),
+        attempts in 1u32..4,
+    ) {
+        let config = TokenManagerConfig {
+            retry: RetryPolicy {
+                max_attempts: attempts,
+                initial_delay: Duration::from_millis(1),
+                max_delay: Duration::from_secs(max_delay_secs),
+                backoff_multiplier: multiplier,
+                jitter,
+                ..RetryPolicy::default()
+            },
+            ..TokenManagerConfig::default()
+        };
+        prop_assert!(config.validate().is_ok());
+        let mut sm = TokenStateMachine::with_seed(config, 3).unwrap();
+        let mut clock = FakeClock::new();
+        let received = UNIX_EPOCH + Duration::from_secs(1 << 40);
+        let offset = Duration::from_secs(wall_offset_secs);
+        let wall = if wall_ahead { received.checked_add(offset) } else { received.checked_sub(offset) };
+        let wall = wall.unwrap_or(received);
+        sm.start(clock.now());
+        for round in 0..6u64 {
+            let mut request = None;
+            loop {
+                match sm.poll_output() {
+                    Output::RequestToken(id) => request = Some(id),
+                    Output::Timeout(at) => {
+                        prop_assert!(at > clock.now());
+                        break;
+                    }
+                    Output::Idle => break,
+                    _ => {}
+                }
+            }
+            if let Some(id) = request {
+                let result = if round % 2 == 0 {
+                    Err(IdentityError::transient("down").with_retry_after(Duration::from_millis(retry_after_ms)))
+                } else {
+                    let expires = received.checked_add(Duration::from_secs(lifetime_secs)).unwrap_or(received);
+                    Ok(Token::new(format!("s{round}"), "oid", expires, received))
+                };
+                sm.handle_response(clock.now(), id, result);
+            }
+            sm.handle_wall_clock(clock.advance(Duration::from_millis(1)), wall);
+        }
+    }
+}

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use entraid_identity::{IdentityError, Token};
 use entraid_test_support::FakeClock;
 use entraid_token_manager::{
-    ConfigError, Output, RefreshFailure, RequestId, RetryPolicy, TokenManagerConfig, TokenStateMachine,
+    ConfigError, Output, RETRY_AFTER_CAP, RefreshFailure, RequestId, RetryPolicy, TokenManagerConfig,
+    TokenStateMachine, WALL_CLOCK_CHECK_INTERVAL,
 };
 
 const MS: Duration = Duration::from_millis(1);
@@ -497,4 +498,216 @@ fn invalid_config_is_refused_when_the_machine_is_built() {
         TokenStateMachine::new(config).unwrap_err(),
         ConfigError::RefreshRatio(1.2)
     );
+}
+
+#[test]
+fn a_day_long_retry_after_postpones_the_next_attempt_by_five_minutes_at_most() {
+    let mut h = Harness::defaults();
+    let id = h.start();
+    let (_, delay, id) = h.fail_and_measure(id, transient().with_retry_after(86_400 * SEC));
+    assert_eq!(delay, RETRY_AFTER_CAP);
+    assert_eq!(RETRY_AFTER_CAP, 5 * MIN);
+    // The header in milliseconds (x-ms-retry-after-ms) is capped the same way.
+    let (_, delay, _) = h.fail_and_measure(id, transient().with_retry_after(Duration::from_millis(u64::MAX)));
+    assert_eq!(delay, 5 * MIN);
+
+    // A max_delay above five minutes is the cap instead.
+    let mut h = Harness::new(TokenManagerConfig {
+        retry: RetryPolicy {
+            max_delay: 20 * MIN,
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
+        ..TokenManagerConfig::default()
+    });
+    let id = h.start();
+    let (_, delay, _) = h.fail_and_measure(id, transient().with_retry_after(86_400 * SEC));
+    assert_eq!(delay, 20 * MIN);
+}
+
+#[test]
+fn a_retry_after_never_postpones_past_the_current_tokens_refresh_margin() {
+    // 20-minute tokens refreshed at half their life (10 min): the refresh margin is the
+    // 3-minute lower bound, so a retry may wait until 17 minutes, no later.
+    let mut h = Harness::new(TokenManagerConfig {
+        expiration_refresh_ratio: 0.5,
+        retry: RetryPolicy {
+            max_delay: 30 * MIN,
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
+        ..TokenManagerConfig::default()
+    });
+    let id = h.start();
+    let t0 = h.clock.now();
+    let d = h.respond(id, Ok(token("a", 20 * MIN)));
+    assert_eq!(d.timeout, Some(t0 + 10 * MIN));
+    let refresh = h.advance_to_timeout(&d).requests[0];
+    let d = h.respond(refresh, Err(transient().with_retry_after(86_400 * SEC)));
+    assert_eq!(d.timeout, Some(t0 + 17 * MIN), "not the 30-minute cap, not a day");
+
+    // With the margin already reached, the retry_after cannot postpone at all: the
+    // backoff alone decides.
+    let mut h = Harness::new(TokenManagerConfig {
+        retry: RetryPolicy {
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
+        ..TokenManagerConfig::default()
+    });
+    let id = h.start();
+    let d = h.respond(id, Ok(token("a", 10 * MIN)));
+    let refresh = h.advance_to_timeout(&d).requests[0];
+    let (_, delay, _) = h.fail_and_measure(refresh, transient().with_retry_after(86_400 * SEC));
+    assert_eq!(delay, 500 * MS);
+}
+
+/// A harness whose driver also feeds the wall clock, which moves apart from the
+/// monotonic one when the test says so (a suspend).
+struct WallHarness {
+    h: Harness,
+    /// The wall clock at the fake clock's start.
+    wall_at_start: SystemTime,
+    /// How far the wall clock ran ahead of the monotonic one (time spent suspended).
+    suspended: Duration,
+}
+
+impl WallHarness {
+    fn new() -> WallHarness {
+        WallHarness {
+            h: Harness::defaults(),
+            wall_at_start: UNIX_EPOCH + Duration::from_secs(1_900_000_000),
+            suspended: Duration::ZERO,
+        }
+    }
+
+    fn wall(&self) -> SystemTime {
+        self.wall_at_start + self.h.clock.elapsed() + self.suspended
+    }
+
+    /// A token received now, by the wall clock, living `lifetime`.
+    fn token(&self, secret: &str, lifetime: Duration) -> Token {
+        let received = self.wall();
+        Token::new(secret, "oid-1", received + lifetime, received)
+    }
+
+    fn feed_wall_clock(&mut self) -> Drained {
+        self.h.sm.handle_wall_clock(self.h.clock.now(), self.wall());
+        self.h.drain()
+    }
+
+    /// The machine is suspended for `slept`: the monotonic clock stands still, the wall
+    /// clock does not. Then it wakes at the next timeout it asked for.
+    fn suspend_then_wake(&mut self, slept: Duration, d: &Drained) -> Drained {
+        self.suspended += slept;
+        self.h.clock.set(d.timeout.expect("a timeout"));
+        self.feed_wall_clock()
+    }
+}
+
+#[test]
+fn once_fed_the_wall_clock_the_machine_checks_it_every_interval() {
+    let mut w = WallHarness::new();
+    let id = w.h.start();
+    let t0 = w.h.clock.now();
+    let token = w.token("a", 60 * MIN);
+    w.h.respond(id, Ok(token));
+    let d = w.feed_wall_clock();
+    assert_eq!(d.timeout, Some(t0 + WALL_CLOCK_CHECK_INTERVAL));
+    // Without a suspend, the checks change nothing: the refresh comes at 42 minutes.
+    let mut d = d;
+    while d.requests.is_empty() {
+        w.h.clock.set(d.timeout.unwrap());
+        d = w.feed_wall_clock();
+        assert!(d.timeout.unwrap() - w.h.clock.now() <= WALL_CLOCK_CHECK_INTERVAL);
+    }
+    assert_eq!(w.h.clock.now(), t0 + 42 * MIN);
+    // A driver that only calls handle_timeout afterwards is not woken in a loop: every
+    // timeout lies after now (checked by drain).
+    let d = w.h.respond(d.requests[0], Ok(w.token("b", 60 * MIN)));
+    let d = w.h.advance_to_timeout(&d);
+    let d = w.h.advance_to_timeout(&d);
+    assert!(d.timeout.unwrap() > w.h.clock.now());
+}
+
+#[test]
+fn after_a_suspend_past_the_refresh_point_the_token_is_refreshed_at_once() {
+    let mut w = WallHarness::new();
+    let id = w.h.start();
+    w.h.respond(id, Ok(w.token("a", 60 * MIN)));
+    let d = w.feed_wall_clock();
+    // Suspended for 50 minutes: by the wall clock the token has 10 minutes left, past
+    // its refresh point (42 min) though the monotonic clock says 10 s went by.
+    let d = w.suspend_then_wake(50 * MIN, &d);
+    assert_eq!(d.requests.len(), 1, "refreshed at once: {d:?}");
+    assert_eq!(d.expired, 0, "still valid");
+    assert!(w.h.sm.current_token().is_some());
+    // Its expiry moved too: with every request failing, it is reported when the wall
+    // clock says, 10 minutes later, not 50.
+    let t_resume = w.h.clock.now();
+    let mut d = w.h.respond(d.requests[0], Err(transient()));
+    let mut expired_at = None;
+    while expired_at.is_none() && w.h.clock.now() < t_resume + 60 * MIN {
+        d = match d.requests.first() {
+            Some(id) => w.h.respond(*id, Err(transient())),
+            None => {
+                w.h.clock.set(d.timeout.unwrap());
+                w.feed_wall_clock()
+            }
+        };
+        if d.expired > 0 {
+            expired_at = Some(w.h.clock.now());
+        }
+    }
+    let expired_after = expired_at.expect("expiry reported") - t_resume;
+    assert!(
+        expired_after > 9 * MIN && expired_after <= 10 * MIN + SEC,
+        "expired {expired_after:?} after the resume"
+    );
+}
+
+#[test]
+fn a_token_expired_during_a_suspend_is_dropped_and_a_new_one_requested() {
+    let mut w = WallHarness::new();
+    let id = w.h.start();
+    w.h.respond(id, Ok(w.token("a", 60 * MIN)));
+    let d = w.feed_wall_clock();
+    let d = w.suspend_then_wake(3 * 60 * MIN, &d);
+    assert_eq!(d.expired, 1, "{d:?}");
+    assert_eq!(d.requests.len(), 1);
+    assert!(w.h.sm.current_token().is_none(), "an expired token is never handed out");
+    let d = w.h.respond(d.requests[0], Ok(w.token("b", 60 * MIN)));
+    assert_eq!(d.renewed.len(), 1);
+}
+
+#[test]
+fn a_wall_clock_set_backwards_postpones_nothing() {
+    let mut w = WallHarness::new();
+    let id = w.h.start();
+    let t0 = w.h.clock.now();
+    w.h.respond(id, Ok(w.token("a", 60 * MIN)));
+    let d = w.feed_wall_clock();
+    // The wall clock goes back an hour (an NTP correction): the schedule stays.
+    w.wall_at_start -= 60 * MIN;
+    let mut d = d;
+    while d.requests.is_empty() {
+        w.h.clock.set(d.timeout.unwrap());
+        d = w.feed_wall_clock();
+    }
+    assert_eq!(w.h.clock.now(), t0 + 42 * MIN);
+}
+
+#[test]
+fn a_small_gap_between_the_clocks_is_not_a_suspend() {
+    let mut w = WallHarness::new();
+    let id = w.h.start();
+    let t0 = w.h.clock.now();
+    w.h.respond(id, Ok(w.token("a", 60 * MIN)));
+    let mut d = w.feed_wall_clock();
+    w.suspended = 900 * MS;
+    while d.requests.is_empty() {
+        w.h.clock.set(d.timeout.unwrap());
+        d = w.feed_wall_clock();
+    }
+    assert_eq!(w.h.clock.now(), t0 + 42 * MIN, "below the 1 s tolerance nothing moves");
 }

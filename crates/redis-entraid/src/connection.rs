@@ -13,6 +13,7 @@ use redis::{ErrorKind, RedisError, RedisResult, Value};
 
 use crate::EntraIdCredentialsProvider;
 use crate::plaintext_check::refuse_plaintext_to_azure;
+use crate::provider::ManagerHandle;
 use crate::token_feed::{TokenFeed, no_token_error, state_machine};
 
 /// How a [`Connection`] connects, times out and re-authenticates.
@@ -103,6 +104,8 @@ impl ConnectionConfig {
 pub struct Connection {
     client: redis::Client,
     manager: TokenManager,
+    /// The provider, for a restarted manager if `manager`'s runtime shut down.
+    provider: ManagerHandle,
     machine: ConnectionStateMachine,
     feed: TokenFeed,
     connections: HashMap<ConnectionId, redis::Connection>,
@@ -156,6 +159,7 @@ impl Connection {
         let mut connection = Connection {
             client,
             manager,
+            provider: provider.manager_handle(),
             machine,
             feed: TokenFeed::default(),
             connections: HashMap::new(),
@@ -178,6 +182,11 @@ impl Connection {
     /// time left) and returns the one to use.
     fn step(&mut self) -> RedisResult<ConnectionId> {
         let now = Instant::now();
+        if self.manager.lost_its_runtime()
+            && let Some(manager) = self.provider.restarted_manager()
+        {
+            self.manager = manager;
+        }
         match self.manager.current() {
             Some(token) => {
                 self.token_error = None;

@@ -10,11 +10,13 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use entraid_identity::Token;
-use entraid_token_manager::{TokenManager, TokenManagerError, TokenStream};
+use entraid_token_manager::{TokenManagerError, TokenStream};
 use futures_core::Stream;
 use redis::auth::BasicAuth;
 use redis::{ErrorKind, RedisError, RedisResult};
 use tokio::time::{Instant, Sleep};
+
+use crate::provider::ManagerHandle;
 
 /// How long this connection waits before passing a renewal on. Kept small: one lives
 /// beside every connection.
@@ -68,7 +70,7 @@ struct Delayed {
 /// error. Holds a manager handle, so the manager runs as long as a connection listens.
 pub(crate) struct CredentialsStream {
     tokens: TokenStream,
-    _manager: TokenManager,
+    manager: ManagerHandle,
     spread: Spread,
     /// When the token last handed out expires, on tokio's clock.
     current_expiry: Option<Instant>,
@@ -83,10 +85,15 @@ pub(crate) struct CredentialsStream {
 }
 
 impl CredentialsStream {
-    pub(crate) fn new(manager: TokenManager, spread: Spread, lost: Arc<AtomicU64>) -> CredentialsStream {
+    pub(crate) fn new(
+        tokens: TokenStream,
+        manager: ManagerHandle,
+        spread: Spread,
+        lost: Arc<AtomicU64>,
+    ) -> CredentialsStream {
         CredentialsStream {
-            tokens: manager.subscribe(),
-            _manager: manager,
+            tokens,
+            manager,
             spread,
             current_expiry: None,
             replaced_expiry: None,
@@ -150,18 +157,30 @@ impl Stream for CredentialsStream {
                 return self.renewal(delayed.auth);
             }
         }
-        let item = ready!(Pin::new(&mut self.tokens).poll_next(cx));
         let first = self.current_expiry.is_none();
-        let token = match item {
-            None => return Poll::Ready(None),
-            Some(Err(error)) if first => return Poll::Ready(Some(Err(first_item_error(error)))),
-            Some(Err(error)) => return Poll::Ready(Some(Err(redis_error(error)))),
-            Some(Ok(token)) => token,
+        let token = loop {
+            match ready!(Pin::new(&mut self.tokens).poll_next(cx)) {
+                None => return Poll::Ready(None),
+                Some(Err(TokenManagerError::RuntimeShutDown)) => match self.manager.resubscribe() {
+                    // The manager was started again on a runtime of its own.
+                    Some(tokens) => self.tokens = tokens,
+                    None => return Poll::Ready(None),
+                },
+                Some(Err(error)) if first => return Poll::Ready(Some(Err(first_item_error(error)))),
+                // A connection that has credentials gains nothing from the error (the
+                // token manager logs it once), and the redis crate would log it at
+                // `error` once per connection: 10 000 lines for one failure.
+                Some(Err(TokenManagerError::Stopped)) => {
+                    return Poll::Ready(Some(Err(redis_error(TokenManagerError::Stopped))));
+                }
+                Some(Err(_)) => {}
+                Some(Ok(token)) => break token,
+            }
         };
         let now = Instant::now();
         // What the token has left, not its full lifetime: a connection may start late
         // in a token's life (every reconnect does).
-        let expiry = now.checked_add(crate::token_feed::time_left(&token)).unwrap_or(now);
+        let expiry = Instant::from_std(crate::token_feed::expiry_on_monotonic_clock(now.into_std(), &token));
         let previous_expiry = self.current_expiry.replace(expiry);
         let auth = basic_auth(&token);
         // A connection's first credentials are never delayed.

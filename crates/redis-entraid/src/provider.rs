@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use entraid_identity::{IdentityProvider, Token};
-use entraid_token_manager::{ConfigError, TokenManager, TokenManagerConfig, TokenManagerError};
+use entraid_token_manager::{ConfigError, TokenManager, TokenManagerConfig, TokenManagerError, TokenStream};
 use futures_core::Stream;
 use redis::auth::{BasicAuth, StreamingCredentialsProvider};
 use redis::{ErrorKind, RedisError, RedisResult};
@@ -57,7 +57,9 @@ struct Shared {
 
 enum State {
     NotStarted,
-    Running(TokenManager),
+    /// The manager, and the configuration it was started with (to start it again if
+    /// its runtime shuts down).
+    Running(TokenManager, Box<TokenManagerConfig>),
     /// `start` was given a configuration the token manager refused.
     Invalid(ConfigError),
 }
@@ -87,10 +89,13 @@ impl EntraIdCredentialsProvider {
     /// Starts fetching tokens now, so the first connection finds one ready.
     ///
     /// Works inside or outside a tokio runtime: outside one, the manager runs on a small
-    /// runtime of its own on a background thread. An invalid configuration is logged and
-    /// every connection attempt then fails with the reason (use
-    /// [`try_start_with_config`](Self::try_start_with_config) to get it here). Starting
-    /// again does nothing.
+    /// runtime of its own on a background thread. If the runtime it was started on shuts
+    /// down (a temporary runtime, a test's), the next use starts it again on a runtime of
+    /// its own, with a warning. An invalid configuration is logged and every connection
+    /// attempt then fails with the reason (use
+    /// [`try_start_with_config`](Self::try_start_with_config) to get it here). Starting a
+    /// running provider again does nothing; starting one that was
+    /// [`stop`](Self::stop)ped starts it anew.
     pub fn start_with_config(&mut self, config: TokenManagerConfig) {
         if let Err(error) = self.try_start_with_config(config) {
             tracing::error!(%error, "the Entra ID credentials provider was not started");
@@ -122,7 +127,7 @@ impl EntraIdCredentialsProvider {
     /// The current token, if one has arrived, without waiting.
     pub fn current_token(&self) -> Option<Token> {
         match &*self.shared.lock() {
-            State::Running(manager) => manager.current(),
+            State::Running(manager, _) => manager.current(),
             State::NotStarted | State::Invalid(_) => None,
         }
     }
@@ -138,9 +143,9 @@ impl EntraIdCredentialsProvider {
     }
 
     /// Stops refreshing tokens for every clone; connections then keep their current token
-    /// until it expires.
+    /// until it expires. [`start`](Self::start) starts it again.
     pub fn stop(&self) {
-        if let State::Running(manager) = &*self.shared.lock() {
+        if let State::Running(manager, _) = &*self.shared.lock() {
             manager.stop();
         }
     }
@@ -152,9 +157,35 @@ impl EntraIdCredentialsProvider {
         self.shared.manager().map_err(invalid_config)
     }
 
+    /// A connection's hold on this provider's token manager.
+    pub(crate) fn manager_handle(&self) -> ManagerHandle {
+        ManagerHandle(self.shared.clone())
+    }
+
     /// The spread this provider's connections use for renewals.
     pub(crate) fn reauth_spread(&self) -> Duration {
         self.reauth_spread
+    }
+}
+
+/// A connection's hold on its provider: keeps the token manager running while the
+/// connection lives, and gives the connection a new token stream when the manager had to
+/// be started again because the runtime it ran on shut down.
+#[derive(Clone)]
+pub(crate) struct ManagerHandle(Arc<Shared>);
+
+impl ManagerHandle {
+    /// A stream from the provider's running manager, after the previous one ended with
+    /// [`TokenManagerError::RuntimeShutDown`]; `None` if the manager was stopped.
+    pub(crate) fn resubscribe(&self) -> Option<TokenStream> {
+        self.restarted_manager().map(|manager| manager.subscribe())
+    }
+
+    /// The provider's running manager, started again if its runtime shut down; `None` if
+    /// it was stopped.
+    pub(crate) fn restarted_manager(&self) -> Option<TokenManager> {
+        let manager = self.0.manager().ok()?;
+        (!manager.is_stopped()).then_some(manager)
     }
 }
 
@@ -166,18 +197,19 @@ impl Shared {
     fn start(&self, config: TokenManagerConfig) -> Result<TokenManager, ConfigError> {
         let mut state = self.lock();
         match &*state {
-            State::Running(manager) => {
+            State::Running(manager, _) if !manager.is_stopped() => {
                 tracing::warn!(
                     "the Entra ID credentials provider is already started; the new configuration is ignored"
                 );
                 return Ok(manager.clone());
             }
-            // A refused configuration may be followed by a valid one.
-            State::Invalid(_) | State::NotStarted => {}
+            // A refused configuration may be followed by a valid one; a stopped manager
+            // is started anew.
+            State::Running(..) | State::Invalid(_) | State::NotStarted => {}
         }
-        match start_manager(self.identity.clone(), config) {
+        match start_manager(self.identity.clone(), config.clone(), Runtime::CallersIfAny) {
             Ok(manager) => {
-                *state = State::Running(manager.clone());
+                *state = State::Running(manager.clone(), Box::new(config));
                 Ok(manager)
             }
             Err(error) => {
@@ -187,22 +219,50 @@ impl Shared {
         }
     }
 
-    /// The running manager, started with defaults if nobody started it.
-    /// An invalid configuration stays an error here: it is never replaced by the defaults.
+    /// The running manager, started with defaults if nobody started it, and started
+    /// again on a runtime of its own if the runtime it ran on shut down. A manager the
+    /// user stopped stays stopped. An invalid configuration stays an error here: it is
+    /// never replaced by the defaults.
     fn manager(&self) -> Result<TokenManager, ConfigError> {
-        match &*self.lock() {
-            State::Running(manager) => return Ok(manager.clone()),
+        let mut state = self.lock();
+        match &*state {
+            State::Running(manager, config) if manager.lost_its_runtime() => {
+                tracing::warn!(
+                    "the tokio runtime the Entra ID token manager ran on was shut down; it now runs on a \
+                     runtime of its own (start the provider from a runtime that lives as long as the program \
+                     to avoid this)"
+                );
+                let config = (**config).clone();
+                let manager = start_manager(self.identity.clone(), config.clone(), Runtime::OwnThread)?;
+                *state = State::Running(manager.clone(), Box::new(config));
+                return Ok(manager);
+            }
+            State::Running(manager, _) => return Ok(manager.clone()),
             State::Invalid(error) => return Err(error.clone()),
             State::NotStarted => {}
         }
+        drop(state);
         self.start(TokenManagerConfig::default())
     }
 }
 
+/// Where a token manager runs.
+#[derive(Clone, Copy)]
+enum Runtime {
+    /// On the caller's runtime when there is one, else on a thread of its own.
+    CallersIfAny,
+    /// On a runtime of its own, whatever the caller runs on.
+    OwnThread,
+}
+
 /// On the caller's runtime when there is one; else on a current-thread runtime of its own,
 /// on a background thread that ends when the manager stops.
-fn start_manager(identity: Arc<dyn IdentityProvider>, config: TokenManagerConfig) -> Result<TokenManager, ConfigError> {
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+fn start_manager(
+    identity: Arc<dyn IdentityProvider>,
+    config: TokenManagerConfig,
+    runtime: Runtime,
+) -> Result<TokenManager, ConfigError> {
+    if let (Runtime::CallersIfAny, Ok(handle)) = (runtime, tokio::runtime::Handle::try_current()) {
         return TokenManager::start_on(&handle, identity, config);
     }
     config.validate()?;
@@ -232,7 +292,8 @@ impl StreamingCredentialsProvider for EntraIdCredentialsProvider {
                 let id = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
                 let spread = Spread::new(self.reauth_spread, &self.shared.random, id);
                 Box::pin(CredentialsStream::new(
-                    manager,
+                    manager.subscribe(),
+                    self.manager_handle(),
                     spread,
                     self.shared.lost_reauthentications.clone(),
                 ))
@@ -254,7 +315,7 @@ impl fmt::Debug for EntraIdCredentialsProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &*self.shared.lock() {
             State::NotStarted => "not started".to_owned(),
-            State::Running(manager) => format!("{manager:?}"),
+            State::Running(manager, _) => format!("{manager:?}"),
             State::Invalid(error) => format!("invalid configuration: {error}"),
         };
         f.debug_struct("EntraIdCredentialsProvider")

@@ -16,6 +16,14 @@ pub(crate) fn time_left(token: &Token) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
+/// When `token` expires on the monotonic clock, from what it has left by the wall clock.
+/// Saturates for far-future expiries instead of overflowing `Instant`.
+pub(crate) fn expiry_on_monotonic_clock(now: Instant, token: &Token) -> Instant {
+    // No token lives ten years, and adding that cannot overflow an `Instant`.
+    const FAR_FUTURE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+    now.checked_add(time_left(token).min(FAR_FUTURE)).unwrap_or(now)
+}
+
 /// A connection state machine for `policy`, or the reason the policy cannot work.
 pub(crate) fn state_machine(policy: ConnectionPolicy) -> RedisResult<ConnectionStateMachine> {
     ConnectionStateMachine::new(policy).map_err(|error| {
@@ -53,10 +61,7 @@ impl TokenFeed {
         {
             return;
         }
-        let left = time_left(&token);
-        let expires_at = now
-            .checked_add(left)
-            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
+        let expires_at = expiry_on_monotonic_clock(now, &token);
         let generation = machine.handle_token(now, expires_at, token.lifetime());
         self.latest = Some((generation, token));
     }

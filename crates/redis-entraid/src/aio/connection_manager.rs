@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use entraid_token_manager::{
-    Availability, ConnectionId, ConnectionOutput, ConnectionPolicy, ConnectionStateMachine, Generation, TokenManager,
+    Availability, ConnectionId, ConnectionOutput, ConnectionPolicy, ConnectionStateMachine, Generation,
     TokenManagerError, TokenStream,
 };
 use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
@@ -22,6 +22,7 @@ use tokio::sync::{Notify, watch};
 use super::supervision::{BoxFuture, IdMap, LostReports, PendingAuth, next_token, now, sleep_until, wait_pending};
 use crate::EntraIdCredentialsProvider;
 use crate::plaintext_check::refuse_plaintext_to_azure;
+use crate::provider::ManagerHandle;
 use crate::token_feed::{TokenFeed, no_token_error, state_machine};
 
 /// How a [`ConnectionManager`] connects, times out and re-authenticates.
@@ -370,7 +371,7 @@ impl ConnectionManager {
             push_sender: config.push_sender.clone(),
             resp3,
             tokens: Some(manager.subscribe()),
-            _manager: manager,
+            manager: provider.manager_handle(),
             feed: TokenFeed::default(),
             token_error: None,
             connect_error: None,
@@ -573,7 +574,8 @@ struct Supervisor {
     resp3: bool,
     /// `None` once the token manager stopped.
     tokens: Option<TokenStream>,
-    _manager: TokenManager,
+    /// Keeps the token manager running; a new stream if it had to be started again.
+    manager: ManagerHandle,
     feed: TokenFeed,
     /// Why there is no token, for the error commands get meanwhile (boxed: rarely set).
     token_error: Option<Box<TokenManagerError>>,
@@ -611,6 +613,10 @@ impl Supervisor {
                 Wake::Token(Some(Err(TokenManagerError::TokenExpired))) => {
                     self.token_error = Some(Box::new(TokenManagerError::TokenExpired));
                     self.machine.handle_token_lost(now);
+                }
+                Wake::Token(Some(Err(TokenManagerError::RuntimeShutDown))) => {
+                    // The provider starts the manager again on a runtime of its own.
+                    self.tokens = self.manager.resubscribe();
                 }
                 Wake::Token(Some(Err(error))) => self.token_error = Some(Box::new(error)),
                 Wake::Token(None) => {

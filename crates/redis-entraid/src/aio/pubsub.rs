@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use entraid_token_manager::{
     Availability, ConnectionId, ConnectionOutput, ConnectionPolicy, ConnectionStateMachine, Generation, Renewal,
-    TokenManager, TokenManagerError, TokenStream,
+    TokenManagerError, TokenStream,
 };
 use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
 use redis::{AsyncConnectionConfig, ErrorKind, Msg, PushInfo, PushKind, RedisError, RedisResult};
@@ -30,6 +30,7 @@ use super::delivery::Delivery;
 use super::supervision::{BoxFuture, IdMap, LostReports, PendingAuth, next_token, now, sleep_until, wait_pending};
 use crate::EntraIdCredentialsProvider;
 use crate::plaintext_check::refuse_plaintext_to_azure;
+use crate::provider::ManagerHandle;
 use crate::token_feed::{TokenFeed, no_token_error, state_machine};
 
 /// How a [`PubSub`] connects, times out and re-authenticates.
@@ -462,7 +463,7 @@ impl PubSub {
             resp3,
             response_timeout: config.response_timeout,
             tokens: Some(manager.subscribe()),
-            _manager: manager,
+            manager: provider.manager_handle(),
             feed: TokenFeed::default(),
             token_error: None,
             connect_error: None,
@@ -713,7 +714,8 @@ struct Supervisor {
     response_timeout: Duration,
     /// `None` once the token manager stopped.
     tokens: Option<TokenStream>,
-    _manager: TokenManager,
+    /// Keeps the token manager running; a new stream if it had to be started again.
+    manager: ManagerHandle,
     feed: TokenFeed,
     token_error: Option<TokenManagerError>,
     connect_error: Option<RedisError>,
@@ -754,6 +756,10 @@ impl Supervisor {
                 Wake::Token(Some(Err(TokenManagerError::TokenExpired))) => {
                     self.token_error = Some(TokenManagerError::TokenExpired);
                     self.machine.handle_token_lost(now);
+                }
+                Wake::Token(Some(Err(TokenManagerError::RuntimeShutDown))) => {
+                    // The provider starts the manager again on a runtime of its own.
+                    self.tokens = self.manager.resubscribe();
                 }
                 Wake::Token(Some(Err(error))) => self.token_error = Some(error),
                 Wake::Token(None) => {
