@@ -296,3 +296,51 @@ async fn debug_output_never_shows_the_secret() {
     assert!(shown.contains("oid-dbg"), "{shown}");
     assert!(!shown.contains(token.secret()), "{shown}");
 }
+
+#[test]
+fn a_manager_whose_runtime_shut_down_says_so_instead_of_ending_quietly() {
+    let temporary = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (manager, mut stream) = temporary.block_on(async {
+        let manager = TokenManager::start(ScriptedProvider::always("oid", 3600 * SEC), config()).unwrap();
+        manager.token().await.unwrap();
+        let mut stream = manager.subscribe();
+        stream.next().await.unwrap().unwrap();
+        (manager, stream)
+    });
+    assert!(!manager.lost_its_runtime());
+    drop(temporary);
+    assert!(manager.lost_its_runtime());
+    assert!(manager.is_stopped());
+
+    let other = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    other.block_on(async {
+        assert!(matches!(manager.token().await, Err(TokenManagerError::RuntimeShutDown)));
+        assert!(matches!(
+            stream.next().await,
+            Some(Err(TokenManagerError::RuntimeShutDown))
+        ));
+        assert!(stream.next().await.is_none(), "then the stream ends");
+        let error = TokenManagerError::RuntimeShutDown.to_string();
+        assert!(error.contains("start_on"), "names the fix: {error}");
+    });
+
+    // An explicit stop is not a lost runtime.
+    other.block_on(async {
+        let manager = TokenManager::start(ScriptedProvider::always("oid", 3600 * SEC), config()).unwrap();
+        manager.token().await.unwrap();
+        manager.stop();
+        let mut stream = manager.subscribe();
+        while let Some(item) = stream.next().await {
+            if let Err(error) = item {
+                assert!(matches!(error, TokenManagerError::Stopped), "{error:?}");
+            }
+        }
+        assert!(manager.is_stopped() && !manager.lost_its_runtime());
+    });
+}

@@ -114,6 +114,9 @@ impl TokenManager {
     /// Never hangs for ever: once the first `max_attempts` requests have failed (or one
     /// has failed with a non-retryable error) it returns that error.
     pub async fn token(&self) -> Result<Token, TokenManagerError> {
+        if self.lost_its_runtime() {
+            return Err(TokenManagerError::RuntimeShutDown);
+        }
         let mut snapshot = self.inner.snapshot.clone();
         loop {
             if let Some(item) = snapshot.borrow_and_update().first_item() {

@@ -183,3 +183,41 @@ fn stop_is_seen_by_token() {
     assert!(result.is_some());
     assert!(matches!(manager.token(), Err(TokenManagerError::Stopped)));
 }
+
+#[test]
+fn a_provider_that_always_hangs_holds_at_most_four_threads_through_a_thousand_timeouts() {
+    let provider = ScriptedProvider::new("oid-hang", [], Step::Hang);
+    let config = TokenManagerConfig {
+        token_request_timeout: MS,
+        retry: RetryPolicy {
+            max_attempts: 1,
+            initial_delay: MS,
+            max_delay: MS,
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
+        ..TokenManagerConfig::default()
+    };
+    let manager = TokenManager::start(provider.clone(), config).unwrap();
+    // Each hung request holds its thread for ever, so the requests that reached the
+    // provider are the request threads still alive (other tests in this binary run
+    // threads of the same name, so /proc cannot tell them apart).
+    let failures = within(move || {
+        // Each reported failure counts every failure in a row so far (a slow reader
+        // skips some, never the newest).
+        for item in manager.subscribe() {
+            match item {
+                Err(TokenManagerError::RequestFailed { attempts, .. }) if attempts >= 1_000 => return attempts,
+                Err(TokenManagerError::RequestFailed { .. }) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        panic!("the stream ended")
+    });
+    assert!(failures >= 1_000);
+    assert_eq!(
+        provider.calls(),
+        entraid_token_manager::blocking::MAX_REQUEST_THREADS as u64,
+        "hung requests, each holding a thread"
+    );
+}

@@ -134,3 +134,104 @@ fn azure_constructors_refuse_bad_input_with_redis_errors() {
     };
     assert!(!format!("{certificate:?}").contains("hidden"));
 }
+
+/// A provider started inside a runtime that then shuts down (a temporary `block_on`, a
+/// test's runtime) keeps working from the application's next runtime.
+#[test]
+fn a_provider_whose_runtime_shut_down_restarts_on_a_runtime_of_its_own() {
+    let scripted = ScriptedProvider::new("oid-rt", [], Step::Token(Duration::from_millis(600)));
+    let provider =
+        EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone()).with_reauth_spread(Duration::ZERO);
+    let temporary = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    temporary.block_on(async {
+        let mut started = provider.clone();
+        started.start_with_config(fast_config());
+        provider.token().await.unwrap();
+    });
+    drop(temporary);
+
+    let application = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    application.block_on(async {
+        let calls_before = scripted.calls();
+        let first = provider.token().await.expect("a token after the runtime shut down");
+        let mut stream = provider.subscribe();
+        let mut secrets = vec![first.secret().to_owned()];
+        // Renewals keep coming: the restarted manager really refreshes.
+        while secrets.len() < 3 {
+            let item = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .unwrap()
+                .unwrap();
+            let auth = item.unwrap();
+            if !secrets.iter().any(|s| s == auth.password()) {
+                secrets.push(auth.password().to_owned());
+            }
+        }
+        assert!(scripted.calls() > calls_before + 1);
+    });
+}
+
+/// Refresh at half a token's life, fast retries: for the real-time tests here.
+fn fast_config() -> TokenManagerConfig {
+    TokenManagerConfig {
+        expiration_refresh_ratio: 0.5,
+        lower_refresh_bound: Duration::ZERO,
+        ..TokenManagerConfig::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_then_start_starts_again() {
+    let scripted = ScriptedProvider::new("oid-restart", [], Step::Token(HOUR));
+    let mut provider = EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone());
+    provider.start(RetryConfig::default());
+    provider.token().await.unwrap();
+    provider.stop();
+    tokio::task::yield_now().await;
+    assert!(matches!(provider.token().await, Err(TokenManagerError::Stopped)));
+    provider.start(RetryConfig::default());
+    let token = provider.token().await.expect("started again");
+    assert_eq!(token.username(), "oid-restart");
+    assert_eq!(scripted.calls(), 2, "the new manager fetched its own token");
+}
+
+/// One failed refresh reaches the application once (the token manager's log line), not
+/// once per connection: a connection that has credentials gets no error item, so the
+/// redis crate does not log one per connection.
+#[tokio::test(start_paused = true)]
+async fn a_failed_refresh_is_no_item_on_a_connection_that_has_credentials() {
+    let scripted = ScriptedProvider::new(
+        "oid-quiet",
+        [Step::Token(Duration::from_secs(600))],
+        Step::Fail(entraid_identity::IdentityError::permanent("refused")),
+    );
+    let mut provider =
+        EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone()).with_reauth_spread(Duration::ZERO);
+    provider.start(RetryConfig::default());
+    let mut streams: Vec<_> = (0..100).map(|_| provider.subscribe()).collect();
+    for stream in &mut streams {
+        stream.next().await.unwrap().unwrap();
+    }
+    // Refresh at 7 minutes fails (reported at once: permanent); the next attempt, 30 s
+    // later, succeeds.
+    tokio::time::sleep(Duration::from_secs(7 * 60 + 5)).await;
+    assert!(scripted.calls() >= 2, "the refresh was tried and failed");
+    scripted.set_then(Step::Token(Duration::from_secs(600)));
+    for stream in &mut streams {
+        let item = tokio::time::timeout(Duration::from_secs(120), stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            item.is_ok(),
+            "the first item after the failure is the renewal: {item:?}"
+        );
+    }
+}
