@@ -18,14 +18,14 @@ pub(crate) fn redis_url() -> Result<String, String> {
 /// Long enough for a first token request that is slow (the redis default is 1 s).
 pub(crate) const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A client for `redis_url()`: trusts `ENTRAID_EMULATOR_CA_FILE` when it is set (the local
-/// emulator's CA), the usual web roots otherwise.
+/// A client for `redis_url()`: trusts the CA in `SSL_CERT_FILE` when it is set (a local
+/// emulator's, the same variable the identity side's HTTPS honours), the usual web roots
+/// otherwise.
 pub(crate) fn redis_client() -> Result<redis::Client, Box<dyn std::error::Error>> {
     let url = redis_url()?;
-    match std::env::var("ENTRAID_EMULATOR_CA_FILE") {
+    match std::env::var("SSL_CERT_FILE") {
         Ok(path) => {
-            let root_cert =
-                std::fs::read(&path).map_err(|e| format!("cannot read ENTRAID_EMULATOR_CA_FILE {path}: {e}"))?;
+            let root_cert = std::fs::read(&path).map_err(|e| format!("cannot read SSL_CERT_FILE {path}: {e}"))?;
             Ok(redis::Client::build_with_tls(
                 url,
                 redis::TlsCertificates {

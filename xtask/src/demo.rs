@@ -190,9 +190,16 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
 
 /// Runs one example with the emulator's environment and `--duration`.
 fn run_example(target: &Path, name: &str, duration: u64, env: &[(String, String)]) -> Result<(), String> {
+    // The emulator's CA is trusted the standard way, through SSL_CERT_FILE: the library
+    // knows nothing of the emulator.
+    let ca_file = env
+        .iter()
+        .find(|(k, _)| k == "ENTRAID_EMULATOR_CA_FILE")
+        .map(|(_, v)| v.as_str());
     let status = Command::new(target.join("debug").join("examples").join(name))
         .args(["--duration", &duration.to_string()])
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(ca_file.map(|path| ("SSL_CERT_FILE", path)))
         .status()
         .map_err(|e| format!("cannot run examples/{name}: {e}"))?;
     if status.success() {

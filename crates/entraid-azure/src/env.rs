@@ -60,8 +60,13 @@ impl AzureIdentityProvider {
     /// 4. else a managed identity: user-assigned when `AZURE_CLIENT_ID` is set, else
     ///    system-assigned.
     ///
-    /// `AZURE_AUTHORITY_HOST` replaces `https://login.microsoftonline.com`. With
-    /// `ENTRAID_EMULATOR_CA_FILE` (printed by `entraid-emulator`) that CA is trusted too.
+    /// `AZURE_AUTHORITY_HOST` replaces `https://login.microsoftonline.com`.
+    ///
+    /// TLS trust is the platform's: nothing here widens it. To trust a private CA (a
+    /// local emulator, a TLS-inspecting proxy), set `SSL_CERT_FILE` to its PEM file, the
+    /// standard variable the default HTTPS transport honours on Linux (it then trusts
+    /// that file instead of the system store), or call
+    /// [`with_root_certificate_pem`](Self::with_root_certificate_pem) in code.
     pub fn from_env_with(env: &dyn EnvLookup) -> Result<Self, AzureConfigError> {
         const TENANT_HINT: &str = "the directory (tenant) id of the service principal";
         const CLIENT_HINT: &str = "the application (client) id of the service principal";
@@ -88,25 +93,14 @@ impl AzureIdentityProvider {
             };
             AzureIdentityProvider::managed_identity(id)?
         };
-        let provider = match get(env, "AZURE_AUTHORITY_HOST") {
-            Some(host) => provider.with_authority_host(&host)?,
-            None => provider,
-        };
-        Ok(match get(env, "ENTRAID_EMULATOR_CA_FILE") {
-            Some(path) => {
-                let pem = std::fs::read_to_string(&path).map_err(|e| AzureConfigError::UnreadableFile {
-                    what: "emulator CA certificate (ENTRAID_EMULATOR_CA_FILE)",
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                provider.with_root_certificate_pem(&pem)?
-            }
-            None => provider,
-        })
+        match get(env, "AZURE_AUTHORITY_HOST") {
+            Some(host) => provider.with_authority_host(&host),
+            None => Ok(provider),
+        }
     }
 
-    /// Also trusts this CA (PEM) for HTTPS to the identity endpoints: for the local
-    /// `entraid-emulator`, or a TLS-inspecting proxy. Replaces the HTTP transport of the
+    /// Also trusts this CA (PEM) for HTTPS to the identity endpoints: for a local
+    /// emulator, or a TLS-inspecting proxy. Only ever on the caller's explicit request. Replaces the HTTP transport of the
     /// client options; set other client options first.
     pub fn with_root_certificate_pem(self, pem: &str) -> Result<Self, AzureConfigError> {
         let bad = |e: reqwest::Error| AzureConfigError::Certificate {

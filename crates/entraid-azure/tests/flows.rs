@@ -727,6 +727,16 @@ async fn from_env_honours_the_authority_host() {
         format!("https://login.emulator.test{TOKEN_PATH}")
     );
 
+    // A development tool's variable never widens TLS trust: the library does not read it
+    // (an unreadable path would have been an error if it did).
+    let provider = AzureIdentityProvider::from_env_with(&env_of(&[
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_ID", CLIENT),
+        ("AZURE_CLIENT_SECRET", SECRET),
+        ("ENTRAID_EMULATOR_CA_FILE", "/nonexistent/emulator-ca.pem"),
+    ]));
+    assert!(provider.is_ok(), "{provider:?}");
+
     let http = AzureIdentityProvider::client_secret(TENANT, CLIENT, SECRET)
         .unwrap()
         .with_authority_host("http://x");

@@ -36,8 +36,15 @@ pub const DEFAULT_REAUTH_SPREAD: Duration = Duration::from_secs(5);
 /// `cluster::ClusterClientBuilder::set_credentials_provider`.
 ///
 /// One identity-provider request per refresh serves every connection. Each connection
-/// gets the current token at once when it connects, then every renewal; errors reach it
-/// as error items and never end its stream.
+/// gets the current token at once when it connects, then every renewal. A connection
+/// with no credentials yet gets the reason as an error item; later refresh failures are
+/// logged once by the token manager, not handed to every connection.
+///
+/// The redis crate's own connections send whatever the URL says: with `redis://` (plain
+/// TCP) the token crosses the network in clear, and nothing here can refuse it. Always
+/// use `rediss://` for Azure caches; this crate's own connection types
+/// ([`crate::aio::ConnectionManager`], [`crate::Connection`], [`crate::aio::PubSub`])
+/// refuse plain TCP to Azure cache hosts.
 #[derive(Clone)]
 pub struct EntraIdCredentialsProvider {
     shared: Arc<Shared>,
