@@ -30,7 +30,16 @@ pub(crate) enum Outcome {
     Transport {
         message: String,
     },
+    /// A success whose `expires_in` no real token has: refused before the SDK computes
+    /// an expiry from it (which panics past the year 9999).
+    AbsurdLifetime {
+        expires_in: Duration,
+    },
 }
+
+/// Longer than any token Entra or a managed-identity endpoint issues (hours, a day), and
+/// far below what date arithmetic can hold.
+pub(crate) const MAX_ANNOUNCED_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Records the outcome of the first attempt and refuses the others.
 #[derive(Debug, Default)]
@@ -114,9 +123,15 @@ impl Policy for SingleAttempt {
         };
         let code = u16::from(status);
         if status.is_success() {
-            self.record(Outcome::Success {
-                expires_in: expires_in(&bytes),
-            });
+            let expires_in = expires_in(&bytes);
+            if let Some(expires_in) = expires_in.filter(|d| *d > MAX_ANNOUNCED_LIFETIME) {
+                self.record(Outcome::AbsurdLifetime { expires_in });
+                return Err(azure_core::Error::with_message(
+                    ErrorKind::Other,
+                    "the token endpoint announced an impossible token lifetime",
+                ));
+            }
+            self.record(Outcome::Success { expires_in });
             return Ok(AsyncRawResponse::from_bytes(status, headers, bytes));
         }
         self.record(Outcome::Status {

@@ -38,6 +38,14 @@ pub(crate) fn classify(outcome: Option<Outcome>, sdk_error: &azure_core::Error, 
             ctx.principal
         ))
         .with_code("network"),
+        Some(Outcome::AbsurdLifetime { expires_in }) => IdentityError::permanent(format!(
+            "the token endpoint for {} announced a token lifetime of {} s, which no Entra ID token has; \
+             check that AZURE_AUTHORITY_HOST (or the managed identity endpoint) is the real one and that \
+             no proxy rewrites its responses",
+            ctx.principal,
+            expires_in.as_secs()
+        ))
+        .with_code("invalid_lifetime"),
         Some(Outcome::Success { .. }) | None => from_sdk_error(sdk_error, ctx),
     }
 }

@@ -398,7 +398,9 @@ impl AzureIdentityProvider {
         let expires_at = match outcome {
             Some(Outcome::Success {
                 expires_in: Some(expires_in),
-            }) => received_at + expires_in,
+            }) => received_at
+                .checked_add(expires_in)
+                .unwrap_or_else(|| SystemTime::from(access.expires_on)),
             _ => SystemTime::from(access.expires_on),
         };
         Ok(Token::new(claims.secret(), claims.username(), expires_at, received_at))

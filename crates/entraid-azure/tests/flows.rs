@@ -806,3 +806,24 @@ async fn a_users_credential_debug_never_reaches_errors_or_messages() {
     }
     assert!(error.to_string().contains("TokenCredential"), "{error}");
 }
+
+#[tokio::test]
+async fn an_absurd_expires_in_never_panics() {
+    for expires_in in [u64::MAX, u64::MAX / 2, i64::MAX as u64, 1 << 40, 400_000_000] {
+        let mut server = mockito::Server::new_async().await;
+        server
+            .mock("POST", TOKEN_PATH)
+            .with_body(entra_token_body(&access_token("oid-far"), expires_in))
+            .create_async()
+            .await;
+        let (provider, _) = secret_provider(&server);
+        // Inside a task, so a panic anywhere below (ours or the SDK's) fails this
+        // assertion with the value instead of aborting the test.
+        let outcome = tokio::spawn(async move { provider.request_token().await }).await;
+        let result = outcome.unwrap_or_else(|panic| panic!("expires_in {expires_in} panicked: {panic}"));
+        let error = result.expect_err("an impossible lifetime is refused");
+        assert!(!error.is_transient());
+        assert_eq!(error.code(), Some("invalid_lifetime"), "{error}");
+        assert!(error.to_string().contains(&expires_in.to_string()), "{error}");
+    }
+}
