@@ -88,3 +88,43 @@ async fn zero_spread_delivers_at_once_and_first_credentials_are_never_delayed() 
     stream.next().await.unwrap().unwrap();
     assert_eq!(before.elapsed(), Duration::ZERO);
 }
+
+/// Hands out a token late in its life first (a reconnect, a cached token: 10 s left of
+/// 600 s), then fresh ones.
+struct LateThenFresh(std::sync::atomic::AtomicU64);
+
+#[async_trait::async_trait]
+impl entraid_identity::IdentityProvider for LateThenFresh {
+    async fn request_token(&self) -> Result<entraid_identity::Token, entraid_identity::IdentityError> {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::SystemTime::now();
+        let (received, expires) = if n == 0 {
+            (now - Duration::from_secs(590), now + 10 * SEC)
+        } else {
+            (now, now + 600 * SEC)
+        };
+        Ok(entraid_identity::Token::new(
+            format!("secret-{n}"),
+            "oid-late",
+            expires,
+            received,
+        ))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_spread_bound_uses_what_the_first_token_has_left_not_its_lifetime() {
+    let mut credentials = EntraIdCredentialsProvider::new_with_identity_provider(LateThenFresh(Default::default()))
+        .with_reauth_spread(5 * SEC);
+    credentials.start_with_config(TokenManagerConfig::default());
+    credentials.token().await.unwrap();
+    // The token manager notices the first token is nearly spent (by the wall clock, at its
+    // first check) and renews it. Each connection's first token had 10 s left when it
+    // was handed over, so by then nothing is left to spread over: the renewal reaches
+    // every connection at once. Had the bound used the token's 600 s lifetime, up to 5 s.
+    let (_, times) = second_item_times(&credentials, 100).await;
+    let first = *times.iter().min().unwrap();
+    let last = *times.iter().max().unwrap();
+    assert!(first <= 10 * SEC, "renewed at the first wall-clock check: {first:?}");
+    assert_eq!(last - first, Duration::ZERO, "no spread past what the token had left");
+}
