@@ -503,3 +503,30 @@ fn with_replace_renewal_a_failed_takeover_is_retried_with_backoff_while_the_old_
     sm.handle_connected(now, new);
     assert_eq!(drain(&mut sm).0, vec![Out::Retire(old), Out::Use(new)]);
 }
+
+#[test]
+fn far_future_and_absurd_lifetimes_never_panic() {
+    for lifetime in [
+        Duration::MAX,
+        Duration::from_secs(u64::MAX / 4),
+        Duration::from_secs(1 << 40),
+    ] {
+        let mut clock = FakeClock::new();
+        let mut sm = machine();
+        let now = clock.now();
+        let expires_at = now
+            .checked_add(lifetime)
+            .unwrap_or(now + Duration::from_secs(10 * 365 * 24 * 3600));
+        sm.handle_token(now, expires_at, lifetime);
+        let (outputs, _) = drain(&mut sm);
+        let id = connect_id(&outputs);
+        sm.handle_connected(clock.advance(10 * MS), id);
+        let (_, next) = drain(&mut sm);
+        let next = next.expect("a deadline");
+        assert!(next > clock.now());
+        sm.handle_timeout(clock.set(next));
+        let generation = sm.handle_token(clock.now(), expires_at, lifetime);
+        let _ = generation;
+        drain(&mut sm);
+    }
+}

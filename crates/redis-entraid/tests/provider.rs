@@ -235,3 +235,19 @@ async fn a_failed_refresh_is_no_item_on_a_connection_that_has_credentials() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn far_future_tokens_never_panic_in_a_connection_stream() {
+    let scripted = ScriptedProvider::new("oid-far", [], Step::Token(Duration::from_secs(u64::MAX / 4)));
+    let mut provider = EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone());
+    provider.start(RetryConfig::default());
+    let mut stream = provider.subscribe();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.username(), "oid-far");
+    // Nothing is due for years: the stream just waits, without overflowing.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3600), stream.next())
+            .await
+            .is_err()
+    );
+}
