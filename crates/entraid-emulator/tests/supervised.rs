@@ -59,6 +59,22 @@ async fn a_server_stall_during_a_rotation_costs_no_command_after_it_and_no_cut()
         stats.reauthentications + stats.replacements >= 2,
         "rotations at 7 s and 14 s reached the connection: {stats:?}"
     );
+    // The provider's health figures say the same.
+    let status = provider.status();
+    eprintln!("stall: provider status {status:?}");
+    assert_eq!(status.connections.live, 1, "{status:?}");
+    assert_eq!(status.connections.retrying_auth, 0);
+    assert_eq!(status.connections.replaced, stats.replacements);
+    assert!(status.token.has_valid_token(std::time::SystemTime::now()));
+    assert_eq!(
+        status.token.username,
+        provider.current_token().map(|t| t.username().to_owned())
+    );
+    if stats.replacements == 0 {
+        assert_eq!(status.connections.reauthenticated_on_latest_renewal, 1, "{status:?}");
+    }
+    drop(manager);
+    tokio::task::yield_now().await;
     emulator.stop().await;
 }
 
@@ -75,8 +91,29 @@ async fn refused_reauthentications_replace_the_connection_before_its_token_expir
     emulator
         .set_faults(&serde_json::json!({"fail_reauth": 1_000_000}))
         .unwrap();
+    // Samples the provider's health while the AUTHs are refused.
+    let sampler = {
+        let provider = provider.clone();
+        tokio::spawn(async move {
+            let mut most_retrying = 0;
+            for _ in 0..280 {
+                most_retrying = most_retrying.max(provider.status().connections.retrying_auth);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            most_retrying
+        })
+    };
     let report = entraid_test_support::set_get_load(manager.clone(), 16, Duration::from_secs(14)).await;
     let stats = manager.stats();
+    let most_retrying = sampler.await.unwrap();
+    let status = provider.status();
+    eprintln!("refused AUTH: at most {most_retrying} retrying; provider status {status:?}");
+    assert!(most_retrying >= 1, "a refused AUTH shows as retrying");
+    assert_eq!(status.connections.replaced, stats.replacements);
+    assert_eq!(
+        status.connections.reauthenticated_on_latest_renewal, 0,
+        "every AUTH was refused"
+    );
     eprintln!(
         "refused AUTH: {} ok, {} failed, manager {stats:?}, emulator {}",
         report.ok,

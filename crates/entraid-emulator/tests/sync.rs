@@ -111,6 +111,15 @@ fn a_busy_sync_connection_reauthenticates_at_every_rotation_without_a_cut() {
         "rotations at 2.8 s, 5.6 s, 8.4 s"
     );
     assert_eq!(harness.stat("authentications"), 1, "one connection all along");
+    let status = provider.status();
+    assert_eq!(status.connections.live, 1, "{status:?}");
+    assert_eq!(status.connections.reauthenticated_on_latest_renewal, 1, "{status:?}");
+    drop(connection);
+    assert_eq!(
+        provider.status().connections.live,
+        0,
+        "a dropped connection is no longer counted"
+    );
 }
 
 #[test]
@@ -127,6 +136,9 @@ fn refused_reauthentications_replace_a_sync_connection_before_its_token_expires(
     assert_eq!(failed, 0, "{errors:?}");
     assert_eq!(harness.stat("cut_connections"), 0);
     assert!(harness.stat("authentications") >= 3, "replaced at each rotation");
+    let status = provider.status();
+    assert!(status.connections.replaced >= 2, "{status:?}");
+    assert_eq!(status.connections.live, 1, "{status:?}");
 }
 
 #[test]

@@ -344,3 +344,49 @@ fn a_manager_whose_runtime_shut_down_says_so_instead_of_ending_quietly() {
         assert!(manager.is_stopped() && !manager.lost_its_runtime());
     });
 }
+
+#[tokio::test(start_paused = true)]
+async fn status_tells_fine_retrying_and_stopped_apart_without_a_secret() {
+    use entraid_token_manager::RefreshOutcome;
+    let provider = ScriptedProvider::new(
+        "oid-status",
+        [Step::Token(600 * SEC)],
+        Step::Fail(IdentityError::transient("token endpoint down").with_code("http_503")),
+    );
+    let manager = TokenManager::start(provider.clone(), config()).unwrap();
+    let status = manager.status();
+    assert!(status.running && status.username.is_none());
+
+    let token = manager.token().await.unwrap();
+    let status = manager.status();
+    assert_eq!(status.username.as_deref(), Some("oid-status"));
+    assert_eq!(status.expires_at, Some(token.expires_at()));
+    assert_eq!(status.received_at, Some(token.received_at()));
+    assert!(matches!(status.last_outcome, Some(RefreshOutcome::Renewed { .. })));
+    assert_eq!(status.consecutive_failures, 0);
+    assert!(status.has_valid_token(std::time::SystemTime::now()));
+    // The refresh is due after 420 s (70 % of 600 s).
+    let next = status.next_attempt_at.unwrap();
+    assert_eq!(next - status.last_outcome.as_ref().unwrap().at(), 420 * SEC);
+    let text = format!("{status:?}");
+    assert!(!text.contains(token.secret()), "no secret in {text}");
+
+    // The refresh fails twice: retrying, with the error's code.
+    run_for(420 * SEC + 2 * SEC).await;
+    let status = manager.status();
+    assert!(status.consecutive_failures >= 2, "{status:?}");
+    match &status.last_outcome {
+        Some(RefreshOutcome::Failed { error, .. }) => assert_eq!(error.code(), Some("http_503")),
+        other => panic!("{other:?}"),
+    }
+    assert!(status.next_attempt_at.is_some());
+    assert_eq!(
+        status.username.as_deref(),
+        Some("oid-status"),
+        "the old token is still valid"
+    );
+
+    manager.stop();
+    tokio::task::yield_now().await;
+    assert!(!manager.status().running);
+}

@@ -26,6 +26,7 @@ use crate::config::{ConfigError, TokenManagerConfig};
 use crate::error::TokenManagerError;
 use crate::snapshot::Snapshot;
 use crate::state_machine::{Output, RequestId, TokenStateMachine};
+use crate::status::TokenStatus;
 
 /// Keeps a token fresh on a background thread; the blocking twin of
 /// [`crate::TokenManager`].
@@ -76,6 +77,8 @@ struct Shared {
 struct Published {
     seq: u64,
     snapshot: Snapshot,
+    /// Written after every event, read by [`TokenManager::status`].
+    status: TokenStatus,
 }
 
 enum Message {
@@ -136,6 +139,7 @@ impl TokenManager {
             state: Mutex::new(Published {
                 seq: 0,
                 snapshot: Snapshot::initial(),
+                status: TokenStatus::default(),
             }),
             changed: Condvar::new(),
         });
@@ -192,6 +196,14 @@ impl TokenManager {
     /// Stops the manager thread.
     pub fn stop(&self) {
         let _ = self.inner.messages.send(Message::Stop);
+    }
+
+    /// Health at a glance; see [`TokenStatus`]. Cheap: no allocation per connection.
+    pub fn status(&self) -> TokenStatus {
+        let published = self.inner.shared.lock();
+        let mut status = published.status.clone();
+        status.running = !published.snapshot.is_stopped();
+        status
     }
 }
 
@@ -265,6 +277,7 @@ impl<P: IdentityProvider> Driver<P> {
                     output => self.shared.publish(|snapshot| snapshot.apply(output)),
                 }
             };
+            self.shared.lock().status = self.machine.status();
             let message = match deadline {
                 Some(at) => inbox.recv_timeout(at.saturating_duration_since(Instant::now())),
                 None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),

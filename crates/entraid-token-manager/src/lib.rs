@@ -42,6 +42,7 @@ mod error;
 mod jitter;
 mod snapshot;
 mod state_machine;
+mod status;
 #[cfg(feature = "tokio")]
 mod tokio_driver;
 
@@ -54,5 +55,6 @@ pub use error::TokenManagerError;
 pub use state_machine::{
     Output, RETRY_AFTER_CAP, RefreshFailure, RequestId, TokenStateMachine, WALL_CLOCK_CHECK_INTERVAL,
 };
+pub use status::{RefreshOutcome, TokenStatus};
 #[cfg(feature = "tokio")]
 pub use tokio_driver::{TokenManager, TokenStream};

@@ -8,6 +8,7 @@ use entraid_identity::{IdentityError, Token};
 
 use crate::config::{ConfigError, TokenManagerConfig};
 use crate::jitter::Jitter;
+use crate::status::{RefreshOutcome, TokenStatus};
 
 /// Identifies one token request, so that a late or superseded response is recognised
 /// and ignored.
@@ -181,6 +182,8 @@ pub struct TokenStateMachine {
     outputs: VecDeque<Output>,
     /// When the driver last fed the wall clock; `None` if it never does.
     wall_clock_checked_at: Option<Instant>,
+    /// How the latest request ended, for [`status`](Self::status).
+    last_outcome: Option<RefreshOutcome>,
 }
 
 impl TokenStateMachine {
@@ -208,6 +211,7 @@ impl TokenStateMachine {
             next_request_id: 0,
             outputs: VecDeque::new(),
             wall_clock_checked_at: None,
+            last_outcome: None,
         })
     }
 
@@ -326,6 +330,23 @@ impl TokenStateMachine {
         self.current.as_ref().map(|c| c.expires_at)
     }
 
+    /// Health at a glance: the current token's username and expiry (never its secret),
+    /// how the latest request ended, failures in a row, and when the next attempt is due.
+    /// `running` is left `true`: only a driver knows when it stopped.
+    pub fn status(&self) -> TokenStatus {
+        let token = self.current.as_ref().map(|c| &c.token);
+        TokenStatus {
+            username: token.map(|t| t.username().to_owned()),
+            expires_at: token.map(|t| t.expires_at()),
+            received_at: token.map(|t| t.received_at()),
+            last_outcome: self.last_outcome.clone(),
+            consecutive_failures: self.consecutive_failures,
+            request_in_flight: self.in_flight.is_some(),
+            next_attempt_at: self.in_flight.as_ref().map(|f| f.deadline).or(self.next_request_at),
+            running: true,
+        }
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &TokenManagerConfig {
         &self.config
@@ -399,6 +420,7 @@ impl TokenStateMachine {
             return self.on_failure(now, error);
         }
         self.consecutive_failures = 0;
+        self.last_outcome = Some(RefreshOutcome::Renewed { at: now });
         let refresh_in = self.config.refresh_delay(lifetime);
         self.next_request_at = Some(later(now, refresh_in));
         let expires_at = later(now, lifetime);
@@ -428,6 +450,10 @@ impl TokenStateMachine {
 
     fn on_failure(&mut self, now: Instant, error: IdentityError) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        self.last_outcome = Some(RefreshOutcome::Failed {
+            at: now,
+            error: error.clone(),
+        });
         let attempts = self.consecutive_failures;
         let policy = &self.config.retry;
         let retryable = policy.is_retryable.check(&error);

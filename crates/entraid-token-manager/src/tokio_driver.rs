@@ -16,6 +16,7 @@ use crate::config::{ConfigError, TokenManagerConfig};
 use crate::error::TokenManagerError;
 use crate::snapshot::Snapshot;
 use crate::state_machine::{Output, RequestId, TokenStateMachine};
+use crate::status::TokenStatus;
 
 /// Keeps a token fresh in a background tokio task and hands it to everyone who asks.
 ///
@@ -51,6 +52,8 @@ pub struct TokenManager {
 
 struct Inner {
     snapshot: watch::Receiver<Snapshot>,
+    /// Written by the task after every event, read by [`TokenManager::status`].
+    status: Arc<Mutex<TokenStatus>>,
     /// Sending, or dropping with the last clone, stops the task.
     stop: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -93,17 +96,20 @@ impl TokenManager {
     ) -> TokenManager {
         let (publish, snapshot) = watch::channel(Snapshot::initial());
         let (stop_tx, stop_rx) = oneshot::channel();
+        let status = Arc::new(Mutex::new(TokenStatus::default()));
         runtime.spawn(
             Driver {
                 provider,
                 machine,
                 publish,
+                status: status.clone(),
             }
             .run(stop_rx),
         );
         TokenManager {
             inner: Arc::new(Inner {
                 snapshot,
+                status,
                 stop: Mutex::new(Some(stop_tx)),
             }),
         }
@@ -164,6 +170,15 @@ impl TokenManager {
         if let Some(sender) = sender {
             let _ = sender.send(());
         }
+    }
+
+    /// Health at a glance: the current token's username and expiry (never its secret),
+    /// the latest request's outcome and error, failures in a row, when the next attempt
+    /// is due, and whether the manager still runs. Cheap: no allocation per connection.
+    pub fn status(&self) -> TokenStatus {
+        let mut status = self.inner.status.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        status.running = !self.is_stopped();
+        status
     }
 
     /// Whether the background task has stopped (by [`stop`](Self::stop), or because its
@@ -239,6 +254,7 @@ struct Driver<P> {
     provider: Arc<P>,
     machine: TokenStateMachine,
     publish: watch::Sender<Snapshot>,
+    status: Arc<Mutex<TokenStatus>>,
 }
 
 enum Wake {
@@ -263,6 +279,7 @@ impl<P: IdentityProvider> Driver<P> {
                     }
                 }
             };
+            *self.status.lock().unwrap_or_else(PoisonError::into_inner) = self.machine.status();
             // A request the machine gave up on (timed out) is dropped, not awaited.
             if pending
                 .as_ref()

@@ -12,6 +12,7 @@ use entraid_token_manager::{
 use redis::{ErrorKind, RedisError, RedisResult, Value};
 
 use crate::EntraIdCredentialsProvider;
+use crate::health::GaugeShare;
 use crate::plaintext_check::refuse_plaintext_to_azure;
 use crate::provider::ManagerHandle;
 use crate::token_feed::{TokenFeed, no_token_error, state_machine};
@@ -106,6 +107,10 @@ pub struct Connection {
     manager: TokenManager,
     /// The provider, for a restarted manager if `manager`'s runtime shut down.
     provider: ManagerHandle,
+    /// This connection's share of the provider's connection figures.
+    health: GaugeShare,
+    /// Whether the last re-authentication `AUTH` failed (retried before later commands).
+    retrying: bool,
     machine: ConnectionStateMachine,
     feed: TokenFeed,
     connections: HashMap<ConnectionId, redis::Connection>,
@@ -113,6 +118,12 @@ pub struct Connection {
     connect_error: Option<RedisError>,
     token_error: Option<TokenManagerError>,
     db: i64,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.health.release(self.provider.health());
+    }
 }
 
 impl fmt::Debug for Connection {
@@ -160,6 +171,8 @@ impl Connection {
             client,
             manager,
             provider: provider.manager_handle(),
+            health: GaugeShare::default(),
+            retrying: false,
             machine,
             feed: TokenFeed::default(),
             connections: HashMap::new(),
@@ -218,6 +231,9 @@ impl Connection {
                     generation,
                     timeout,
                 } => {
+                    if self.machine.is_behind() {
+                        self.provider.health().replaced();
+                    }
                     let opened = match self.feed.get(generation) {
                         Some(token) => self.open(token, timeout),
                         None => Err(RedisError::from((ErrorKind::Client, "no token to connect with"))),
@@ -256,8 +272,13 @@ impl Connection {
                             self.machine.handle_connection_lost(Instant::now(), id);
                         }
                         result => {
-                            if let Err(error) = &result {
-                                tracing::warn!(connection = %id, %error, "re-authentication failed; retrying");
+                            self.retrying = result.is_err();
+                            match (&result, self.feed.get(generation)) {
+                                (Ok(()), Some(token)) => self.provider.health().reauthenticated(token),
+                                (Ok(()), None) => {}
+                                (Err(error), _) => {
+                                    tracing::warn!(connection = %id, %error, "re-authentication failed; retrying");
+                                }
                             }
                             self.machine
                                 .handle_auth_result(Instant::now(), id, generation, result.is_ok());
@@ -268,7 +289,15 @@ impl Connection {
                     // No command is in flight between two calls: closing is immediate.
                     self.connections.remove(&id);
                 }
-                ConnectionOutput::Timeout(_) | ConnectionOutput::Idle => return,
+                ConnectionOutput::Timeout(_) | ConnectionOutput::Idle => {
+                    self.retrying &= !self.connections.is_empty();
+                    self.health.set(
+                        self.provider.health(),
+                        self.connections.len(),
+                        usize::from(self.retrying),
+                    );
+                    return;
+                }
                 ConnectionOutput::Use(_) | _ => {}
             }
         }

@@ -4,8 +4,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -80,17 +79,10 @@ pub(crate) struct CredentialsStream {
     /// A renewal was handed out and the stream was not polled since: if it is dropped
     /// now, the redis crate's re-auth task ended on that renewal's `AUTH`.
     renewal_unacknowledged: bool,
-    /// The provider's count of connections whose re-authentication ended.
-    lost: Arc<AtomicU64>,
 }
 
 impl CredentialsStream {
-    pub(crate) fn new(
-        tokens: TokenStream,
-        manager: ManagerHandle,
-        spread: Spread,
-        lost: Arc<AtomicU64>,
-    ) -> CredentialsStream {
+    pub(crate) fn new(tokens: TokenStream, manager: ManagerHandle, spread: Spread) -> CredentialsStream {
         CredentialsStream {
             tokens,
             manager,
@@ -99,7 +91,6 @@ impl CredentialsStream {
             replaced_expiry: None,
             delayed: None,
             renewal_unacknowledged: false,
-            lost,
         }
     }
 
@@ -114,7 +105,10 @@ impl Drop for CredentialsStream {
         if !self.renewal_unacknowledged {
             return;
         }
-        self.lost.fetch_add(1, Ordering::Relaxed);
+        self.manager
+            .health()
+            .lost_reauthentications
+            .fetch_add(1, Ordering::Relaxed);
         let cut_in_s = self
             .replaced_expiry
             .map(|at| at.saturating_duration_since(Instant::now()).as_secs());

@@ -48,6 +48,7 @@ mod readme {}
 pub mod aio;
 mod connection;
 mod credentials_stream;
+mod health;
 mod plaintext_check;
 mod provider;
 #[cfg(feature = "r2d2")]
@@ -58,10 +59,11 @@ mod token_feed;
 #[cfg(feature = "azure")]
 pub use azure::ClientCertificate;
 pub use connection::{Connection, ConnectionConfig};
+pub use health::{ConnectionsStatus, ProviderStatus};
 pub use provider::{DEFAULT_REAUTH_SPREAD, EntraIdCredentialsProvider};
 pub use retry_config::RetryConfig;
 
 #[cfg(feature = "azure")]
 pub use entraid_azure::{AzureIdentityProvider, ManagedIdentityId};
 pub use entraid_identity::{IdentityError, IdentityProvider, Token};
-pub use entraid_token_manager::{ConnectionPolicy, RetryPolicy, TokenManagerConfig};
+pub use entraid_token_manager::{ConnectionPolicy, RefreshOutcome, RetryPolicy, TokenManagerConfig, TokenStatus};

@@ -8,13 +8,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use entraid_identity::{IdentityProvider, Token};
-use entraid_token_manager::{ConfigError, TokenManager, TokenManagerConfig, TokenManagerError, TokenStream};
+use entraid_token_manager::{
+    ConfigError, TokenManager, TokenManagerConfig, TokenManagerError, TokenStatus, TokenStream,
+};
 use futures_core::Stream;
 use redis::auth::{BasicAuth, StreamingCredentialsProvider};
 use redis::{ErrorKind, RedisError, RedisResult};
 
 use crate::RetryConfig;
 use crate::credentials_stream::{CredentialsStream, Spread};
+use crate::health::{ConnectionHealth, ProviderStatus};
 
 /// How long a renewal may wait, at most, before it is sent to a connection, by default.
 /// Each connection draws its own delay in `[0, spread)`, so a rotation does not hit the
@@ -57,9 +60,8 @@ struct Shared {
     /// Per-process random keys: each connection's spread delay is a hash of its id.
     random: RandomState,
     next_stream: AtomicU64,
-    /// Connections whose redis-crate re-authentication task ended (see
-    /// `lost_reauthentications`).
-    lost_reauthentications: Arc<AtomicU64>,
+    /// What the connections report (see `status`).
+    health: Arc<ConnectionHealth>,
 }
 
 enum State {
@@ -81,7 +83,7 @@ impl EntraIdCredentialsProvider {
                 state: Mutex::new(State::NotStarted),
                 random: RandomState::new(),
                 next_stream: AtomicU64::new(0),
-                lost_reauthentications: Arc::new(AtomicU64::new(0)),
+                health: Arc::default(),
             }),
             reauth_spread: DEFAULT_REAUTH_SPREAD,
         }
@@ -146,7 +148,33 @@ impl EntraIdCredentialsProvider {
     /// expires. Each is also logged once at `error`. [`crate::aio::ConnectionManager`]
     /// retries instead, and replaces a connection before its token expires.
     pub fn lost_reauthentications(&self) -> u64 {
-        self.shared.lost_reauthentications.load(Ordering::Relaxed)
+        self.shared.health.lost_reauthentications.load(Ordering::Relaxed)
+    }
+
+    /// Health at a glance, for health checks and dashboards: the token manager's status
+    /// (the current token's username and expiry, never the secret; the latest refresh
+    /// outcome and error; failures in a row; when the next attempt is due) and the
+    /// connections' figures (live, re-authenticated on the latest renewal, retrying a
+    /// failed `AUTH`, replaced, lost on the redis crate's own paths). Cheap: nothing is
+    /// visited per connection. `Debug` shows no secret.
+    ///
+    /// ```
+    /// # async fn f(provider: redis_entraid::EntraIdCredentialsProvider) {
+    /// let status = provider.status();
+    /// if !status.token.has_valid_token(std::time::SystemTime::now()) {
+    ///     eprintln!("no valid Entra ID token: {:?}", status.token.last_outcome);
+    /// }
+    /// # }
+    /// ```
+    pub fn status(&self) -> ProviderStatus {
+        let token = match &*self.shared.lock() {
+            State::Running(manager, _) => manager.status(),
+            State::NotStarted | State::Invalid(_) => TokenStatus::default(),
+        };
+        ProviderStatus {
+            token,
+            connections: self.shared.health.snapshot(),
+        }
     }
 
     /// Stops refreshing tokens for every clone; connections then keep their current token
@@ -186,6 +214,11 @@ impl ManagerHandle {
     /// [`TokenManagerError::RuntimeShutDown`]; `None` if the manager was stopped.
     pub(crate) fn resubscribe(&self) -> Option<TokenStream> {
         self.restarted_manager().map(|manager| manager.subscribe())
+    }
+
+    /// The figures every connection of this provider reports into.
+    pub(crate) fn health(&self) -> &Arc<ConnectionHealth> {
+        &self.0.health
     }
 
     /// The provider's running manager, started again if its runtime shut down; `None` if
@@ -302,7 +335,6 @@ impl StreamingCredentialsProvider for EntraIdCredentialsProvider {
                     manager.subscribe(),
                     self.manager_handle(),
                     spread,
-                    self.shared.lost_reauthentications.clone(),
                 ))
             }
             Err(error) => Box::pin(tokio_stream::once(Err(invalid_config(error)))),

@@ -21,6 +21,7 @@ use tokio::sync::{Notify, watch};
 
 use super::supervision::{BoxFuture, IdMap, LostReports, PendingAuth, next_token, now, sleep_until, wait_pending};
 use crate::EntraIdCredentialsProvider;
+use crate::health::GaugeShare;
 use crate::plaintext_check::refuse_plaintext_to_azure;
 use crate::provider::ManagerHandle;
 use crate::token_feed::{TokenFeed, no_token_error, state_machine};
@@ -382,6 +383,8 @@ impl ConnectionManager {
             slot: slot_tx,
             shared: shared.clone(),
             replacing: false,
+            retrying: None,
+            health: GaugeShare::default(),
         };
         // Fed before the task starts, so callers never see "no token" at the start.
         supervisor.feed.offer(&mut supervisor.machine, now(), first_token);
@@ -590,6 +593,10 @@ struct Supervisor {
     shared: Arc<SharedState>,
     /// The connection being opened replaces one that could not re-authenticate.
     replacing: bool,
+    /// The connection whose last re-authentication failed (retried meanwhile).
+    retrying: Option<ConnectionId>,
+    /// This manager's share of the provider's connection figures.
+    health: GaugeShare,
 }
 
 impl Supervisor {
@@ -641,9 +648,16 @@ impl Supervisor {
                 }
                 Wake::Auth(id, generation, result) => {
                     self.pending_auth = None;
+                    self.retrying = self.retrying.filter(|r| *r != id);
                     match &result {
-                        Ok(()) => Counters::bump(&self.shared.counters.reauthentications),
+                        Ok(()) => {
+                            Counters::bump(&self.shared.counters.reauthentications);
+                            if let Some(token) = self.feed.get(generation) {
+                                self.manager.health().reauthenticated(token);
+                            }
+                        }
                         Err(error) => {
+                            self.retrying = Some(id);
                             Counters::bump(&self.shared.counters.failed_auths);
                             tracing::warn!(connection = %id, %error, "re-authentication failed; retrying");
                         }
@@ -684,6 +698,7 @@ impl Supervisor {
                     self.replacing = self.machine.is_behind();
                     if self.replacing {
                         Counters::bump(&self.shared.counters.replacements);
+                        self.manager.health().replaced();
                     }
                     match self.feed.get(generation).cloned() {
                         Some(token) => self.pending_connect = Some((id, self.open(id, &token, timeout))),
@@ -813,6 +828,10 @@ impl Supervisor {
 
     /// Tells commands where to go, when that changed.
     fn publish(&mut self) {
+        let connections = &self.connections;
+        self.retrying = self.retrying.filter(|id| connections.get(id).is_some());
+        let retrying = usize::from(self.retrying.is_some());
+        self.health.set(self.manager.health(), self.connections.len(), retrying);
         let slot = match self.machine.availability() {
             Availability::Connected(id) => match self.connections.get(&id) {
                 Some(connection) => Slot::Ready(Live {
@@ -855,6 +874,7 @@ impl Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
+        self.health.release(self.manager.health());
         self.slot.send_replace(Slot::Stopped);
         for id in self.connections.ids().chain(self.retired.iter().copied()) {
             self.shared.closures.close(id);

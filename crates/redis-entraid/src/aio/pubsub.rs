@@ -29,6 +29,7 @@ use tokio_stream::{Stream, StreamExt};
 use super::delivery::Delivery;
 use super::supervision::{BoxFuture, IdMap, LostReports, PendingAuth, next_token, now, sleep_until, wait_pending};
 use crate::EntraIdCredentialsProvider;
+use crate::health::GaugeShare;
 use crate::plaintext_check::refuse_plaintext_to_azure;
 use crate::provider::ManagerHandle;
 use crate::token_feed::{TokenFeed, no_token_error, state_machine};
@@ -475,6 +476,8 @@ impl PubSub {
             live: live_tx,
             shared: shared.clone(),
             swapping: false,
+            retrying: None,
+            health: GaugeShare::default(),
         };
         supervisor.feed.offer(&mut supervisor.machine, now(), first_token);
         let supervisor = runtime.spawn(supervisor.run());
@@ -730,6 +733,10 @@ struct Supervisor {
     shared: Arc<Shared>,
     /// The connection being opened takes over from a live one.
     swapping: bool,
+    /// The connection whose last re-authentication failed (retried meanwhile).
+    retrying: Option<ConnectionId>,
+    /// This subscriber's share of the provider's connection figures.
+    health: GaugeShare,
 }
 
 impl Supervisor {
@@ -785,9 +792,16 @@ impl Supervisor {
                 }
                 Wake::Auth(id, generation, result) => {
                     self.pending_auth = None;
+                    self.retrying = self.retrying.filter(|r| *r != id);
                     match &result {
-                        Ok(()) => bump(&self.shared.counters.reauthentications),
+                        Ok(()) => {
+                            bump(&self.shared.counters.reauthentications);
+                            if let Some(token) = self.feed.get(generation) {
+                                self.manager.health().reauthenticated(token);
+                            }
+                        }
                         Err(error) => {
+                            self.retrying = Some(id);
                             bump(&self.shared.counters.failed_auths);
                             tracing::warn!(connection = %id, %error, "re-authentication failed; retrying");
                         }
@@ -847,6 +861,10 @@ impl Supervisor {
                     self.swapping = self.machine.is_behind();
                     if self.swapping {
                         bump(&self.shared.counters.swaps);
+                        // On RESP2 every renewal swaps; only a RESP3 swap is a replacement.
+                        if self.resp3 {
+                            self.manager.health().replaced();
+                        }
                     }
                     match self.feed.get(generation).cloned() {
                         Some(token) => self.pending_connect = Some((id, self.open(id, &token, timeout))),
@@ -993,6 +1011,11 @@ impl Supervisor {
 
     /// Tells subscription changes whether a connection is in use, when that changed.
     fn publish(&mut self) {
+        let connections = &self.connections;
+        self.retrying = self.retrying.filter(|id| connections.get(id).is_some());
+        let retrying = usize::from(self.retrying.is_some());
+        let live = self.connections.len() + self.draining.len();
+        self.health.set(self.manager.health(), live, retrying);
         let state = match self.machine.availability() {
             Availability::Connected(_) => LiveState::Live,
             Availability::Connecting => LiveState::Connecting,
@@ -1023,6 +1046,7 @@ impl Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
+        self.health.release(self.manager.health());
         self.live.send_replace(LiveState::Stopped);
     }
 }

@@ -39,6 +39,10 @@ impl<V> IdMap<V> {
         Some(self.0.swap_remove(at).1)
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub(crate) fn get(&self, id: &ConnectionId) -> Option<&V> {
         self.0.iter().find(|(i, _)| i == id).map(|(_, v)| v)
     }
