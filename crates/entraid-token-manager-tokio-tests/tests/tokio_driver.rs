@@ -375,6 +375,8 @@ async fn status_tells_fine_retrying_and_stopped_apart_without_a_secret() {
     run_for(420 * SEC + 2 * SEC).await;
     let status = manager.status();
     assert!(status.consecutive_failures >= 2, "{status:?}");
+    assert_eq!(status.successful_requests, 1);
+    assert_eq!(status.failed_requests, u64::from(status.consecutive_failures));
     match &status.last_outcome {
         Some(RefreshOutcome::Failed { error, .. }) => assert_eq!(error.code(), Some("http_503")),
         other => panic!("{other:?}"),

@@ -184,6 +184,9 @@ pub struct TokenStateMachine {
     wall_clock_checked_at: Option<Instant>,
     /// How the latest request ended, for [`status`](Self::status).
     last_outcome: Option<RefreshOutcome>,
+    /// Requests that succeeded and failed since start, for [`status`](Self::status).
+    successful_requests: u64,
+    failed_requests: u64,
 }
 
 impl TokenStateMachine {
@@ -212,6 +215,8 @@ impl TokenStateMachine {
             outputs: VecDeque::new(),
             wall_clock_checked_at: None,
             last_outcome: None,
+            successful_requests: 0,
+            failed_requests: 0,
         })
     }
 
@@ -341,6 +346,8 @@ impl TokenStateMachine {
             received_at: token.map(|t| t.received_at()),
             last_outcome: self.last_outcome.clone(),
             consecutive_failures: self.consecutive_failures,
+            successful_requests: self.successful_requests,
+            failed_requests: self.failed_requests,
             request_in_flight: self.in_flight.is_some(),
             next_attempt_at: self.in_flight.as_ref().map(|f| f.deadline).or(self.next_request_at),
             running: true,
@@ -421,6 +428,7 @@ impl TokenStateMachine {
         }
         self.consecutive_failures = 0;
         self.last_outcome = Some(RefreshOutcome::Renewed { at: now });
+        self.successful_requests += 1;
         let refresh_in = self.config.refresh_delay(lifetime);
         self.next_request_at = Some(later(now, refresh_in));
         let expires_at = later(now, lifetime);
@@ -454,6 +462,7 @@ impl TokenStateMachine {
             at: now,
             error: error.clone(),
         });
+        self.failed_requests += 1;
         let attempts = self.consecutive_failures;
         let policy = &self.config.retry;
         let retryable = policy.is_retryable.check(&error);

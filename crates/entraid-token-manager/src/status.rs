@@ -22,6 +22,10 @@ pub struct TokenStatus {
     pub last_outcome: Option<RefreshOutcome>,
     /// Failed requests since the last success.
     pub consecutive_failures: u32,
+    /// Requests that brought a token, since start.
+    pub successful_requests: u64,
+    /// Requests that failed or timed out, since start.
+    pub failed_requests: u64,
     /// Whether a request to the identity provider is under way.
     pub request_in_flight: bool,
     /// When the next request is due (or the one under way times out).

@@ -49,6 +49,8 @@ pub mod aio;
 mod connection;
 mod credentials_stream;
 mod health;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod plaintext_check;
 mod provider;
 #[cfg(feature = "r2d2")]

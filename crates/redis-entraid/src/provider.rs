@@ -192,6 +192,15 @@ impl EntraIdCredentialsProvider {
         self.shared.manager().map_err(invalid_config)
     }
 
+    /// A handle that does not keep the provider alive.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn downgrade(&self) -> WeakProvider {
+        WeakProvider {
+            shared: Arc::downgrade(&self.shared),
+            reauth_spread: self.reauth_spread,
+        }
+    }
+
     /// A connection's hold on this provider's token manager.
     pub(crate) fn manager_handle(&self) -> ManagerHandle {
         ManagerHandle(self.shared.clone())
@@ -200,6 +209,24 @@ impl EntraIdCredentialsProvider {
     /// The spread this provider's connections use for renewals.
     pub(crate) fn reauth_spread(&self) -> Duration {
         self.reauth_spread
+    }
+}
+
+/// A provider that may be gone: for observers, which must not keep it alive.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) struct WeakProvider {
+    shared: std::sync::Weak<Shared>,
+    reauth_spread: Duration,
+}
+
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+impl WeakProvider {
+    pub(crate) fn upgrade(&self) -> Option<EntraIdCredentialsProvider> {
+        Some(EntraIdCredentialsProvider {
+            shared: self.shared.upgrade()?,
+            reauth_spread: self.reauth_spread,
+        })
     }
 }
 
