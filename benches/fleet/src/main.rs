@@ -12,7 +12,7 @@ use entraid_fleet_sim::{chart, scenario};
 use entraid_token_manager::TokenManagerConfig;
 
 const USAGE: &str = "usage: simulate [--quick] [--processes N] [--nodes M] [--seed S] [--wave-window SECS]
-                [--entra-rate PER_S] [--refresh-ratio R] [--out DIR] [--only NAME]
+                [--entra-rate PER_S] [--refresh-ratio R] [--refresh-jitter J] [--out DIR] [--only NAME]
   --quick    400 processes on 20 nodes (the same 20 per node), for `cargo xtask test`
   defaults   10 000 processes on 500 nodes, seed 1, a 30 s wave, Entra 500 req/s, out target/simulate";
 
@@ -53,6 +53,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             }
             "--entra-rate" => fleet.entra_rate_per_second = number(value()?)? as usize,
             "--refresh-ratio" => fleet.manager.expiration_refresh_ratio = number(value()?)?,
+            "--refresh-jitter" => fleet.manager.refresh_jitter = number(value()?)?,
             "--out" => out = PathBuf::from(value()?),
             "--only" => only = Some(value()?.clone()),
             "-h" | "--help" => return Err(USAGE.to_owned()),

@@ -209,7 +209,7 @@ pub fn markdown(
     let m = &fleet.manager;
     let mut out = format!(
         "# Fleet simulation\n\n{} processes on {} nodes (seed {}), the real `TokenStateMachine` each, on one \
-         virtual clock. Token manager: refresh ratio {}, lower bound {} s, request timeout {} s, \
+         virtual clock. Token manager: refresh ratio {}, lower bound {} s, refresh jitter {}, request timeout {} s, \
          retries {} × from {} ms to {} s (jitter {}). IMDS per node: {} req/s, {} concurrent, 429 beyond; its cache \
          renews {} s before expiry. Entra: {} req/s tenant-wide, 429 with Retry-After 60 s beyond; service-principal \
          tokens 60–90 min.\n\n",
@@ -218,6 +218,7 @@ pub fn markdown(
         fleet.seed,
         m.expiration_refresh_ratio,
         m.lower_refresh_bound.as_secs(),
+        m.refresh_jitter,
         m.token_request_timeout.as_secs(),
         m.retry.max_attempts,
         m.retry.initial_delay.as_millis(),
@@ -314,6 +315,7 @@ pub fn json(fleet: &FleetConfig, summaries: &[Summary], goals: &[Goal]) -> Value
         "nodes": fleet.nodes,
         "seed": fleet.seed,
         "refresh_ratio": fleet.manager.expiration_refresh_ratio,
+        "refresh_jitter": fleet.manager.refresh_jitter,
         "entra_rate_per_second": fleet.entra_rate_per_second,
         "scenarios": scenarios,
         "goals": goals,
