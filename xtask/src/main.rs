@@ -14,8 +14,8 @@ use std::time::Instant;
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test    formatting, lints, layering, every test (doc tests included), every example,
-          and a 10-second demo
+  test    formatting, lints, layering, every test (doc tests included), a quick fleet
+          simulation, every example, and a 10-second demo
   demo    [--duration 60s] [--token-lifetime 20s]
           start the local Entra ID + Redis emulator and run examples/quickstart against it
           through TLS, with a status line each second; exit 0 only if nothing failed
@@ -116,6 +116,19 @@ fn test_steps() -> Vec<Step> {
         Step {
             name: "tests",
             run: cargo(&["test", "--workspace", "--all-features", "--quiet"]),
+        },
+        Step {
+            name: "simulate",
+            run: Box::new(|| {
+                let args = ["--quick".to_owned()];
+                match simulate::run(&args) {
+                    Ok(code) if code == ExitCode::SUCCESS => Ok(()),
+                    Ok(_) => {
+                        Err("the quick fleet simulation missed a goal (target/simulate/quick/report.md)".to_owned())
+                    }
+                    Err(message) => Err(message),
+                }
+            }),
         },
         Step {
             name: "examples",
