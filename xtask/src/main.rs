@@ -2,9 +2,11 @@
 //!
 //! - `cargo xtask test`: everything CI runs, in order, stopping at the first failure.
 //! - `cargo xtask demo`: the local Entra ID + Redis emulator and the quickstart against it.
+//! - `cargo xtask simulate`: a fleet of 10 000 token managers against IMDS and Entra models.
 
 mod bench;
 mod demo;
+mod simulate;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -12,14 +14,19 @@ use std::time::Instant;
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test    formatting, lints, layering, every test (doc tests included), every example,
-          and a 10-second demo
+  test    formatting, lints, layering, every test (doc tests included), a quick fleet
+          simulation, every example, and a 10-second demo
   demo    [--duration 60s] [--token-lifetime 20s]
           start the local Entra ID + Redis emulator and run examples/quickstart against it
           through TLS, with a status line each second; exit 0 only if nothing failed
   bench   [--quick]
           redis-entraid vs redis-rs entra-id, side by side, with the machine's floors;
-          writes target/bench/report.md and report.json (--quick: a smoke run)";
+          writes target/bench/report.md and report.json (--quick: a smoke run)
+  simulate [--quick] [--only SCENARIO] [--processes N] [--nodes M] [--seed S] ...
+          10 000 token state machines on 500 nodes against IMDS and Entra models, on a
+          virtual clock: deploy wave, steady day, outages, a slow endpoint; writes
+          target/simulate/report.md, report.json and a PNG per scenario; fails when a
+          required goal is missed (--quick: 400 processes, target/simulate/quick)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,6 +36,13 @@ fn main() -> ExitCode {
             Ok(code) => code,
             Err(message) => {
                 eprintln!("cargo xtask bench: {message}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("simulate") => match simulate::run(&args[1..]) {
+            Ok(code) => code,
+            Err(message) => {
+                eprintln!("cargo xtask simulate: {message}");
                 ExitCode::FAILURE
             }
         },
@@ -102,6 +116,19 @@ fn test_steps() -> Vec<Step> {
         Step {
             name: "tests",
             run: cargo(&["test", "--workspace", "--all-features", "--quiet"]),
+        },
+        Step {
+            name: "simulate",
+            run: Box::new(|| {
+                let args = ["--quick".to_owned()];
+                match simulate::run(&args) {
+                    Ok(code) if code == ExitCode::SUCCESS => Ok(()),
+                    Ok(_) => {
+                        Err("the quick fleet simulation missed a goal (target/simulate/quick/report.md)".to_owned())
+                    }
+                    Err(message) => Err(message),
+                }
+            }),
         },
         Step {
             name: "examples",

@@ -13,8 +13,8 @@ use tokio_stream::StreamExt;
 
 mod support;
 use support::{
-    back_after_outage, emulator, next_renewal, outage_longer_than_a_token, quick_retries, secret_provider,
-    stall_server, stallable_emulator, started, stat, tls_client, token_client,
+    back_after_outage, emulator, exact_renewals, next_renewal, outage_longer_than_a_token, quick_retries,
+    secret_provider, stall_server, stallable_emulator, started, stat, tls_client, token_client,
 };
 
 /// Where the publisher sends message `i`: three channels subscribed by name, and one
@@ -101,7 +101,7 @@ async fn every_message_across_rotations(
     renewals: u64,
 ) {
     let emulator = stallable_emulator(lifetime).await;
-    let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
+    let provider = started(secret_provider(&emulator), exact_renewals());
     let renewal = next_renewal(&provider).await;
     let pubsub = subscriber(&emulator, &provider, resp3).await;
     if trouble == Trouble::RefusedReauth {

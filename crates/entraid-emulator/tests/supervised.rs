@@ -12,8 +12,8 @@ use redis_entraid::aio::{ConnectionManager, ConnectionManagerConfig};
 
 mod support;
 use support::{
-    back_after_outage, next_renewal, outage_longer_than_a_token, quick_retries, secret_provider, stall_server,
-    stallable_emulator, started, stat, tls_client,
+    back_after_outage, exact_renewals, next_renewal, outage_longer_than_a_token, quick_retries, secret_provider,
+    stall_server, stallable_emulator, started, stat, tls_client,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,7 +22,7 @@ async fn a_server_stall_during_a_rotation_costs_no_command_after_it_and_no_cut()
     // redis's own re-auth task gives up on its 500 ms timeout here, and the gateway cuts
     // that connection at 10 s (issue's case 1). Ours waits for the AUTH or retries it.
     let emulator = stallable_emulator(Duration::from_secs(10)).await;
-    let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
+    let provider = started(secret_provider(&emulator), exact_renewals());
     let renewal = next_renewal(&provider).await;
     let manager = ConnectionManager::new(tls_client(&emulator, false), provider.clone())
         .await
@@ -284,7 +284,7 @@ async fn a_thousand_connections_on_one_provider_through_a_stall_at_rotation() {
     const N: usize = 1000;
     // 20 s tokens, renewed at 14 s.
     let emulator = stallable_emulator(Duration::from_secs(20)).await;
-    let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
+    let provider = started(secret_provider(&emulator), exact_renewals());
     provider.token().await.unwrap();
     // 50 handshakes at a time: a thousand at once exceed the 5 s connection timeout in
     // a debug build on two cores.
@@ -333,7 +333,7 @@ async fn a_thousand_connections_on_one_provider_through_a_stall_at_rotation() {
 async fn a_redis_connection_whose_reauthentication_ended_is_counted_once() {
     // The redis crate's own task ends on the first refused AUTH; the provider notices.
     let emulator = stallable_emulator(Duration::from_secs(4)).await;
-    let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
+    let provider = started(secret_provider(&emulator), exact_renewals());
     let renewal = next_renewal(&provider).await;
     let mut connection = tls_client(&emulator, false)
         .get_multiplexed_async_connection_with_config(

@@ -132,8 +132,9 @@ const WALL_CLOCK_TOLERANCE: Duration = Duration::from_secs(1);
 ///
 /// Rules it implements (see the crate docs for the full statement):
 ///
-/// - A token of lifetime `L` is refreshed `TokenManagerConfig::refresh_delay(L)` after it
-///   arrived. `L` is the token's own `expires_at - received_at`, so a skewed local
+/// - A token of lifetime `L` is refreshed at a point drawn uniformly in
+///   `TokenManagerConfig::refresh_delay_band(L)` after it arrived: up to `refresh_jitter`
+///   earlier than `refresh_delay(L)`, never later. `L` is the token's own `expires_at - received_at`, so a skewed local
 ///   clock does not move the schedule. A token with `L == 0` counts as a failure.
 /// - A failed or timed-out request is retried after the policy's backoff, jittered, and
 ///   never sooner than the error's `retry_after`. After `max_attempts` consecutive
@@ -162,9 +163,10 @@ const WALL_CLOCK_TOLERANCE: Duration = Duration::from_secs(1);
 /// let token = Token::new("secret", "oid", issued + Duration::from_secs(3600), issued);
 /// sm.handle_response(t0, id, Ok(token));
 /// assert!(matches!(sm.poll_output(), Output::TokenRenewed(_)));
-/// // A one-hour token is refreshed after 70 % of its life.
+/// // A one-hour token is refreshed after 70 % of its life, or up to 10 % before that
+/// // (the default refresh jitter), so that processes started together spread out.
 /// let Output::Timeout(at) = sm.poll_output() else { unreachable!() };
-/// assert_eq!(at - t0, Duration::from_secs(42 * 60));
+/// assert!(at - t0 <= Duration::from_secs(42 * 60) && at - t0 >= Duration::from_secs(37 * 60));
 /// # Ok::<(), entraid_token_manager::ConfigError>(())
 /// ```
 #[derive(Debug)]
@@ -429,7 +431,13 @@ impl TokenStateMachine {
         self.consecutive_failures = 0;
         self.last_outcome = Some(RefreshOutcome::Renewed { at: now });
         self.successful_requests += 1;
-        let refresh_in = self.config.refresh_delay(lifetime);
+        // The refresh jitter is drawn only when it is on, so configurations without it
+        // replay the retry jitter exactly as before.
+        let refresh_in = if self.config.refresh_jitter > 0.0 {
+            self.config.jittered_refresh_delay(lifetime, self.jitter.unit())
+        } else {
+            self.config.refresh_delay(lifetime)
+        };
         self.next_request_at = Some(later(now, refresh_in));
         let expires_at = later(now, lifetime);
         match &mut self.current {

@@ -20,6 +20,7 @@ fn fast_config() -> TokenManagerConfig {
     TokenManagerConfig {
         expiration_refresh_ratio: 0.5,
         lower_refresh_bound: Duration::ZERO,
+        refresh_jitter: 0.0,
         token_request_timeout: 200 * MS,
         retry: RetryPolicy {
             max_attempts: 3,

@@ -4,7 +4,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use entraid_identity::{IdentityError, Token};
 use entraid_test_support::FakeClock;
-use entraid_token_manager::{Output, RequestId, RetryPolicy, TokenManagerConfig, TokenStateMachine};
+use entraid_token_manager::{
+    DEFAULT_REFRESH_JITTER, Output, RequestId, RetryPolicy, TokenManagerConfig, TokenStateMachine,
+};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -37,24 +39,27 @@ fn event() -> impl Strategy<Value = Event> {
 
 fn config() -> impl Strategy<Value = TokenManagerConfig> {
     (
-        0.05f64..=1.0,
+        (0.05f64..=1.0, prop_oneof![Just(0.0), 0.0f64..0.9]),
         0u64..600_000,
         1u64..30_000,
         (1u32..8, 1u64..2_000, 1u64..20, 1.0f64..4.0, 0.0f64..0.9),
     )
         .prop_map(
-            |(ratio, bound, timeout, (attempts, initial, max_factor, multiplier, jitter))| TokenManagerConfig {
-                expiration_refresh_ratio: ratio,
-                lower_refresh_bound: Duration::from_millis(bound),
-                token_request_timeout: Duration::from_millis(timeout),
-                retry: RetryPolicy {
-                    max_attempts: attempts,
-                    initial_delay: Duration::from_millis(initial),
-                    max_delay: Duration::from_millis(initial * max_factor),
-                    backoff_multiplier: multiplier,
-                    jitter,
-                    ..RetryPolicy::default()
-                },
+            |((ratio, refresh_jitter), bound, timeout, (attempts, initial, max_factor, multiplier, jitter))| {
+                TokenManagerConfig {
+                    expiration_refresh_ratio: ratio,
+                    lower_refresh_bound: Duration::from_millis(bound),
+                    refresh_jitter,
+                    token_request_timeout: Duration::from_millis(timeout),
+                    retry: RetryPolicy {
+                        max_attempts: attempts,
+                        initial_delay: Duration::from_millis(initial),
+                        max_delay: Duration::from_millis(initial * max_factor),
+                        backoff_multiplier: multiplier,
+                        jitter,
+                        ..RetryPolicy::default()
+                    },
+                }
             },
         )
 }
@@ -132,8 +137,10 @@ proptest! {
         events in proptest::collection::vec(event(), 1..200),
     ) {
         let retry = &config.retry;
+        // The refresh jitter brings a refresh up to `refresh_jitter` earlier, so the
+        // shortest gap after a 1 ms token shrinks by that factor too.
         let min_gap = Duration::from_millis(1)
-            .mul_f64(config.expiration_refresh_ratio)
+            .mul_f64(config.expiration_refresh_ratio * (1.0 - config.refresh_jitter))
             .min(retry.initial_delay.mul_f64(1.0 - retry.jitter));
         let mut model = Model {
             ratio: config.expiration_refresh_ratio,
@@ -224,7 +231,8 @@ proptest! {
         bound_ms in 0u64..600_000,
     ) {
         // A provider that always answers at once with the same lifetime: count requests
-        // over a simulated hour. At most one per ratio·min(L, bound) (bound 0: ratio·L).
+        // over a simulated hour. At most one per (1 − refresh_jitter)·ratio·min(L, bound)
+        // (bound 0: L): the default refresh jitter may bring each refresh that much earlier.
         let config = TokenManagerConfig {
             expiration_refresh_ratio: ratio,
             lower_refresh_bound: Duration::from_millis(bound_ms),
@@ -232,7 +240,7 @@ proptest! {
         };
         let lifetime = Duration::from_millis(lifetime_ms);
         let floor = if bound_ms == 0 { lifetime } else { lifetime.min(Duration::from_millis(bound_ms)) };
-        let min_interval = floor.mul_f64(ratio);
+        let min_interval = floor.mul_f64(ratio * (1.0 - DEFAULT_REFRESH_JITTER));
         let hour = Duration::from_secs(3600);
         let limit = (hour.as_secs_f64() / min_interval.as_secs_f64()).ceil() as u64 + 1;
         let mut sm = TokenStateMachine::with_seed(config, 1).unwrap();

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use entraid_identity::{IdentityError, Token};
 use entraid_test_support::FakeClock;
 use entraid_token_manager::{
-    ConfigError, Output, RETRY_AFTER_CAP, RefreshFailure, RequestId, RetryPolicy, TokenManagerConfig,
-    TokenStateMachine, WALL_CLOCK_CHECK_INTERVAL,
+    ConfigError, DEFAULT_REFRESH_JITTER, Output, RETRY_AFTER_CAP, RefreshFailure, RequestId, RetryPolicy,
+    TokenManagerConfig, TokenStateMachine, WALL_CLOCK_CHECK_INTERVAL,
 };
 
 const MS: Duration = Duration::from_millis(1);
@@ -17,6 +17,16 @@ const MIN: Duration = Duration::from_secs(60);
 fn token(secret: &str, lifetime: Duration) -> Token {
     let received = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
     Token::new(secret, "oid-1", received + lifetime, received)
+}
+
+/// The defaults without the refresh jitter: the tests of the refresh rule, retries,
+/// expiry and the wall clock assert exact instants. The jitter's band has its own tests
+/// at the end, on the real defaults.
+fn exact() -> TokenManagerConfig {
+    TokenManagerConfig {
+        refresh_jitter: 0.0,
+        ..TokenManagerConfig::default()
+    }
 }
 
 fn transient() -> IdentityError {
@@ -47,7 +57,7 @@ impl Harness {
     }
 
     fn defaults() -> Harness {
-        Harness::new(TokenManagerConfig::default())
+        Harness::new(exact())
     }
 
     fn drain(&mut self) -> Drained {
@@ -179,7 +189,7 @@ fn the_ratio_is_honoured_not_ignored() {
     let config = TokenManagerConfig {
         expiration_refresh_ratio: 0.5,
         lower_refresh_bound: Duration::ZERO,
-        ..TokenManagerConfig::default()
+        ..exact()
     };
     let mut h = Harness::new(config);
     let id = h.start();
@@ -207,7 +217,7 @@ fn backoff_grows_by_the_multiplier_within_its_jitter_band_and_caps() {
             max_attempts: 20,
             ..RetryPolicy::default()
         },
-        ..TokenManagerConfig::default()
+        ..exact()
     };
     let mut h = Harness::new(config);
     let mut id = h.start();
@@ -235,7 +245,7 @@ fn jitter_zero_gives_exact_delays() {
             jitter: 0.0,
             ..RetryPolicy::default()
         },
-        ..TokenManagerConfig::default()
+        ..exact()
     };
     let mut h = Harness::new(config);
     let id = h.start();
@@ -302,7 +312,7 @@ fn a_non_retryable_error_is_reported_at_once_and_retried_at_max_delay() {
 fn a_custom_predicate_decides_what_is_retryable() {
     let config = TokenManagerConfig {
         retry: RetryPolicy::default().with_is_retryable(|e| e.code() != Some("fatal")),
-        ..TokenManagerConfig::default()
+        ..exact()
     };
     let mut h = Harness::new(config);
     let id = h.start();
@@ -492,7 +502,7 @@ fn absurd_lifetimes_and_retry_after_do_not_panic() {
 fn invalid_config_is_refused_when_the_machine_is_built() {
     let config = TokenManagerConfig {
         expiration_refresh_ratio: 1.2,
-        ..TokenManagerConfig::default()
+        ..exact()
     };
     assert_eq!(
         TokenStateMachine::new(config).unwrap_err(),
@@ -518,7 +528,7 @@ fn a_day_long_retry_after_postpones_the_next_attempt_by_five_minutes_at_most() {
             jitter: 0.0,
             ..RetryPolicy::default()
         },
-        ..TokenManagerConfig::default()
+        ..exact()
     });
     let id = h.start();
     let (_, delay, _) = h.fail_and_measure(id, transient().with_retry_after(86_400 * SEC));
@@ -536,7 +546,7 @@ fn a_retry_after_never_postpones_past_the_current_tokens_refresh_margin() {
             jitter: 0.0,
             ..RetryPolicy::default()
         },
-        ..TokenManagerConfig::default()
+        ..exact()
     });
     let id = h.start();
     let t0 = h.clock.now();
@@ -553,7 +563,7 @@ fn a_retry_after_never_postpones_past_the_current_tokens_refresh_margin() {
             jitter: 0.0,
             ..RetryPolicy::default()
         },
-        ..TokenManagerConfig::default()
+        ..exact()
     });
     let id = h.start();
     let d = h.respond(id, Ok(token("a", 10 * MIN)));
@@ -710,4 +720,112 @@ fn a_small_gap_between_the_clocks_is_not_a_suspend() {
         d = w.feed_wall_clock();
     }
     assert_eq!(w.h.clock.now(), t0 + 42 * MIN, "below the 1 s tolerance nothing moves");
+}
+
+// The refresh jitter, on the real defaults.
+
+/// Where a machine with the default configuration and this seed schedules the refresh
+/// of a token of `lifetime` received at start.
+fn default_refresh_delay(seed: u64, lifetime: Duration) -> Duration {
+    let mut h = Harness {
+        sm: TokenStateMachine::with_seed(TokenManagerConfig::default(), seed).unwrap(),
+        clock: FakeClock::new(),
+    };
+    let id = h.start();
+    let d = h.respond(id, Ok(token("t", lifetime)));
+    d.timeout.unwrap() - h.clock.now()
+}
+
+#[test]
+fn by_default_a_refresh_comes_up_to_a_tenth_before_the_rule_never_after() {
+    assert_eq!(DEFAULT_REFRESH_JITTER, 0.1);
+    assert_eq!(TokenManagerConfig::default().refresh_jitter, DEFAULT_REFRESH_JITTER);
+    // 60 min tokens: the rule says 42 min; the band is [37.8 min, 42 min].
+    let delays: Vec<Duration> = (0..500).map(|seed| default_refresh_delay(seed, 60 * MIN)).collect();
+    let earliest = Duration::from_secs(2268);
+    for d in &delays {
+        assert!(
+            *d >= earliest - MS && *d <= 42 * MIN,
+            "{d:?} outside [37.8 min, 42 min]"
+        );
+    }
+    // Spread over the whole band, not bunched at one end.
+    let min = delays.iter().min().unwrap();
+    let max = delays.iter().max().unwrap();
+    assert!(
+        *min < earliest + 10 * SEC && *max > 42 * MIN - 10 * SEC,
+        "{min:?}..{max:?}"
+    );
+    let below_middle = delays.iter().filter(|d| **d < Duration::from_secs(2394)).count();
+    assert!(
+        (200..300).contains(&below_middle),
+        "{below_middle} of 500 in the lower half"
+    );
+}
+
+#[test]
+fn by_default_the_lower_bound_and_the_short_token_floor_are_never_passed() {
+    // 8 min tokens: the lower bound says 5 min (3 min before expiry); the band ends there.
+    // 2 min tokens: the rule says 84 s; the band is [75.6 s, 84 s], never "at once".
+    for seed in 0..200 {
+        let d = default_refresh_delay(seed, 8 * MIN);
+        assert!(d <= 5 * MIN && d >= Duration::from_secs(270) - MS, "{d:?}");
+        let d = default_refresh_delay(seed, 2 * MIN);
+        assert!(d <= 84 * SEC && d >= Duration::from_millis(75_600) - MS, "{d:?}");
+    }
+}
+
+#[test]
+fn processes_holding_the_same_token_refresh_apart() {
+    // Pods on one node get IMDS's cached token, with one expiry, at the same instant.
+    // Without jitter they refresh at one instant; with it, each at its own.
+    let shared = token("shared", 24 * 60 * MIN);
+    let refresh_at = |config: TokenManagerConfig, seed| {
+        let mut h = Harness {
+            sm: TokenStateMachine::with_seed(config, seed).unwrap(),
+            clock: FakeClock::new(),
+        };
+        let id = h.start();
+        let d = h.respond(id, Ok(shared.clone()));
+        d.timeout.unwrap() - h.clock.now()
+    };
+    let exact_instants: std::collections::HashSet<Duration> = (0..20).map(|seed| refresh_at(exact(), seed)).collect();
+    assert_eq!(exact_instants.len(), 1);
+    let jittered: std::collections::HashSet<Duration> = (0..20)
+        .map(|seed| refresh_at(TokenManagerConfig::default(), seed))
+        .collect();
+    assert_eq!(jittered.len(), 20, "20 pods, 20 refresh instants");
+    // 16.8 h is the rule; the band reaches 10 % (1.68 h) earlier.
+    assert!(
+        jittered
+            .iter()
+            .all(|d| *d <= 1008 * MIN && *d >= Duration::from_secs(54_432) - MS)
+    );
+}
+
+#[test]
+fn the_band_is_drawn_again_for_each_token() {
+    let mut h = Harness::new(TokenManagerConfig::default());
+    let mut id = h.start();
+    let mut delays = std::collections::HashSet::new();
+    for i in 0..10 {
+        let d = h.respond(id, Ok(token(&format!("t{i}"), 60 * MIN)));
+        delays.insert(d.timeout.unwrap() - h.clock.now());
+        let next = h.advance_to_timeout(&d);
+        id = next.requests[0];
+    }
+    assert_eq!(delays.len(), 10);
+}
+
+#[test]
+fn a_refresh_jitter_outside_0_to_1_is_refused_by_name() {
+    for bad in [1.0, 1.5, -0.1] {
+        let config = TokenManagerConfig {
+            refresh_jitter: bad,
+            ..TokenManagerConfig::default()
+        };
+        let err = TokenStateMachine::new(config).unwrap_err();
+        assert_eq!(err, ConfigError::RefreshJitter(bad));
+        assert!(err.to_string().contains("refresh_jitter"), "{err}");
+    }
 }

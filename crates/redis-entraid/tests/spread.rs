@@ -13,7 +13,11 @@ fn provider(lifetime: Duration, spread: Duration) -> (ScriptedProvider, EntraIdC
     let scripted = ScriptedProvider::new("oid-spread", [], Step::Token(lifetime));
     let mut credentials =
         EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone()).with_reauth_spread(spread);
-    credentials.start_with_config(TokenManagerConfig::default());
+    // The spread is measured from the exact refresh instant: no refresh jitter.
+    credentials.start_with_config(TokenManagerConfig {
+        refresh_jitter: 0.0,
+        ..TokenManagerConfig::default()
+    });
     (scripted, credentials)
 }
 

@@ -146,7 +146,17 @@ pub(crate) async fn stallable_emulator(lifetime: Duration) -> Emulator {
     .await
 }
 
-/// When the token manager will renew the provider's current token (70 % of its life).
+/// The defaults without the refresh jitter, for tests that time something to the renewal
+/// instant ([`next_renewal`]).
+pub(crate) fn exact_renewals() -> TokenManagerConfig {
+    TokenManagerConfig {
+        refresh_jitter: 0.0,
+        ..TokenManagerConfig::default()
+    }
+}
+
+/// When the token manager will renew the provider's current token (70 % of its life; the
+/// provider must run with [`exact_renewals`]).
 pub(crate) async fn next_renewal(provider: &EntraIdCredentialsProvider) -> tokio::time::Instant {
     let token = provider.token().await.unwrap();
     let at = token.received_at() + token.lifetime().mul_f64(0.7);
