@@ -57,14 +57,39 @@ fn entra_error(status: StatusCode, error: &str, code: u64, description: &str) ->
     )
 }
 
-/// The whole request body (empty if it could not be read).
-async fn read_body(request: Request<Incoming>) -> Bytes {
-    request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default()
+/// The largest request body either endpoint reads: 64 KiB. A token request is a few KiB
+/// at most (a client assertion is its largest field), an admin request a few bytes.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+/// How long a body may take to arrive once its headers have (hyper times the headers).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The whole request body, at most [`MAX_BODY`] bytes (empty if it could not be read);
+/// `Err` is the reply for a body too large (413) or too slow (408).
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, Reply> {
+    let too_large = || {
+        json_reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &json!({"error": "invalid_request", "error_description": format!("the request body is larger than {MAX_BODY} bytes")}),
+        )
+    };
+    let announced = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let limited = http_body_util::Limited::new(request.into_body(), MAX_BODY);
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Err(_) => Err(json_reply(
+            StatusCode::REQUEST_TIMEOUT,
+            &json!({"error": "invalid_request", "error_description": format!("the request body did not arrive within {BODY_TIMEOUT:?}")}),
+        )),
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Ok(Bytes::new()),
+    }
 }
 
 fn query_map(query: Option<&str>) -> HashMap<String, String> {
@@ -89,7 +114,7 @@ impl TokenService {
     }
 
     /// A signed access token for `oid`.
-    fn issue(&self, oid: &str, client_id: &str) -> Result<(String, u64, u64), String> {
+    pub(crate) fn issue(&self, oid: &str, client_id: &str) -> Result<(String, u64, u64), String> {
         let now = now_secs();
         let lifetime = self.token_lifetime.as_secs().max(1);
         // `exp` is in whole seconds: round the start up, so the token lives at least the
@@ -120,7 +145,10 @@ impl TokenService {
         let path = request.uri().path().to_owned();
         let query = query_map(request.uri().query());
         let headers = request.headers().clone();
-        let body = read_body(request).await;
+        let body = match read_body(request).await {
+            Ok(body) => body,
+            Err(reply) => return Ok(reply),
+        };
         let tenant = &self.principals.tenant_id;
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
 
@@ -411,7 +439,10 @@ enum ManagedShape {
 pub(crate) async fn admin(service: Arc<TokenService>, request: Request<Incoming>) -> Result<Reply, Infallible> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let body = read_body(request).await;
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(reply) => return Ok(reply),
+    };
     Ok(match (method, path.as_str()) {
         (Method::GET, "/stats") => json_reply(StatusCode::OK, &service.stats.to_json()),
         (Method::POST, "/faults") => {
