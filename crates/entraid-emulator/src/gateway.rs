@@ -517,20 +517,9 @@ mod tests {
     use tokio::io::{DuplexStream, ReadBuf};
 
     use super::*;
-    use crate::faults::FaultState;
-    use crate::jwt::SigningKey;
-    use crate::principals::Principals;
 
     fn service() -> Arc<TokenService> {
-        Arc::new(TokenService {
-            principals: Principals::generate(),
-            signer: SigningKey::generate().unwrap(),
-            token_lifetime: Duration::from_secs(60),
-            faults: FaultState::default(),
-            identity_header: "header".to_owned(),
-            authority: "https://127.0.0.1:1".to_owned(),
-            stats: Arc::new(Stats::default()),
-        })
+        crate::token_service::tests::service()
     }
 
     /// `AUTH <oid> <token>` with a valid token for the default service principal.
