@@ -15,6 +15,14 @@
 //! channels, `UNSUBSCRIBE`-like ones remove them (all of their kind without arguments),
 //! `RESET` clears them, `HELLO 2|3` sets the protocol.
 //!
+//! Limits, for a gateway any local process can reach: the TLS handshake must finish
+//! within [`Timeouts::handshake`] (10 s by default) and `AUTH` succeed within
+//! [`Timeouts::auth`] (30 s; Redis has no such limit). Commands are read incrementally
+//! with Redis's limits before `AUTH` (10 arguments of 16 KiB at most) and the emulator's
+//! after (64 MiB; see [`crate::resp`]); a protocol error is answered in Redis's words and
+//! the connection closed. The upstream connection is opened by the first command that
+//! goes there, so clients that never authenticate cost the redis-server nothing.
+//!
 //! Replies stay in order because `AUTH`/`HELLO` are forwarded too, rewritten: a valid one
 //! becomes `AUTH default <anything>` (the upstream's default user has no password, so it
 //! answers `+OK`), an invalid one `AUTH <no such user> x` (the upstream answers

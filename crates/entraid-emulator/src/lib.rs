@@ -51,8 +51,10 @@ use crate::redis_process::RedisProcess;
 use crate::serve::{Shutdown, serve_connections};
 use crate::token_service::TokenService;
 
-/// How long the token service may take to receive a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the token service and the admin endpoint wait for a request's headers (a
+/// client trickling them would hold its connection forever). hyper's own default once it
+/// has a timer; it also closes a keep-alive connection idle this long, as servers do.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the emulator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -444,5 +446,32 @@ where
     tokio::select! {
         _ = connection => {}
         () = shutdown.wait() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn http_headers_that_never_finish_are_cut_at_the_header_timeout() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let (_stop, shutdown) = Shutdown::new();
+        let handler = hyper::service::service_fn(|_request| async {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
+        });
+        let serving = tokio::spawn(serve_http(hyper_util::rt::TokioIo::new(server), handler, shutdown));
+        let started = tokio::time::Instant::now();
+        client
+            .write_all(b"POST /faults HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(600), client.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the connection was closed");
+        serving.await.unwrap();
+        assert_eq!(started.elapsed(), HEADER_TIMEOUT);
     }
 }
