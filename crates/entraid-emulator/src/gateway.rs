@@ -15,54 +15,133 @@
 //! channels, `UNSUBSCRIBE`-like ones remove them (all of their kind without arguments),
 //! `RESET` clears them, `HELLO 2|3` sets the protocol.
 //!
+//! Limits, for a gateway any local process can reach: the TLS handshake must finish
+//! within [`Timeouts::handshake`] (10 s by default) and `AUTH` succeed within
+//! [`Timeouts::auth`] (30 s; Redis has no such limit). Commands are read incrementally
+//! with Redis's limits before `AUTH` (10 arguments of 16 KiB at most) and the emulator's
+//! after (64 MiB; see [`crate::resp`]); a protocol error is answered in Redis's words and
+//! the connection closed. The upstream connection is opened by the first command that
+//! goes there, so clients that never authenticate cost the redis-server nothing.
+//!
 //! Replies stay in order because `AUTH`/`HELLO` are forwarded too, rewritten: a valid one
 //! becomes `AUTH default <anything>` (the upstream's default user has no password, so it
 //! answers `+OK`), an invalid one `AUTH <no such user> x` (the upstream answers
 //! `-WRONGPASS …`).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::resp::{Parsed, encode_command, parse_command};
+use crate::resp::{CommandReader, encode_command};
+use crate::serve::{Shutdown, serve_connections};
 use crate::stats::Stats;
 use crate::token_service::TokenService;
 
 const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
 const HELLO_NOAUTH: &[u8] = b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n";
 const INVALID_USER: &[u8] = b"entraid-emulator-no-such-user";
+/// The read buffer of a connection.
+const READ_BUFFER: usize = 16 * 1024;
+/// How long closing may take to send the TLS `close_notify` to a client that does not read.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a connection may take before it is useful.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// From accept to the end of the TLS handshake.
+    pub(crate) handshake: Duration,
+    /// From the end of the handshake to a successful `AUTH`.
+    pub(crate) auth: Duration,
+}
 
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     upstream: String,
     service: Arc<TokenService>,
+    timeouts: Timeouts,
+    shutdown: Shutdown,
 ) {
-    loop {
-        let Ok((socket, peer)) = listener.accept().await else {
-            continue;
-        };
-        let tls = tls.clone();
+    serve_connections(listener, "gateway", shutdown, move |socket, peer, shutdown| {
+        connection(
+            socket,
+            peer,
+            tls.clone(),
+            upstream.clone(),
+            service.clone(),
+            timeouts,
+            shutdown,
+        )
+    })
+    .await;
+}
+
+/// One client: the TLS handshake (within its timeout), then [`relay`].
+async fn connection(
+    socket: TcpStream,
+    peer: SocketAddr,
+    tls: tokio_rustls::TlsAcceptor,
+    upstream: String,
+    service: Arc<TokenService>,
+    timeouts: Timeouts,
+    mut shutdown: Shutdown,
+) {
+    let Some(client) = handshake(&tls, socket, timeouts.handshake, &mut shutdown, peer).await else {
+        return;
+    };
+    let id = next_connection_id(&service.stats);
+    tracing::info!(connection = id, %peer, "connection accepted");
+    // Upstream is reached when the first command goes there: a client that never
+    // authenticates costs the redis-server nothing.
+    let connect = move || {
         let upstream = upstream.clone();
-        let service = service.clone();
-        tokio::spawn(async move {
-            let Ok(client) = tls.accept(socket).await else {
-                tracing::debug!(%peer, "TLS handshake failed");
-                return;
-            };
-            let Ok(server) = TcpStream::connect(&upstream).await else {
-                tracing::warn!(upstream, "cannot reach the upstream redis-server");
-                return;
-            };
-            Stats::bump(&service.stats.connections);
-            let id = service.stats.connections.load(std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(connection = id, %peer, "connection accepted");
-            relay(id, client, server, service).await;
-        });
+        async move {
+            TcpStream::connect(&upstream).await.inspect_err(|e| {
+                tracing::warn!(upstream, error = %e, "cannot reach the upstream redis-server");
+            })
+        }
+    };
+    relay(id, client, connect, service, timeouts.auth, shutdown).await;
+}
+
+/// A new connection's id (from 1), counting it. `fetch_add`'s own result: with an
+/// increment then a separate read, two connections accepted at once could get one id.
+fn next_connection_id(stats: &Stats) -> u64 {
+    stats.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+}
+
+/// The TLS handshake, given at most `timeout`: a client that connects and sends nothing
+/// (or stalls half-way) would otherwise hold its socket forever.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    tls: &tokio_rustls::TlsAcceptor,
+    socket: S,
+    timeout: Duration,
+    shutdown: &mut Shutdown,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<S>> {
+    let accepted = tokio::select! {
+        accepted = tokio::time::timeout(timeout, tls.accept(socket)) => accepted,
+        () = shutdown.wait() => return None,
+    };
+    match accepted {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(%peer, ?timeout, "TLS handshake not finished in time: connection closed");
+            None
+        }
     }
 }
 
@@ -85,99 +164,195 @@ enum SubscriptionKind {
     Shard,
 }
 
-async fn relay<C: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+/// Aborts the task when dropped, so a relay that is itself dropped takes its task along.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A connection between a client and the upstream.
+struct Relay<C, S, F> {
+    session: Session,
+    service: Arc<TokenService>,
+    reader: CommandReader,
+    buf: Vec<u8>,
+    client_read: ReadHalf<C>,
+    client_write: Arc<Mutex<WriteHalf<C>>>,
+    connect: F,
+    upstream: Option<WriteHalf<S>>,
+    /// Copies the server's bytes to the client, once connected.
+    downstream: Option<AbortOnDrop>,
+    /// Held by `downstream`: dropped when it ends, which wakes the relay.
+    downstream_alive: Option<oneshot::Sender<()>>,
+}
+
+/// Relays one authenticated-or-not client connection until one of: the client closes,
+/// the server closes, the token expires, the client did not authenticate within
+/// `auth_timeout`, a protocol error, `QUIT`, a write fails either way, or the emulator
+/// stops. Whichever it is, the connection is closed the same way (TLS `close_notify`,
+/// then the socket) and one line logs why.
+async fn relay<C, S, F, Fut>(
     id: u64,
     client: C,
-    server: TcpStream,
+    connect: F,
     service: Arc<TokenService>,
-) {
-    let (mut client_read, client_write) = tokio::io::split(client);
-    let (mut server_read, server_write) = server.into_split();
-    let client_write = Arc::new(tokio::sync::Mutex::new(client_write));
-    let server_write = Arc::new(tokio::sync::Mutex::new(server_write));
-    let mut session = Session {
-        id,
-        authenticated: false,
-        expires_at: None,
-        resp3: false,
-        subscriptions: HashSet::new(),
+    auth_timeout: Duration,
+    mut shutdown: Shutdown,
+) where
+    C: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + 'static,
+    F: FnMut() -> Fut + Send,
+    Fut: Future<Output = std::io::Result<S>> + Send,
+{
+    let (client_read, client_write) = tokio::io::split(client);
+    let (alive, mut downstream_ended) = oneshot::channel::<()>();
+    let mut relay = Relay {
+        session: Session {
+            id,
+            authenticated: false,
+            expires_at: None,
+            resp3: false,
+            subscriptions: HashSet::new(),
+        },
+        service: service.clone(),
+        reader: CommandReader::default(),
+        buf: vec![0u8; READ_BUFFER],
+        client_read,
+        client_write: Arc::new(Mutex::new(client_write)),
+        connect,
+        upstream: None,
+        downstream: None,
+        downstream_alive: Some(alive),
     };
+    let auth_deadline = Instant::now() + auth_timeout;
+    let reason: Cow<'static, str> = loop {
+        let authenticated = relay.session.authenticated;
+        let deadline = match relay.session.expires_at {
+            Some(at) if authenticated => at,
+            _ => auth_deadline,
+        };
+        tokio::select! {
+            step = relay.step() => if let Err(reason) = step {
+                break reason;
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                if authenticated {
+                    Stats::bump(&service.stats.cut_connections);
+                    break "token expired: connection closed without a reply, as Azure Managed Redis does".into();
+                }
+                break format!("not authenticated within {auth_timeout:?}").into();
+            }
+            _ = &mut downstream_ended => break "the server closed the connection".into(),
+            () = shutdown.wait() => break "the emulator is stopping".into(),
+        }
+    };
+    relay.close(&reason).await;
+}
 
-    // Server to client: bytes through, unchanged.
-    let to_client = client_write.clone();
-    let mut downstream = tokio::spawn(async move {
-        let mut buf = vec![0u8; 16 * 1024];
+impl<C, S, F, Fut> Relay<C, S, F>
+where
+    C: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + 'static,
+    F: FnMut() -> Fut + Send,
+    Fut: Future<Output = std::io::Result<S>> + Send,
+{
+    /// Reads once from the client and handles every command now complete. `Err` says why
+    /// the connection must close.
+    async fn step(&mut self) -> Result<(), Cow<'static, str>> {
+        let n = match self.client_read.read(&mut self.buf).await {
+            Ok(0) | Err(_) => return Err("the client closed the connection".into()),
+            Ok(n) => n,
+        };
+        self.reader.feed(&self.buf[..n]);
         loop {
-            match server_read.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to_client.lock().await.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
+            let args = match self.reader.next_command(self.session.authenticated) {
+                Ok(Some(args)) => args,
+                Ok(None) => return Ok(()),
+                Err(error) => {
+                    // Redis answers, then closes the connection.
+                    let _ = self.write_client(&error.reply()).await;
+                    return Err(format!("{error}").into());
+                }
+            };
+            match self.session.route(args, &self.service) {
+                Route::Forward(bytes) => self.forward(&bytes).await?,
+                Route::Reply(bytes) => self.write_client(bytes).await?,
+                Route::ReplyAndClose(bytes) => {
+                    let _ = self.write_client(bytes).await;
+                    return Err("the client sent QUIT".into());
                 }
             }
         }
-    });
+    }
 
-    let mut pending = Vec::with_capacity(16 * 1024);
-    let mut buf = vec![0u8; 16 * 1024];
-    let reason = loop {
-        let expiry = session.expires_at;
-        let read = tokio::select! {
-            read = client_read.read(&mut buf) => read,
-            () = sleep_until(expiry) => {
-                Stats::bump(&service.stats.cut_connections);
-                break "token expired: connection closed without a reply, as Azure Managed Redis does";
-            }
-            _ = &mut downstream => break "the server closed the connection",
-        };
-        let n = match read {
-            Ok(0) | Err(_) => break "the client closed the connection",
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&buf[..n]);
-        loop {
-            match parse_command(&pending) {
-                Parsed::Incomplete => break,
-                Parsed::Invalid(why) => {
-                    let reply = format!("-ERR Protocol error: {why}\r\n");
-                    let _ = client_write.lock().await.write_all(reply.as_bytes()).await;
-                    pending.clear();
-                    break;
-                }
-                Parsed::Command(args, used) => {
-                    pending.drain(..used);
-                    if args.is_empty() {
-                        continue;
-                    }
-                    match session.route(args, &service) {
-                        Route::Forward(bytes) => {
-                            if server_write.lock().await.write_all(&bytes).await.is_err() {
+    /// Writes to the client (`&mut self`: a `&self` held across the write would need the
+    /// whole relay to be `Sync`).
+    async fn write_client(&mut self, bytes: &[u8]) -> Result<(), Cow<'static, str>> {
+        let mut client = self.client_write.lock().await;
+        client
+            .write_all(bytes)
+            .await
+            .map_err(|_| "cannot write to the client")?;
+        Ok(())
+    }
+
+    /// Sends a command upstream, connecting first if this is the first one.
+    async fn forward(&mut self, bytes: &[u8]) -> Result<(), Cow<'static, str>> {
+        if self.upstream.is_none() {
+            let server = (self.connect)()
+                .await
+                .map_err(|_| "cannot reach the upstream redis-server")?;
+            let (mut server_read, server_write) = tokio::io::split(server);
+            let to_client = self.client_write.clone();
+            let alive = self.downstream_alive.take();
+            // Server to client: bytes through, unchanged.
+            self.downstream = Some(AbortOnDrop(tokio::spawn(async move {
+                let _alive = alive;
+                let mut buf = vec![0u8; READ_BUFFER];
+                loop {
+                    match server_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if to_client.lock().await.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
                         }
-                        Route::Reply(bytes) => {
-                            let _ = client_write.lock().await.write_all(bytes).await;
-                        }
-                        Route::ReplyAndClose(bytes) => {
-                            let _ = client_write.lock().await.write_all(bytes).await;
-                            downstream.abort();
-                            return;
-                        }
                     }
                 }
-            }
+            })));
+            self.upstream = Some(server_write);
         }
-    };
-    downstream.abort();
-    let _ = client_write.lock().await.shutdown().await;
-    tracing::info!(connection = id, reason, "connection closed");
-}
+        let Some(server) = self.upstream.as_mut() else {
+            return Err("no upstream connection".into());
+        };
+        server
+            .write_all(bytes)
+            .await
+            .map_err(|_| "cannot write to the server: it closed the connection")?;
+        Ok(())
+    }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+    /// The one way out: stop copying, say goodbye to the client (bounded: it may not be
+    /// reading), close both sockets, log why.
+    async fn close(self, reason: &str) {
+        let Relay {
+            session,
+            client_write,
+            downstream,
+            upstream,
+            ..
+        } = self;
+        if let Some(mut downstream) = downstream {
+            downstream.0.abort();
+            // Wait for it, so it lets go of the client's write half.
+            let _ = (&mut downstream.0).await;
+        }
+        drop(upstream);
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async { client_write.lock().await.shutdown().await }).await;
+        tracing::info!(connection = session.id, reason, "connection closed");
     }
 }
 
@@ -339,5 +514,242 @@ fn upstream_auth(valid: bool) -> Vec<Vec<u8>> {
         vec![b"AUTH".to_vec(), b"default".to_vec(), b"entraid-emulator".to_vec()]
     } else {
         vec![b"AUTH".to_vec(), INVALID_USER.to_vec(), b"x".to_vec()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{DuplexStream, ReadBuf};
+
+    use super::*;
+
+    fn service() -> Arc<TokenService> {
+        crate::token_service::tests::service()
+    }
+
+    /// `AUTH <oid> <token>` with a valid token for the default service principal.
+    fn auth_command(service: &TokenService) -> Vec<u8> {
+        let principal = &service.principals.service_principals[0];
+        let (token, _, _) = service.issue(&principal.object_id, &principal.client_id).unwrap();
+        encode_command(&[
+            b"AUTH".to_vec(),
+            principal.object_id.as_bytes().to_vec(),
+            token.into_bytes(),
+        ])
+    }
+
+    /// An upstream that accepts nothing: every write fails, reads never end.
+    struct BrokenUpstream;
+
+    impl AsyncRead for BrokenUpstream {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for BrokenUpstream {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Starts a relay for a client at the other end of the returned stream, with the
+    /// upstream `connect` gives.
+    fn start_relay<S, F, Fut>(
+        service: &Arc<TokenService>,
+        connect: F,
+        auth_timeout: Duration,
+    ) -> (DuplexStream, tokio::sync::watch::Sender<bool>, JoinHandle<()>)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = std::io::Result<S>> + Send + 'static,
+    {
+        let (client, server_side) = tokio::io::duplex(64 * 1024);
+        let (stop, shutdown) = Shutdown::new();
+        let task = tokio::spawn(relay(1, server_side, connect, service.clone(), auth_timeout, shutdown));
+        (client, stop, task)
+    }
+
+    /// What the relay sends until it closes the connection; `None` if it has not closed
+    /// it within `limit`.
+    async fn until_closed(client: &mut DuplexStream, limit: Duration) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        tokio::time::timeout(limit, client.read_to_end(&mut out))
+            .await
+            .ok()?
+            .ok()?;
+        Some(out)
+    }
+
+    fn no_upstream() -> impl FnMut() -> std::future::Ready<std::io::Result<DuplexStream>> + Send + 'static {
+        || std::future::ready(Err(std::io::ErrorKind::ConnectionRefused.into()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_write_error_closes_the_client() {
+        let service = service();
+        let (mut client, _stop, task) = start_relay(
+            &service,
+            || std::future::ready(Ok::<_, std::io::Error>(BrokenUpstream)),
+            Duration::from_secs(30),
+        );
+        client.write_all(&auth_command(&service)).await.unwrap();
+        let sent = until_closed(&mut client, Duration::from_secs(5)).await;
+        assert_eq!(sent, Some(Vec::new()), "closed, not left hanging");
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_that_dies_mid_connection_closes_the_client() {
+        let service = service();
+        let (upstream, mut redis) = tokio::io::duplex(64 * 1024);
+        let mut upstream = Some(upstream);
+        let connect =
+            move || std::future::ready(upstream.take().ok_or(std::io::Error::from(std::io::ErrorKind::Other)));
+        let (mut client, _stop, task) = start_relay(&service, connect, Duration::from_secs(30));
+        client.write_all(&auth_command(&service)).await.unwrap();
+        let mut seen = vec![0u8; 64];
+        let n = redis.read(&mut seen).await.unwrap();
+        assert!(
+            seen[..n].starts_with(b"*3\r\n$4\r\nAUTH\r\n$7\r\ndefault"),
+            "AUTH rewritten"
+        );
+        redis.write_all(b"+OK\r\n").await.unwrap();
+        let mut ok = [0u8; 5];
+        client.read_exact(&mut ok).await.unwrap();
+        assert_eq!(&ok, b"+OK\r\n");
+        drop(redis);
+        assert_eq!(
+            until_closed(&mut client, Duration::from_secs(5)).await,
+            Some(Vec::new())
+        );
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_authenticates_is_cut_at_the_auth_timeout_even_trickling() {
+        let service = service();
+        // Silent.
+        let (mut client, _stop, task) = start_relay(&service, no_upstream(), Duration::from_secs(30));
+        let started = Instant::now();
+        assert_eq!(
+            until_closed(&mut client, Duration::from_secs(60)).await,
+            Some(Vec::new())
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        task.await.unwrap();
+
+        // Slowloris: a byte a second of a command it never finishes.
+        let (mut client, _stop, task) = start_relay(&service, no_upstream(), Duration::from_secs(30));
+        let started = Instant::now();
+        let trickle = async {
+            for byte in b"*2\r\n$4\r\nAUTH\r\n$16000\r\n".iter().cycle() {
+                if client.write_all(std::slice::from_ref(byte)).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(60), trickle).await;
+        assert!(started.elapsed() <= Duration::from_secs(31), "{:?}", started.elapsed());
+        assert_eq!(
+            until_closed(&mut client, Duration::from_secs(1)).await,
+            Some(Vec::new())
+        );
+        task.await.unwrap();
+
+        // Authenticated in time: the deadline is then the token's.
+        let (upstream, mut redis) = tokio::io::duplex(64 * 1024);
+        let mut upstream = Some(upstream);
+        let connect =
+            move || std::future::ready(upstream.take().ok_or(std::io::Error::from(std::io::ErrorKind::Other)));
+        let (mut client, _stop, task) = start_relay(&service, connect, Duration::from_secs(30));
+        client.write_all(&auth_command(&service)).await.unwrap();
+        let mut seen = vec![0u8; 256];
+        let _ = redis.read(&mut seen).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        assert!(!task.is_finished(), "still open after the auth timeout");
+        drop(client);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn protocol_errors_and_quit_reply_then_close() {
+        let service = service();
+        let cases: [(&[u8], &[u8]); 4] = [
+            (b"*11\r\n", b"-ERR Protocol error: unauthenticated multibulk length\r\n"),
+            (
+                b"*2\r\n$4\r\nAUTH\r\n$104857600\r\n",
+                b"-ERR Protocol error: unauthenticated bulk length\r\n",
+            ),
+            (b"*1\r\n\x01", b"-ERR Protocol error: expected '$', got '\x01'\r\n"),
+            (b"PING\r\nQUIT\r\n", b"-NOAUTH Authentication required.\r\n+OK\r\n"),
+        ];
+        for (input, expected) in cases {
+            let (mut client, _stop, task) = start_relay(&service, no_upstream(), Duration::from_secs(30));
+            client.write_all(input).await.unwrap();
+            let sent = until_closed(&mut client, Duration::from_secs(1)).await;
+            assert_eq!(
+                sent.as_deref().map(String::from_utf8_lossy),
+                Some(String::from_utf8_lossy(expected))
+            );
+            task.await.unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_a_connection_at_once() {
+        let service = service();
+        let (mut client, stop, task) = start_relay(&service, no_upstream(), Duration::from_secs(30));
+        tokio::task::yield_now().await;
+        let started = Instant::now();
+        stop.send(true).unwrap();
+        assert_eq!(
+            until_closed(&mut client, Duration::from_secs(1)).await,
+            Some(Vec::new())
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_tls_handshake_is_timed() {
+        let pki = crate::Pki::generate().unwrap();
+        let tls = tokio_rustls::TlsAcceptor::from(pki.rustls_server_config().unwrap());
+        let (_stop, mut shutdown) = Shutdown::new();
+        // A client that connects and sends nothing.
+        let (_client, socket) = tokio::io::duplex(1024);
+        let started = Instant::now();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let outcome = handshake(&tls, socket, Duration::from_secs(10), &mut shutdown, peer).await;
+        assert!(outcome.is_none());
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn connection_ids_are_unique_under_contention() {
+        let stats = Arc::new(Stats::default());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let stats = stats.clone();
+                std::thread::spawn(move || (0..10_000).map(|_| next_connection_id(&stats)).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut ids: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 80_000);
+        assert_eq!(ids.first(), Some(&1));
+        assert_eq!(ids.last(), Some(&80_000));
     }
 }

@@ -101,3 +101,39 @@ fn decode_json(part: &str) -> Option<Value> {
     let bytes = URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn key() -> &'static SigningKey {
+        static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| SigningKey::generate().unwrap())
+    }
+
+    #[test]
+    fn signs_and_verifies() {
+        let jwt = key().sign(&json!({"oid": "x"})).unwrap();
+        assert_eq!(key().verify(&jwt).unwrap()["oid"], "x");
+        assert!(key().verify(&jwt.replacen('.', "..", 1)).is_err());
+    }
+
+    proptest! {
+        /// Any text as a JWT: an error saying why, no panic.
+        #[test]
+        fn random_text_is_refused(text in ".{0,400}") {
+            prop_assert!(key().verify(&text).is_err());
+        }
+
+        /// Three base64url parts of random bytes (so decoding gets past the split): refused.
+        #[test]
+        fn random_parts_are_refused(header in proptest::collection::vec(any::<u8>(), 0..64), payload in proptest::collection::vec(any::<u8>(), 0..64), signature in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let jwt = format!("{}.{}.{}", URL_SAFE_NO_PAD.encode(&header), URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(&signature));
+            prop_assert!(key().verify(&jwt).is_err());
+            let rs256 = format!("{}.{}.{}", URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#), URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(&signature));
+            prop_assert!(key().verify(&rs256).is_err());
+        }
+    }
+}

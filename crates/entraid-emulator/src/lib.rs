@@ -29,8 +29,10 @@ mod gateway;
 mod jwt;
 mod pki;
 mod principals;
+mod private_dir;
 mod redis_process;
 mod resp;
+mod serve;
 mod stats;
 mod token_service;
 
@@ -44,8 +46,15 @@ pub use stats::Stats;
 
 use crate::faults::FaultState;
 use crate::jwt::SigningKey;
+use crate::private_dir::PrivateDir;
 use crate::redis_process::RedisProcess;
+use crate::serve::{Shutdown, serve_connections};
 use crate::token_service::TokenService;
+
+/// How long the token service and the admin endpoint wait for a request's headers (a
+/// client trickling them would hold its connection forever). hyper's own default once it
+/// has a timer; it also closes a keep-alive connection idle this long, as servers do.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the emulator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,12 +109,21 @@ pub struct EmulatorConfig {
     /// Who may sign in; `None` generates a tenant, a service principal and a
     /// system-assigned managed identity.
     pub principals: Option<Principals>,
-    /// Where to write the CA certificate; `None` writes it to the temporary directory.
+    /// Where to write the CA certificate; `None` writes it to `ca.pem` in a private
+    /// directory (mode 0700, a random name) in the temporary directory, removed at stop.
     pub ca_file: Option<PathBuf>,
     /// Extra arguments for the redis-server it starts (with [`Upstream::Start`]), for
     /// example `["--enable-debug-command", "yes"]` so a test can stall the server with
     /// `DEBUG SLEEP`.
     pub redis_args: Vec<String>,
+    /// How long a client of the gateway or the token service may take over its TLS
+    /// handshake before it is disconnected. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// How long a gateway connection may stay unauthenticated (from the end of its
+    /// handshake to a successful `AUTH`) before it is closed. Redis has no such limit;
+    /// an emulator facing arbitrary clients needs one, or silent or trickling clients hold
+    /// their sockets and buffers forever. Default 30 s.
+    pub auth_timeout: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -118,6 +136,8 @@ impl Default for EmulatorConfig {
             principals: None,
             ca_file: None,
             redis_args: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -129,8 +149,12 @@ pub struct Emulator {
     redis_port: u16,
     admin_port: u16,
     ca_file: PathBuf,
+    /// The directory holding `ca_file`, unless the caller chose where it goes.
+    ca_dir: Option<PrivateDir>,
     pki: Pki,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Tells the listeners and every connection to stop (dropping it does too).
+    stop: tokio::sync::watch::Sender<bool>,
     redis: Option<RedisProcess>,
 }
 
@@ -195,13 +219,28 @@ impl Emulator {
             Upstream::Existing(address) => (None, address.clone()),
         };
 
-        let ca_file = config.ca_file.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("entraid-emulator-ca-{}-{token_port}.pem", std::process::id()))
-        });
-        std::fs::write(&ca_file, &pki.ca_pem).map_err(|e| EmulatorError::Write {
-            path: ca_file.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let (ca_file, ca_dir) = match &config.ca_file {
+            Some(path) => {
+                std::fs::write(path, &pki.ca_pem).map_err(|e| EmulatorError::Write {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                (path.clone(), None)
+            }
+            None => {
+                let dir = PrivateDir::create("entraid-emulator").map_err(|e| EmulatorError::Write {
+                    path: std::env::temp_dir().join("entraid-emulator-*").display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                let path = dir
+                    .write_new("ca.pem", pki.ca_pem.as_bytes())
+                    .map_err(|e| EmulatorError::Write {
+                        path: dir.path().join("ca.pem").display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                (path, Some(dir))
+            }
+        };
 
         let service = Arc::new(TokenService {
             principals: config.principals.clone().unwrap_or_else(Principals::generate),
@@ -213,10 +252,28 @@ impl Emulator {
             stats: Arc::new(Stats::default()),
         });
 
+        let (stop, shutdown) = Shutdown::new();
+        let timeouts = gateway::Timeouts {
+            handshake: config.handshake_timeout,
+            auth: config.auth_timeout,
+        };
         let tasks = vec![
-            tokio::spawn(serve_https(token_listener, tls.clone(), service.clone())),
-            tokio::spawn(serve_admin(admin_listener, service.clone())),
-            tokio::spawn(gateway::serve(redis_listener, tls, upstream, service.clone())),
+            tokio::spawn(serve_https(
+                token_listener,
+                tls.clone(),
+                service.clone(),
+                config.handshake_timeout,
+                shutdown.clone(),
+            )),
+            tokio::spawn(serve_admin(admin_listener, service.clone(), shutdown.clone())),
+            tokio::spawn(gateway::serve(
+                redis_listener,
+                tls,
+                upstream,
+                service.clone(),
+                timeouts,
+                shutdown,
+            )),
         ];
         Ok(Emulator {
             service,
@@ -224,8 +281,10 @@ impl Emulator {
             redis_port,
             admin_port,
             ca_file,
+            ca_dir,
             pki,
             tasks,
+            stop,
             redis,
         })
     }
@@ -294,54 +353,125 @@ impl Emulator {
         self.service.faults.apply(faults).map(drop)
     }
 
-    /// Stops every listener and the redis-server it started.
+    /// Stops every listener and closes every connection (each gets a few seconds to say
+    /// goodbye), then the redis-server it started; removes the CA file it wrote.
     pub async fn stop(mut self) {
-        for task in self.tasks.drain(..) {
-            task.abort();
+        let _ = self.stop.send(true);
+        for mut task in self.tasks.drain(..) {
+            // Each listener returns once its connections are closed (or aborted).
+            if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
+                task.abort();
+            }
         }
         if let Some(redis) = self.redis.take() {
             redis.stop().await;
         }
-        let _ = std::fs::remove_file(&self.ca_file);
+        match self.ca_dir.take() {
+            Some(dir) => drop(dir),
+            None => {
+                let _ = std::fs::remove_file(&self.ca_file);
+            }
+        }
     }
 }
 
 impl Drop for Emulator {
+    /// Without `stop()`: the listeners are aborted, which aborts their connections; the
+    /// private directory goes with `ca_dir`.
     fn drop(&mut self) {
+        let _ = self.stop.send(true);
         for task in &self.tasks {
             task.abort();
         }
     }
 }
 
-async fn serve_https(listener: tokio::net::TcpListener, tls: tokio_rustls::TlsAcceptor, service: Arc<TokenService>) {
-    loop {
-        let Ok((socket, _)) = listener.accept().await else {
-            continue;
-        };
-        let tls = tls.clone();
+async fn serve_https(
+    listener: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    service: Arc<TokenService>,
+    handshake_timeout: Duration,
+    shutdown: Shutdown,
+) {
+    serve_connections(
+        listener,
+        "token service",
+        shutdown,
+        move |socket, peer, mut shutdown| {
+            let tls = tls.clone();
+            let service = service.clone();
+            async move {
+                let accepted = tokio::select! {
+                    accepted = tokio::time::timeout(handshake_timeout, tls.accept(socket)) => accepted,
+                    () = shutdown.wait() => return,
+                };
+                let Ok(Ok(stream)) = accepted else {
+                    tracing::debug!(%peer, "token service: TLS handshake failed or timed out");
+                    return;
+                };
+                let handler = hyper::service::service_fn(move |request| service.clone().handle(request));
+                serve_http(hyper_util::rt::TokioIo::new(stream), handler, shutdown).await;
+            }
+        },
+    )
+    .await;
+}
+
+async fn serve_admin(listener: tokio::net::TcpListener, service: Arc<TokenService>, shutdown: Shutdown) {
+    serve_connections(listener, "admin", shutdown, move |socket, _, shutdown| {
         let service = service.clone();
-        tokio::spawn(async move {
-            let Ok(stream) = tls.accept(socket).await else { return };
-            let handler = hyper::service::service_fn(move |request| service.clone().handle(request));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
-                .await;
-        });
+        async move {
+            let handler = hyper::service::service_fn(move |request| token_service::admin(service.clone(), request));
+            serve_http(hyper_util::rt::TokioIo::new(socket), handler, shutdown).await;
+        }
+    })
+    .await;
+}
+
+/// One HTTP/1.1 connection, with a timeout on the request headers, until it ends or the
+/// emulator stops. (Bodies are bounded in size and time by the token service.)
+async fn serve_http<I, S>(io: I, handler: S, mut shutdown: Shutdown)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let connection = builder.serve_connection(io, handler);
+    tokio::select! {
+        _ = connection => {}
+        () = shutdown.wait() => {}
     }
 }
 
-async fn serve_admin(listener: tokio::net::TcpListener, service: Arc<TokenService>) {
-    loop {
-        let Ok((socket, _)) = listener.accept().await else {
-            continue;
-        };
-        let service = service.clone();
-        tokio::spawn(async move {
-            let handler = hyper::service::service_fn(move |request| token_service::admin(service.clone(), request));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(socket), handler)
-                .await;
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn http_headers_that_never_finish_are_cut_at_the_header_timeout() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let (_stop, shutdown) = Shutdown::new();
+        let handler = hyper::service::service_fn(|_request| async {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
         });
+        let serving = tokio::spawn(serve_http(hyper_util::rt::TokioIo::new(server), handler, shutdown));
+        let started = tokio::time::Instant::now();
+        client
+            .write_all(b"POST /faults HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(600), client.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the connection was closed");
+        serving.await.unwrap();
+        assert_eq!(started.elapsed(), HEADER_TIMEOUT);
     }
 }

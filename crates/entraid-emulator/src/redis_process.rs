@@ -1,6 +1,5 @@
 //! The redis-server the gateway fronts, when the emulator starts its own.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -8,24 +7,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 use crate::EmulatorError;
+use crate::private_dir::PrivateDir;
 
 /// A redis-server on 127.0.0.1, no persistence, stopped when dropped.
 pub(crate) struct RedisProcess {
     child: Child,
     pub(crate) port: u16,
-    dir: PathBuf,
+    /// Its working directory: private, like the CA's, removed with it.
+    _dir: PrivateDir,
 }
 
 impl RedisProcess {
     pub(crate) async fn start(binary: &str, extra_args: &[String]) -> Result<RedisProcess, EmulatorError> {
         let port = crate::free_port()?;
-        let dir = std::env::temp_dir().join(format!("entraid-emulator-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| EmulatorError::Redis(format!("cannot create {}: {e}", dir.display())))?;
+        let dir = PrivateDir::create("entraid-emulator-redis")
+            .map_err(|e| EmulatorError::Redis(format!("cannot create its temporary directory: {e}")))?;
         let child = Command::new(binary)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "yes"])
             .arg("--dir")
-            .arg(&dir)
+            .arg(dir.path())
             .args(extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -36,7 +36,7 @@ impl RedisProcess {
                     "cannot start {binary:?}: {e}; install it (apt-get install -y redis-server) or pass --redis-server PATH or --upstream HOST:PORT"
                 ))
             })?;
-        let process = RedisProcess { child, port, dir };
+        let process = RedisProcess { child, port, _dir: dir };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             if ping(port).await {
@@ -51,16 +51,15 @@ impl RedisProcess {
         }
     }
 
+    /// Kills it and waits for it; its directory goes when `self` does.
     pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 impl Drop for RedisProcess {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

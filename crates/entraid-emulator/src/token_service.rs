@@ -57,14 +57,75 @@ fn entra_error(status: StatusCode, error: &str, code: u64, description: &str) ->
     )
 }
 
-/// The whole request body (empty if it could not be read).
-async fn read_body(request: Request<Incoming>) -> Bytes {
-    request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default()
+/// The largest request body either endpoint reads: 64 KiB. A token request is a few KiB
+/// at most (a client assertion is its largest field), an admin request a few bytes.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+/// A body over [`MAX_BODY`] is still read (and dropped) up to this size before the 413,
+/// so a client still sending it gets the answer rather than a broken pipe (a "lingering
+/// close"); one announced or sent beyond this gets the 413 at once, then the connection
+/// closes.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+/// How long a body may take to arrive once its headers have (hyper times the headers).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a request body was not read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("the request body is larger than {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("the request body did not arrive within {BODY_TIMEOUT:?}")]
+    TooSlow,
+}
+
+/// The whole request body, at most [`MAX_BODY`] bytes (empty if it could not be read);
+/// `Err` is the reply for a body too large (413) or too slow (408).
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, Reply> {
+    let announced = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let read = if announced.is_some_and(|length| length > DRAIN_LIMIT as u64) {
+        Err(BodyError::TooLarge)
+    } else {
+        tokio::time::timeout(BODY_TIMEOUT, collect_limited(request.into_body()))
+            .await
+            .unwrap_or(Err(BodyError::TooSlow))
+    };
+    read.map_err(|error| {
+        let status = match error {
+            BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::TooSlow => StatusCode::REQUEST_TIMEOUT,
+        };
+        json_reply(
+            status,
+            &json!({"error": "invalid_request", "error_description": error.to_string()}),
+        )
+    })
+}
+
+/// Collects at most [`MAX_BODY`] bytes; reads on, dropping them, up to [`DRAIN_LIMIT`].
+async fn collect_limited(mut body: Incoming) -> Result<Bytes, BodyError> {
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        // A body that breaks off is an empty one, as before.
+        let Ok(frame) = frame else {
+            return Ok(Bytes::new());
+        };
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if seen <= MAX_BODY {
+                kept.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                return Err(BodyError::TooLarge);
+            }
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(Bytes::from(kept))
 }
 
 fn query_map(query: Option<&str>) -> HashMap<String, String> {
@@ -89,7 +150,7 @@ impl TokenService {
     }
 
     /// A signed access token for `oid`.
-    fn issue(&self, oid: &str, client_id: &str) -> Result<(String, u64, u64), String> {
+    pub(crate) fn issue(&self, oid: &str, client_id: &str) -> Result<(String, u64, u64), String> {
         let now = now_secs();
         let lifetime = self.token_lifetime.as_secs().max(1);
         // `exp` is in whole seconds: round the start up, so the token lives at least the
@@ -120,7 +181,10 @@ impl TokenService {
         let path = request.uri().path().to_owned();
         let query = query_map(request.uri().query());
         let headers = request.headers().clone();
-        let body = read_body(request).await;
+        let body = match read_body(request).await {
+            Ok(body) => body,
+            Err(reply) => return Ok(reply),
+        };
         let tenant = &self.principals.tenant_id;
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
 
@@ -411,7 +475,10 @@ enum ManagedShape {
 pub(crate) async fn admin(service: Arc<TokenService>, request: Request<Incoming>) -> Result<Reply, Infallible> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let body = read_body(request).await;
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(reply) => return Ok(reply),
+    };
     Ok(match (method, path.as_str()) {
         (Method::GET, "/stats") => json_reply(StatusCode::OK, &service.stats.to_json()),
         (Method::POST, "/faults") => {
@@ -443,4 +510,124 @@ pub(crate) async fn admin(service: Arc<TokenService>, request: Request<Incoming>
             &json!({"error": "use GET /stats or POST /faults"}),
         ),
     })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::OnceLock;
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A token service with generated principals (one for all tests: keys take a while).
+    pub(crate) fn service() -> Arc<TokenService> {
+        static SERVICE: OnceLock<Arc<TokenService>> = OnceLock::new();
+        SERVICE
+            .get_or_init(|| {
+                Arc::new(TokenService {
+                    principals: Principals::generate(),
+                    signer: SigningKey::generate().unwrap(),
+                    token_lifetime: Duration::from_secs(60),
+                    faults: FaultState::default(),
+                    identity_header: "header".to_owned(),
+                    authority: "https://127.0.0.1:1".to_owned(),
+                    stats: Arc::new(Stats::default()),
+                })
+            })
+            .clone()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Three dot-separated parts: base64url of anything, of JSON, or raw text.
+    fn jwt_like() -> impl Strategy<Value = String> {
+        let part = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| b64(&b)),
+            (any::<u64>(), ".{0,16}", any::<i64>()).prop_map(|(exp, oid, nbf)| {
+                b64(
+                    json!({"alg": "RS256", "exp": exp, "oid": oid, "nbf": nbf, "aud": "https://redis.azure.com"})
+                        .to_string()
+                        .as_bytes(),
+                )
+            }),
+            ".{0,32}",
+        ];
+        (part.clone(), part.clone(), part).prop_map(|(a, b, c)| format!("{a}.{b}.{c}"))
+    }
+
+    #[test]
+    fn its_own_tokens_validate_and_tampered_ones_do_not() {
+        let service = service();
+        let principal = &service.principals.service_principals[0];
+        let (token, _, exp) = service.issue(&principal.object_id, &principal.client_id).unwrap();
+        assert_eq!(service.validate_access_token(&principal.object_id, &token), Ok(exp));
+        assert!(service.validate_access_token("someone else", &token).is_err());
+        let (rest, signature) = token.rsplit_once('.').unwrap();
+        let flipped = if signature.starts_with('A') { "B" } else { "A" };
+        let tampered = format!("{rest}.{flipped}{}", &signature[1..]);
+        assert!(service.validate_access_token(&principal.object_id, &tampered).is_err());
+    }
+
+    proptest! {
+        /// Any bytes as a token request body, for any tenant: an answer, no panic.
+        #[test]
+        fn random_form_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512), tenant in ".{0,40}") {
+            let service = service();
+            let reply = service.client_credentials(&tenant, &body);
+            prop_assert!(reply.status().is_client_error());
+            let reply = service.client_credentials(&service.principals.tenant_id, &body);
+            prop_assert!(reply.status().is_client_error());
+        }
+
+        /// Well-formed forms for a real client, with random secrets and assertions: refused,
+        /// no panic.
+        #[test]
+        fn random_credentials_are_refused(secret in ".{0,64}", assertion in jwt_like(), use_assertion: bool) {
+            let service = service();
+            let principal = &service.principals.service_principals[0];
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials")
+                .append_pair("client_id", &principal.client_id)
+                .append_pair("scope", "https://redis.azure.com/.default");
+            if use_assertion {
+                form.append_pair("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                    .append_pair("client_assertion", &assertion);
+            } else {
+                form.append_pair("client_secret", &secret);
+            }
+            let reply = service.client_credentials(&service.principals.tenant_id, form.finish().as_bytes());
+            prop_assert!(reply.status().is_client_error());
+        }
+
+        /// Random query strings for managed identity: an answer, no panic.
+        #[test]
+        fn random_managed_identity_queries_never_panic(query in ".{0,200}") {
+            let service = service();
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert("metadata", hyper::header::HeaderValue::from_static("true"));
+            let query = query_map(Some(&query));
+            let _ = service.managed_identity(&query, &headers, ManagedShape::Imds);
+        }
+
+        /// Random tokens at the gateway: refused, no panic.
+        #[test]
+        fn random_tokens_are_refused(token in prop_oneof![jwt_like(), ".{0,300}"], user in ".{0,40}") {
+            let service = service();
+            prop_assert!(service.validate_access_token(&user, &token).is_err());
+        }
+
+        /// Random admin bodies, as JSON: applied or refused, no panic.
+        #[test]
+        fn random_fault_settings_never_panic(status: u64, fail_next: u64, latency_ms: u64, retry_after: Option<u64>, stop: bool) {
+            let faults = FaultState::default();
+            let _ = faults.apply(&json!({"status": status, "fail_next": fail_next, "latency_ms": latency_ms, "retry_after": retry_after, "stop_answering": stop, "fail_reauth": fail_next}));
+            let _ = faults.plan();
+            let _ = faults.take_reauth_failure();
+        }
+    }
 }
