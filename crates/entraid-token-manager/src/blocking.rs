@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use entraid_identity::{IdentityError, IdentityProvider, Token};
 
-use crate::catch_panic::request;
+use crate::catch_panic::{request, request_span};
 use crate::config::{ConfigError, TokenManagerConfig};
 use crate::error::TokenManagerError;
 use crate::snapshot::Snapshot;
@@ -312,10 +312,12 @@ impl<P: IdentityProvider> Driver<P> {
         };
         let future = request(&self.provider);
         let outbox = self.outbox.clone();
+        let span = request_span(id, &self.machine);
         let spawned = thread::Builder::new()
             .name("entraid-token-request".into())
             .spawn(move || {
-                let result = block_on(future);
+                let result = span.in_scope(|| block_on(future));
+                span.record("outcome", if result.is_ok() { "token" } else { "failed" });
                 drop(slot);
                 let _ = outbox.send(Message::Response(id, result));
             });

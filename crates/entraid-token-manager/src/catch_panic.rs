@@ -32,3 +32,15 @@ impl Future for CatchPanic {
         }
     }
 }
+
+/// `entraid.token_request`: one span per request, with its attempt number (1 after a
+/// success) and, once known, its outcome (`token`, `failed`, `timed_out`), so a trace
+/// shows every attempt of a rotation.
+pub(crate) fn request_span(id: crate::RequestId, machine: &crate::TokenStateMachine) -> tracing::Span {
+    tracing::info_span!(
+        "entraid.token_request",
+        request = %id,
+        attempt = machine.consecutive_failures() + 1,
+        outcome = tracing::field::Empty,
+    )
+}

@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::WatchStream;
 
-use crate::catch_panic::{RequestFuture, request};
+use crate::catch_panic::{RequestFuture, request, request_span};
 use crate::config::{ConfigError, TokenManagerConfig};
 use crate::error::TokenManagerError;
 use crate::snapshot::Snapshot;
@@ -266,12 +266,18 @@ enum Wake {
 impl<P: IdentityProvider> Driver<P> {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let mut pending: Option<(RequestId, RequestFuture)> = None;
+        // The span of the request under way: a trace shows each attempt and its outcome.
+        let mut span = tracing::Span::none();
         self.machine.start(now());
         self.machine.handle_wall_clock(now(), SystemTime::now());
         loop {
             let deadline = loop {
                 match self.machine.poll_output() {
-                    Output::RequestToken(id) => pending = Some((id, request(&self.provider))),
+                    Output::RequestToken(id) => {
+                        span = request_span(id, &self.machine);
+                        let future = request(&self.provider);
+                        pending = Some((id, Box::pin(tracing::Instrument::instrument(future, span.clone()))));
+                    }
                     Output::Timeout(at) => break Some(Instant::from_std(at)),
                     Output::Idle => break None,
                     output => {
@@ -286,6 +292,8 @@ impl<P: IdentityProvider> Driver<P> {
                 .is_some_and(|(id, _)| self.machine.in_flight_request() != Some(*id))
             {
                 pending = None;
+                span.record("outcome", "timed_out");
+                span = tracing::Span::none();
             }
             let wake = tokio::select! {
                 biased;
@@ -297,7 +305,9 @@ impl<P: IdentityProvider> Driver<P> {
                 Wake::Stop => break,
                 Wake::Response(id, result) => {
                     pending = None;
-                    self.machine.handle_response(now(), id, result);
+                    span.record("outcome", if result.is_ok() { "token" } else { "failed" });
+                    let span = std::mem::replace(&mut span, tracing::Span::none());
+                    span.in_scope(|| self.machine.handle_response(now(), id, result));
                 }
                 Wake::Timer => self.machine.handle_wall_clock(now(), SystemTime::now()),
             }

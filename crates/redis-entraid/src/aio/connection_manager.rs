@@ -382,8 +382,7 @@ impl ConnectionManager {
             pending_auth: None,
             slot: slot_tx,
             shared: shared.clone(),
-            replacing: false,
-            retrying: None,
+            trouble: None,
             health: GaugeShare::default(),
         };
         // Fed before the task starts, so callers never see "no token" at the start.
@@ -591,10 +590,9 @@ struct Supervisor {
     pending_auth: PendingAuth,
     slot: watch::Sender<Slot>,
     shared: Arc<SharedState>,
-    /// The connection being opened replaces one that could not re-authenticate.
-    replacing: bool,
-    /// The connection whose last re-authentication failed (retried meanwhile).
-    retrying: Option<ConnectionId>,
+    /// A failing re-authentication or a replacement under way: rare, so boxed (one
+    /// supervisor lives beside every manager).
+    trouble: Option<Box<Trouble>>,
     /// This manager's share of the provider's connection figures.
     health: GaugeShare,
 }
@@ -648,7 +646,7 @@ impl Supervisor {
                 }
                 Wake::Auth(id, generation, result) => {
                     self.pending_auth = None;
-                    self.retrying = self.retrying.filter(|r| *r != id);
+                    self.trouble_mut().retrying = None;
                     match &result {
                         Ok(()) => {
                             Counters::bump(&self.shared.counters.reauthentications);
@@ -657,7 +655,7 @@ impl Supervisor {
                             }
                         }
                         Err(error) => {
-                            self.retrying = Some(id);
+                            self.trouble_mut().retrying = Some(id);
                             Counters::bump(&self.shared.counters.failed_auths);
                             tracing::warn!(connection = %id, %error, "re-authentication failed; retrying");
                         }
@@ -695,10 +693,17 @@ impl Supervisor {
                     generation,
                     timeout,
                 } => {
-                    self.replacing = self.machine.is_behind();
-                    if self.replacing {
+                    if let Some(trouble) = &mut self.trouble {
+                        trouble.replacement = None;
+                    }
+                    if self.machine.is_behind() {
                         Counters::bump(&self.shared.counters.replacements);
                         self.manager.health().replaced();
+                        let span = tracing::info_span!("entraid.connection_replacement", new = %id);
+                        span.in_scope(|| {
+                            tracing::info!(connection = %id, "replacing a connection that could not re-authenticate");
+                        });
+                        self.trouble_mut().replacement = Some(span);
                     }
                     match self.feed.get(generation).cloned() {
                         Some(token) => self.pending_connect = Some((id, self.open(id, &token, timeout))),
@@ -720,8 +725,10 @@ impl Supervisor {
                     }
                     _ => self.machine.handle_auth_result(now(), id, generation, false),
                 },
-                ConnectionOutput::Use(id) if self.replacing => {
-                    tracing::info!(connection = %id, "replacement connection in use");
+                ConnectionOutput::Use(id) if self.trouble.as_ref().is_some_and(|t| t.replacement.is_some()) => {
+                    if let Some(span) = self.trouble.as_mut().and_then(|t| t.replacement.take()) {
+                        span.in_scope(|| tracing::info!(connection = %id, "replacement connection in use"));
+                    }
                 }
                 ConnectionOutput::Retire(id) => {
                     if let Some(old) = self.connections.remove(&id) {
@@ -829,8 +836,16 @@ impl Supervisor {
     /// Tells commands where to go, when that changed.
     fn publish(&mut self) {
         let connections = &self.connections;
-        self.retrying = self.retrying.filter(|id| connections.get(id).is_some());
-        let retrying = usize::from(self.retrying.is_some());
+        if let Some(trouble) = &mut self.trouble {
+            if trouble.retrying.is_some_and(|id| connections.get(&id).is_none()) {
+                trouble.retrying = None;
+            }
+            if trouble.retrying.is_none() && trouble.replacement.is_none() {
+                self.trouble = None;
+            }
+        }
+        let retrying = self.trouble.as_ref().is_some_and(|t| t.retrying.is_some());
+        let retrying = usize::from(retrying);
         self.health.set(self.manager.health(), self.connections.len(), retrying);
         let slot = match self.machine.availability() {
             Availability::Connected(id) => match self.connections.get(&id) {
@@ -869,6 +884,21 @@ impl Supervisor {
             }
             !same
         });
+    }
+}
+
+/// What goes wrong now and then on a manager's connections.
+#[derive(Default)]
+struct Trouble {
+    /// The connection whose last re-authentication failed (retried meanwhile).
+    retrying: Option<ConnectionId>,
+    /// `entraid.connection_replacement`, from the replacement's connect to its use.
+    replacement: Option<tracing::Span>,
+}
+
+impl Supervisor {
+    fn trouble_mut(&mut self) -> &mut Trouble {
+        self.trouble.get_or_insert_with(Box::default)
     }
 }
 
