@@ -33,19 +33,24 @@ pub(crate) fn classify(outcome: Option<Outcome>, sdk_error: &azure_core::Error, 
             body,
         }) => from_status(status, retry_after, &body, ctx),
         Some(Outcome::Transport { message }) => IdentityError::transient(format!(
-            "could not reach the token endpoint for {}: {message}; check DNS, proxy and firewall rules \
-             (managed identity only works on an Azure host)",
+            "could not reach the token endpoint for {}: {message}",
             ctx.principal
         ))
-        .with_code("network"),
+        .with_code("network")
+        .with_hint(
+            "check DNS, proxy and firewall rules, and AZURE_AUTHORITY_HOST or IDENTITY_ENDPOINT if set \
+             (managed identity only works on an Azure host)",
+        ),
         Some(Outcome::AbsurdLifetime { expires_in }) => IdentityError::permanent(format!(
-            "the token endpoint for {} announced a token lifetime of {} s, which no Entra ID token has; \
-             check that AZURE_AUTHORITY_HOST (or the managed identity endpoint) is the real one and that \
-             no proxy rewrites its responses",
+            "the token endpoint for {} announced a token lifetime of {} s, which no Entra ID token has",
             ctx.principal,
             expires_in.as_secs()
         ))
-        .with_code("invalid_lifetime"),
+        .with_code("invalid_lifetime")
+        .with_hint(
+            "check that AZURE_AUTHORITY_HOST (or the managed identity endpoint) is the real one and that \
+             no proxy rewrites its responses",
+        ),
         Some(Outcome::Success { .. }) | None => from_sdk_error(sdk_error, ctx),
     }
 }
@@ -62,16 +67,15 @@ fn from_status(status: u16, retry_after: Option<Duration>, body: &[u8], ctx: &Co
         message.push_str(": ");
         message.push_str(&description);
     }
-    if let Some(hint) = hint {
-        message.push_str(" — ");
-        message.push_str(hint);
-    }
     let error = if transient {
         IdentityError::transient(message)
     } else {
         IdentityError::permanent(message)
     };
-    let error = error.with_code(code.unwrap_or_else(|| format!("http_{status}")));
+    let mut error = error.with_code(code.unwrap_or_else(|| format!("http_{status}")));
+    if let Some(hint) = hint {
+        error = error.with_hint(hint);
+    }
     match retry_after {
         Some(after) => error.with_retry_after(after),
         None => error,
@@ -218,6 +222,14 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("Trace ID"), "only the first line: {text}");
+        assert!(
+            e.hint().is_some_and(|h| h.contains("Value")),
+            "the fix on its own: {e:?}"
+        );
+        assert!(
+            !e.message().contains("Value"),
+            "the message says what went wrong: {e:?}"
+        );
     }
 
     #[test]

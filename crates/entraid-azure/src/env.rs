@@ -43,6 +43,106 @@ pub fn user_assigned_client_id_from_env(env: &dyn EnvLookup) -> Result<String, A
     )
 }
 
+/// The environment variables that choose or steer an identity, in the order people
+/// look for them.
+pub const IDENTITY_VARIABLES: &[&str] = &[
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_CLIENT_CERTIFICATE_PATH",
+    "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "IMDS_ENDPOINT",
+    "SSL_CERT_FILE",
+];
+
+/// Which kind of identity the environment selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EnvIdentityKind {
+    /// A service principal with a client secret.
+    ClientSecret,
+    /// A service principal with a certificate.
+    ClientCertificate,
+    /// A Kubernetes workload identity (federated token file).
+    WorkloadIdentity,
+    /// A user-assigned managed identity, by client id.
+    UserAssignedManagedIdentity,
+    /// The host's system-assigned managed identity.
+    SystemAssignedManagedIdentity,
+}
+
+impl EnvIdentityKind {
+    /// A person's name for it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            EnvIdentityKind::ClientSecret => "service principal with a client secret",
+            EnvIdentityKind::ClientCertificate => "service principal with a certificate",
+            EnvIdentityKind::WorkloadIdentity => "workload identity (federated token)",
+            EnvIdentityKind::UserAssignedManagedIdentity => "user-assigned managed identity",
+            EnvIdentityKind::SystemAssignedManagedIdentity => "system-assigned managed identity",
+        }
+    }
+}
+
+/// What [`AzureIdentityProvider::from_env`] chooses and why, for diagnosis: variable
+/// names only, never their values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvSelection {
+    /// The identity chosen.
+    pub kind: EnvIdentityKind,
+    /// Which of [`IDENTITY_VARIABLES`] are set (non-empty).
+    pub variables_set: Vec<&'static str>,
+    /// Why this identity, in one sentence.
+    pub reason: &'static str,
+}
+
+impl EnvSelection {
+    /// The choice the process environment makes.
+    pub fn from_env() -> EnvSelection {
+        EnvSelection::from_env_with(&ProcessEnv)
+    }
+
+    /// The choice these variables make; the same rule as
+    /// [`AzureIdentityProvider::from_env_with`], which uses it.
+    pub fn from_env_with(env: &dyn EnvLookup) -> EnvSelection {
+        let set = |name: &str| get(env, name).is_some();
+        let (kind, reason) = if set("AZURE_CLIENT_SECRET") {
+            (EnvIdentityKind::ClientSecret, "AZURE_CLIENT_SECRET is set")
+        } else if set("AZURE_CLIENT_CERTIFICATE_PATH") {
+            (
+                EnvIdentityKind::ClientCertificate,
+                "AZURE_CLIENT_CERTIFICATE_PATH is set and AZURE_CLIENT_SECRET is not",
+            )
+        } else if set("AZURE_FEDERATED_TOKEN_FILE") {
+            (
+                EnvIdentityKind::WorkloadIdentity,
+                "AZURE_FEDERATED_TOKEN_FILE is set and no client secret or certificate is",
+            )
+        } else if set("AZURE_CLIENT_ID") {
+            (
+                EnvIdentityKind::UserAssignedManagedIdentity,
+                "AZURE_CLIENT_ID is set without a secret, certificate or federated token file",
+            )
+        } else {
+            (
+                EnvIdentityKind::SystemAssignedManagedIdentity,
+                "no service principal, workload identity or AZURE_CLIENT_ID is configured",
+            )
+        };
+        EnvSelection {
+            kind,
+            variables_set: IDENTITY_VARIABLES.iter().copied().filter(|name| set(name)).collect(),
+            reason,
+        }
+    }
+}
+
 impl AzureIdentityProvider {
     /// Chooses the identity from the process environment; see [`from_env_with`](Self::from_env_with).
     pub fn from_env() -> Result<Self, AzureConfigError> {
@@ -73,25 +173,32 @@ impl AzureIdentityProvider {
         let tenant = || require(env, "AZURE_TENANT_ID", TENANT_HINT);
         let client = || require(env, "AZURE_CLIENT_ID", CLIENT_HINT);
 
-        let provider = if let Some(secret) = get(env, "AZURE_CLIENT_SECRET") {
-            AzureIdentityProvider::client_secret(&tenant()?, &client()?, &secret)?
-        } else if let Some(path) = get(env, "AZURE_CLIENT_CERTIFICATE_PATH") {
-            let (tenant, client) = (tenant()?, client()?);
-            let bytes = std::fs::read(&path).map_err(|e| AzureConfigError::UnreadableFile {
-                what: "client certificate (AZURE_CLIENT_CERTIFICATE_PATH)",
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            let password = get(env, "AZURE_CLIENT_CERTIFICATE_PASSWORD");
-            AzureIdentityProvider::client_certificate(&tenant, &client, bytes, password.as_deref())?
-        } else if let Some(file) = get(env, "AZURE_FEDERATED_TOKEN_FILE") {
-            AzureIdentityProvider::workload_identity(&tenant()?, &client()?, PathBuf::from(file))?
-        } else {
-            let id = match get(env, "AZURE_CLIENT_ID") {
-                Some(client_id) => ManagedIdentityId::ClientId(client_id),
-                None => ManagedIdentityId::SystemAssigned,
-            };
-            AzureIdentityProvider::managed_identity(id)?
+        let provider = match EnvSelection::from_env_with(env).kind {
+            EnvIdentityKind::ClientSecret => {
+                let secret = get(env, "AZURE_CLIENT_SECRET").unwrap_or_default();
+                AzureIdentityProvider::client_secret(&tenant()?, &client()?, &secret)?
+            }
+            EnvIdentityKind::ClientCertificate => {
+                let path = get(env, "AZURE_CLIENT_CERTIFICATE_PATH").unwrap_or_default();
+                let (tenant, client) = (tenant()?, client()?);
+                let bytes = std::fs::read(&path).map_err(|e| AzureConfigError::UnreadableFile {
+                    what: "client certificate (AZURE_CLIENT_CERTIFICATE_PATH)",
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                let password = get(env, "AZURE_CLIENT_CERTIFICATE_PASSWORD");
+                AzureIdentityProvider::client_certificate(&tenant, &client, bytes, password.as_deref())?
+            }
+            EnvIdentityKind::WorkloadIdentity => {
+                let file = get(env, "AZURE_FEDERATED_TOKEN_FILE").unwrap_or_default();
+                AzureIdentityProvider::workload_identity(&tenant()?, &client()?, PathBuf::from(file))?
+            }
+            EnvIdentityKind::UserAssignedManagedIdentity => AzureIdentityProvider::managed_identity(
+                ManagedIdentityId::ClientId(get(env, "AZURE_CLIENT_ID").unwrap_or_default()),
+            )?,
+            EnvIdentityKind::SystemAssignedManagedIdentity => {
+                AzureIdentityProvider::managed_identity(ManagedIdentityId::SystemAssigned)?
+            }
         };
         match get(env, "AZURE_AUTHORITY_HOST") {
             Some(host) => provider.with_authority_host(&host),

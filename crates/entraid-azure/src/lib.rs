@@ -49,7 +49,7 @@ mod error;
 mod provider;
 mod validate;
 
-pub use env::{EnvLookup, user_assigned_client_id_from_env};
+pub use env::{EnvIdentityKind, EnvLookup, EnvSelection, IDENTITY_VARIABLES, user_assigned_client_id_from_env};
 pub use error::AzureConfigError;
 pub use provider::{AzureIdentityProvider, ManagedIdentityId};
 

@@ -702,6 +702,60 @@ fn from_env_chooses_the_identity_by_the_sdk_conventions() {
     assert!(id.to_string().contains("AZURE_CLIENT_ID"), "{id}");
 }
 
+#[test]
+fn env_selection_names_the_choice_and_the_variables_without_values() {
+    use entraid_azure::{EnvIdentityKind, EnvSelection};
+    let secret = EnvSelection::from_env_with(&env_of(&[
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_ID", CLIENT),
+        ("AZURE_CLIENT_SECRET", SECRET),
+        ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/token"),
+        ("UNRELATED", "x"),
+    ]));
+    assert_eq!(
+        secret.kind,
+        EnvIdentityKind::ClientSecret,
+        "the secret wins, as in the SDKs"
+    );
+    assert_eq!(
+        secret.variables_set,
+        [
+            "AZURE_TENANT_ID",
+            "AZURE_CLIENT_ID",
+            "AZURE_CLIENT_SECRET",
+            "AZURE_FEDERATED_TOKEN_FILE"
+        ]
+    );
+    assert!(!format!("{secret:?}").contains(SECRET), "names only, never values");
+
+    let cases: [(&'static [(&str, &str)], EnvIdentityKind); 4] = [
+        (
+            &[
+                ("AZURE_CLIENT_CERTIFICATE_PATH", "/c.pfx"),
+                ("AZURE_FEDERATED_TOKEN_FILE", "/t"),
+            ],
+            EnvIdentityKind::ClientCertificate,
+        ),
+        (
+            &[("AZURE_FEDERATED_TOKEN_FILE", "/t")],
+            EnvIdentityKind::WorkloadIdentity,
+        ),
+        (
+            &[("AZURE_CLIENT_ID", "mi")],
+            EnvIdentityKind::UserAssignedManagedIdentity,
+        ),
+        (
+            &[("AZURE_CLIENT_ID", " ")],
+            EnvIdentityKind::SystemAssignedManagedIdentity,
+        ),
+    ];
+    for (pairs, kind) in cases {
+        let selection = EnvSelection::from_env_with(&env_of(pairs));
+        assert_eq!(selection.kind, kind, "{pairs:?}");
+        assert!(!selection.reason.is_empty());
+    }
+}
+
 #[tokio::test]
 async fn from_env_honours_the_authority_host() {
     let mut server = mockito::Server::new_async().await;

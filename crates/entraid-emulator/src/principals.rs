@@ -17,6 +17,10 @@ pub struct ServicePrincipal {
     pub secret: Option<String>,
     /// Public key of its certificate, if it may sign in with a client assertion.
     pub certificate_key: Option<PKey<Public>>,
+    /// Whether the cache has a data access policy assignment for its object id: without
+    /// one, Entra still issues tokens, but the gateway refuses them with `WRONGPASS`, as
+    /// Azure does. Default true.
+    pub redis_access: bool,
 }
 
 impl std::fmt::Debug for ServicePrincipal {
@@ -26,6 +30,7 @@ impl std::fmt::Debug for ServicePrincipal {
             .field("object_id", &self.object_id)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("certificate", &self.certificate_key.is_some())
+            .field("redis_access", &self.redis_access)
             .finish()
     }
 }
@@ -41,6 +46,9 @@ pub struct ManagedIdentity {
     pub resource_id: Option<String>,
     /// Whether this is the resource's system-assigned identity.
     pub system_assigned: bool,
+    /// Whether the cache has a data access policy assignment for it (see
+    /// [`ServicePrincipal::redis_access`]). Default true.
+    pub redis_access: bool,
 }
 
 /// Everything the token service accepts.
@@ -65,6 +73,11 @@ impl std::fmt::Debug for Principals {
             .field("managed_identities", &self.managed_identities)
             .finish()
     }
+}
+
+/// A principal's `redis_access` in a principals file: true unless it says false.
+fn redis_access(principal: &Value) -> bool {
+    principal.get("redis_access").and_then(Value::as_bool).unwrap_or(true)
 }
 
 /// A random GUID-shaped id.
@@ -95,12 +108,14 @@ impl Principals {
                 object_id: guid(),
                 secret: Some(random_secret()),
                 certificate_key: None,
+                redis_access: true,
             }],
             managed_identities: vec![ManagedIdentity {
                 client_id: None,
                 object_id: guid(),
                 resource_id: None,
                 system_assigned: true,
+                redis_access: true,
             }],
         }
     }
@@ -110,11 +125,14 @@ impl Principals {
     /// ```json
     /// { "tenant_id": "…",
     ///   "service_principals": [ { "client_id": "…", "object_id": "…", "secret": "…",
-    ///                             "certificate_pem": "-----BEGIN CERTIFICATE-----…" } ],
+    ///                             "certificate_pem": "-----BEGIN CERTIFICATE-----…",
+    ///                             "redis_access": false } ],
     ///   "managed_identities": [ { "system_assigned": true, "object_id": "…" },
     ///                           { "client_id": "…", "object_id": "…", "resource_id": "…" } ] }
     /// ```
-    /// Missing ids are generated; a missing tenant gets a random one.
+    /// Missing ids are generated; a missing tenant gets a random one. `redis_access`
+    /// (default true) says whether the cache has a data access policy assignment for the
+    /// principal.
     pub fn from_json(text: &str) -> Result<Principals, EmulatorError> {
         let bad = |m: String| EmulatorError::Principals(m);
         let value: Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
@@ -153,6 +171,7 @@ impl Principals {
                 object_id: text_field(sp, "object_id").unwrap_or_else(guid),
                 secret,
                 certificate_key,
+                redis_access: redis_access(sp),
             });
         }
         if service_principals.is_empty() {
@@ -170,6 +189,7 @@ impl Principals {
                 object_id: text_field(mi, "object_id").unwrap_or_else(guid),
                 resource_id: text_field(mi, "resource_id"),
                 system_assigned: mi.get("system_assigned").and_then(Value::as_bool).unwrap_or(false),
+                redis_access: redis_access(mi),
             });
         }
         if !managed_identities.iter().any(|m| m.system_assigned) {
@@ -178,6 +198,7 @@ impl Principals {
                 object_id: guid(),
                 resource_id: None,
                 system_assigned: true,
+                redis_access: true,
             });
         }
         Ok(Principals {
@@ -185,6 +206,13 @@ impl Principals {
             service_principals,
             managed_identities,
         })
+    }
+
+    /// Whether the cache grants data access to this object id.
+    pub(crate) fn has_redis_access(&self, object_id: &str) -> bool {
+        let sps = self.service_principals.iter().map(|p| (&p.object_id, p.redis_access));
+        let mis = self.managed_identities.iter().map(|m| (&m.object_id, m.redis_access));
+        sps.chain(mis).any(|(id, access)| id == object_id && access)
     }
 
     pub(crate) fn service_principal(&self, client_id: &str) -> Option<&ServicePrincipal> {
@@ -216,5 +244,28 @@ impl Principals {
             .find(|m| m.system_assigned)
             .map(|m| m.object_id.as_str())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_access_defaults_to_granted_and_can_be_withheld() {
+        let principals = Principals::from_json(
+            r#"{"service_principals": [
+                   {"object_id": "granted", "secret": "s1"},
+                   {"object_id": "withheld", "secret": "s2", "redis_access": false}],
+                "managed_identities": [{"system_assigned": true, "object_id": "mi", "redis_access": false}]}"#,
+        )
+        .unwrap();
+        assert!(principals.has_redis_access("granted"));
+        assert!(!principals.has_redis_access("withheld"));
+        assert!(!principals.has_redis_access("mi"));
+        assert!(!principals.has_redis_access("unknown"));
+        let generated = Principals::generate();
+        assert!(generated.has_redis_access(&generated.service_principals[0].object_id));
+        assert!(generated.has_redis_access(generated.system_assigned_object_id()));
     }
 }

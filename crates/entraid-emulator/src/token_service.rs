@@ -456,6 +456,9 @@ impl TokenService {
         if claims.get("oid").and_then(Value::as_str) != Some(username) {
             return Err("the username is not the token's oid".into());
         }
+        if !self.principals.has_redis_access(username) {
+            return Err("no data access policy assignment for this object id".into());
+        }
         let exp = claims.get("exp").and_then(Value::as_u64).ok_or("no exp")?;
         if exp <= now_secs() {
             return Err("the token has expired".into());

@@ -26,6 +26,7 @@ pub struct IdentityError {
     kind: ErrorKind,
     message: Arc<str>,
     code: Option<Arc<str>>,
+    hint: Option<Arc<str>>,
     retry_after: Option<Duration>,
     source: Option<Arc<dyn StdError + Send + Sync + 'static>>,
 }
@@ -46,6 +47,7 @@ impl IdentityError {
             kind,
             message: Arc::from(message),
             code: None,
+            hint: None,
             retry_after: None,
             source: None,
         }
@@ -61,6 +63,13 @@ impl IdentityError {
     /// The service's own error code, such as `AADSTS7000215` or `invalid_client`.
     pub fn with_code(mut self, code: impl Into<String>) -> IdentityError {
         self.code = Some(Arc::from(code.into()));
+        self
+    }
+
+    /// What to do about it, in one line ("use the secret's Value, not its ID"): shown
+    /// after the message, and on its own by diagnosis tools.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> IdentityError {
+        self.hint = Some(Arc::from(hint.into()));
         self
     }
 
@@ -90,9 +99,14 @@ impl IdentityError {
         self.code.as_deref()
     }
 
-    /// The message, without the kind and code.
+    /// The message (what went wrong), without the kind, code and hint.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// What to do about it, if the provider knows.
+    pub fn hint(&self) -> Option<&str> {
+        self.hint.as_deref()
     }
 }
 
@@ -107,6 +121,9 @@ impl fmt::Display for IdentityError {
             write!(f, " [{code}]")?;
         }
         write!(f, ": {}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, " — {hint}")?;
+        }
         if let Some(after) = self.retry_after {
             write!(f, " (retry after {after:?})")?;
         }
@@ -120,6 +137,7 @@ impl fmt::Debug for IdentityError {
             .field("kind", &self.kind)
             .field("code", &self.code)
             .field("message", &self.message)
+            .field("hint", &self.hint)
             .field("retry_after", &self.retry_after)
             .field("source", &self.source)
             .finish()
@@ -158,6 +176,21 @@ mod tests {
             p.to_string()
                 .starts_with("permanent identity error [AADSTS7000215]: wrong client secret")
         );
+    }
+
+    #[test]
+    fn hint_is_kept_apart_and_shown_after_the_message() {
+        let e = IdentityError::permanent("HTTP 401 from the token endpoint: invalid client secret")
+            .with_code("AADSTS7000215")
+            .with_hint("use the secret's Value, not its Secret ID");
+        assert_eq!(e.message(), "HTTP 401 from the token endpoint: invalid client secret");
+        assert_eq!(e.hint(), Some("use the secret's Value, not its Secret ID"));
+        assert_eq!(
+            e.to_string(),
+            "permanent identity error [AADSTS7000215]: HTTP 401 from the token endpoint: invalid client secret \
+             — use the secret's Value, not its Secret ID"
+        );
+        assert_eq!(IdentityError::transient("x").hint(), None);
     }
 
     #[test]

@@ -65,7 +65,9 @@ pub(crate) struct Claims {
     pub(crate) expires_at: SystemTime,
 }
 
-pub(crate) fn decode_claims(jwt: &str) -> Result<Claims, TokenParseError> {
+/// The payload of a JWT as a JSON object, for diagnosis (`aud`, `tid`, `iat`…). The
+/// signature is not checked: the server does that.
+pub(crate) fn decode_payload(jwt: &str) -> Result<serde_json::Map<String, serde_json::Value>, TokenParseError> {
     let parts: Vec<&str> = jwt.trim().split('.').collect();
     let [_, payload, _] = parts.as_slice() else {
         return Err(TokenParseError::NotThreeParts { found: parts.len() });
@@ -75,10 +77,16 @@ pub(crate) fn decode_claims(jwt: &str) -> Result<Claims, TokenParseError> {
         .map_err(|e| TokenParseError::Base64 { reason: e.to_string() })?;
     let value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| TokenParseError::NotJson { reason: e.to_string() })?;
-    let object = value.as_object().ok_or_else(|| TokenParseError::NotJson {
-        reason: format!("found a JSON {}", json_kind(&value)),
-    })?;
+    match value {
+        serde_json::Value::Object(object) => Ok(object),
+        other => Err(TokenParseError::NotJson {
+            reason: format!("found a JSON {}", json_kind(&other)),
+        }),
+    }
+}
 
+pub(crate) fn decode_claims(jwt: &str) -> Result<Claims, TokenParseError> {
+    let object = decode_payload(jwt)?;
     let oid = match object.get("oid") {
         None => return Err(TokenParseError::MissingOid),
         Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.clone(),

@@ -92,6 +92,23 @@ impl Token {
             .unwrap_or(Duration::ZERO)
     }
 
+    /// The claims of a JWT token (`oid`, `aud`, `tid`, `iss`, `iat`, `exp`…), for
+    /// diagnosis: what the issuer says about the token, not the token itself. The
+    /// signature is not checked (the server does that); a token that is not a JWT
+    /// says why.
+    ///
+    /// ```
+    /// use entraid_identity::Token;
+    /// use std::time::UNIX_EPOCH;
+    /// let jwt = "eyJhbGciOiJub25lIn0.eyJvaWQiOiJhYmMiLCJleHAiOjIwMDAwMDAwMDAsImF1ZCI6Imh0dHBzOi8vcmVkaXMuYXp1cmUuY29tIn0.c2ln";
+    /// let claims = Token::from_jwt(jwt, UNIX_EPOCH)?.claims()?;
+    /// assert_eq!(claims["aud"], "https://redis.azure.com");
+    /// # Ok::<(), entraid_identity::TokenParseError>(())
+    /// ```
+    pub fn claims(&self) -> Result<serde_json::Map<String, serde_json::Value>, TokenParseError> {
+        jwt::decode_payload(&self.secret)
+    }
+
     /// Whether `other` carries the same secret, i.e. is the same token handed out again.
     pub fn same_secret(&self, other: &Token) -> bool {
         Arc::ptr_eq(&self.secret, &other.secret) || self.secret == other.secret
