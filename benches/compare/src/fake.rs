@@ -135,7 +135,7 @@ impl redis_entraid::IdentityProvider for GatedIdentity {
 /// B's identity: the same gate behind azure_core 0.31's `TokenCredential`. Gated tokens
 /// live 242 s, which B (refreshing 240 s before expiry) renews after 2 s.
 #[derive(Debug)]
-struct GatedCredential(#[allow(dead_code)] &'static str, Gate);
+struct GatedCredential(Gate);
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,7 +150,7 @@ impl azure_core::credentials::TokenCredential for GatedCredential {
         _scopes: &[&str],
         _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
     ) -> azure_core::Result<azure_core::credentials::AccessToken> {
-        let gate = &self.1;
+        let gate = &self.0;
         let n = gate.pass().await;
         let lifetime = if gate.permits.is_some() {
             Duration::from_secs(242)
@@ -208,7 +208,7 @@ impl Variant {
             }
             Variant::B => {
                 let mut provider = redis::EntraIdCredentialsProvider::new_with_credential(
-                    Arc::new(GatedCredential("bench", gate.clone())),
+                    Arc::new(GatedCredential(gate.clone())),
                     vec!["https://redis.azure.com/.default".to_owned()],
                 )?;
                 provider.start(redis::RetryConfig::default());

@@ -28,11 +28,6 @@ impl FakeClock {
         self.now
     }
 
-    /// The instant `offset` after the start.
-    pub fn at(&self, offset: Duration) -> Instant {
-        self.start + offset
-    }
-
     /// Time since the start.
     pub fn elapsed(&self) -> Duration {
         self.now - self.start

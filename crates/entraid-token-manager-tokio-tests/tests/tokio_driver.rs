@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use entraid_identity::IdentityError;
 use entraid_test_support::{ScriptedProvider, Step};
-use entraid_token_manager::{ConfigError, TokenManager, TokenManagerConfig, TokenManagerError, TokenStream};
+use entraid_token_manager::{
+    ConfigError, StartError, TokenManager, TokenManagerConfig, TokenManagerError, TokenStream,
+};
 use tokio_stream::StreamExt;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -29,12 +31,13 @@ fn handles_are_clone_send_sync_and_streams_unpin_send_static() {
     stream::<TokenStream>();
     error::<TokenManagerError>();
     error::<ConfigError>();
+    error::<StartError>();
 }
 
 #[test]
 fn start_outside_a_runtime_is_a_typed_error() {
     let err = TokenManager::start(ScriptedProvider::always("oid", 60 * SEC), config()).unwrap_err();
-    assert_eq!(err, ConfigError::NoTokioRuntime);
+    assert_eq!(err, StartError::NoTokioRuntime);
     assert!(err.to_string().contains("start_on"));
 }
 
@@ -51,6 +54,40 @@ fn start_on_a_handle_works_outside_the_runtime() {
     assert_eq!(provider.calls(), 1);
 }
 
+#[test]
+fn start_on_own_runtime_runs_without_a_caller_runtime_and_its_thread_ends_on_stop() {
+    let provider = ScriptedProvider::always("oid-own", 3600 * SEC);
+    let manager = TokenManager::start_on_own_runtime(provider.clone(), config()).unwrap();
+    assert_eq!(manager.blocking_token().unwrap().username(), "oid-own");
+    assert!(!manager.lost_its_runtime());
+    let threads = || {
+        std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks
+                    .filter_map(Result::ok)
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|name| name.trim() == "entraid-token-m")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(threads(), 1, "one thread of its own (named entraid-token-manager)");
+    manager.stop();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while threads() > 0 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert_eq!(threads(), 0, "the thread ends with the manager");
+    let bad = TokenManagerConfig {
+        expiration_refresh_ratio: 2.0,
+        ..config()
+    };
+    let refused = TokenManager::start_on_own_runtime(provider, bad).unwrap_err();
+    assert_eq!(refused, StartError::InvalidConfig(ConfigError::RefreshRatio(2.0)));
+}
+
 #[tokio::test(start_paused = true)]
 async fn invalid_config_is_refused() {
     let bad = TokenManagerConfig {
@@ -58,7 +95,7 @@ async fn invalid_config_is_refused() {
         ..config()
     };
     let err = TokenManager::start(ScriptedProvider::always("oid", SEC), bad).unwrap_err();
-    assert_eq!(err, ConfigError::RefreshRatio(0.0));
+    assert_eq!(err, StartError::InvalidConfig(ConfigError::RefreshRatio(0.0)));
 }
 
 #[tokio::test(start_paused = true)]

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 use entraid_identity::{IdentityError, IdentityProvider, Token};
 
 use crate::catch_panic::{request, request_span};
-use crate::config::{ConfigError, TokenManagerConfig};
-use crate::error::TokenManagerError;
+use crate::config::TokenManagerConfig;
+use crate::error::{StartError, TokenManagerError};
 use crate::snapshot::Snapshot;
 use crate::state_machine::{Output, RequestId, TokenStateMachine};
 use crate::status::TokenStatus;
@@ -125,7 +125,7 @@ impl Shared {
 
 impl TokenManager {
     /// Validates `config` and starts the manager thread.
-    pub fn start(provider: impl IdentityProvider, config: TokenManagerConfig) -> Result<TokenManager, ConfigError> {
+    pub fn start(provider: impl IdentityProvider, config: TokenManagerConfig) -> Result<TokenManager, StartError> {
         let machine = TokenStateMachine::new(config)?;
         Self::start_with_state_machine(provider, machine)
     }
@@ -134,7 +134,7 @@ impl TokenManager {
     pub fn start_with_state_machine(
         provider: impl IdentityProvider,
         machine: TokenStateMachine,
-    ) -> Result<TokenManager, ConfigError> {
+    ) -> Result<TokenManager, StartError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(Published {
                 seq: 0,
@@ -154,7 +154,7 @@ impl TokenManager {
         thread::Builder::new()
             .name("entraid-token-manager".into())
             .spawn(move || driver.run(inbox))
-            .map_err(|e| ConfigError::ThreadSpawn(e.to_string()))?;
+            .map_err(|e| StartError::ThreadSpawn(e.to_string()))?;
         Ok(TokenManager {
             inner: Arc::new(Inner { shared, messages }),
         })
@@ -266,22 +266,21 @@ struct Driver<P> {
 
 impl<P: IdentityProvider> Driver<P> {
     fn run(mut self, inbox: mpsc::Receiver<Message>) {
-        self.machine.start(Instant::now());
-        self.machine.handle_wall_clock(Instant::now(), SystemTime::now());
         loop {
             let deadline = loop {
                 match self.machine.poll_output() {
+                    // A machine that has not started yet: start it on this driver's clock.
+                    Output::Idle => {
+                        self.machine.start(Instant::now());
+                        self.machine.handle_wall_clock(Instant::now(), SystemTime::now());
+                    }
                     Output::RequestToken(id) => self.spawn_request(id),
-                    Output::Timeout(at) => break Some(at),
-                    Output::Idle => break None,
+                    Output::Timeout(at) => break at,
                     output => self.shared.publish(|snapshot| snapshot.apply(output)),
                 }
             };
             self.shared.lock().status = self.machine.status();
-            let message = match deadline {
-                Some(at) => inbox.recv_timeout(at.saturating_duration_since(Instant::now())),
-                None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
+            let message = inbox.recv_timeout(deadline.saturating_duration_since(Instant::now()));
             match message {
                 Ok(Message::Response(id, result)) => self.machine.handle_response(Instant::now(), id, result),
                 Err(RecvTimeoutError::Timeout) => self.machine.handle_wall_clock(Instant::now(), SystemTime::now()),

@@ -254,7 +254,8 @@ impl fmt::Debug for IsRetryable {
     }
 }
 
-/// A configuration value that the manager refuses, with what to do instead.
+/// A configuration value that the manager refuses, with what to do instead. Only
+/// validation: a driver that cannot start says so with [`StartError`](crate::StartError).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -301,15 +302,6 @@ pub enum ConfigError {
         "retry.jitter is {0}, but must be in [0, 1): each delay is scaled by a random factor in [1 - jitter, 1 + jitter] (default 0.2)"
     )]
     Jitter(f64),
-    /// The tokio driver was started outside a tokio runtime.
-    #[error(
-        "TokenManager::start was called outside a tokio runtime; call it from async code, \
-         use TokenManager::start_on(runtime_handle, ..), or use blocking::TokenManager"
-    )]
-    NoTokioRuntime,
-    /// The operating system refused to start the blocking driver's thread.
-    #[error("could not start the token manager thread: {0}")]
-    ThreadSpawn(String),
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use entraid_identity::IdentityError;
 
+use crate::config::ConfigError;
 use crate::state_machine::RefreshFailure;
 
 /// Why a token could not be handed out.
@@ -42,12 +43,39 @@ pub enum TokenManagerError {
          or let redis_entraid's provider run it on a runtime of its own"
     )]
     RuntimeShutDown,
-    /// The manager could not start: its configuration was refused.
+    /// The manager could not start: its configuration was refused, or its runtime or
+    /// thread could not be had.
     #[error("the token manager did not start: {0}")]
-    InvalidConfig(#[from] crate::config::ConfigError),
+    NotStarted(#[from] StartError),
     /// No token arrived within the time the caller was willing to wait.
     #[error("no Entra ID token arrived within {0:?}; the identity provider may be slow or unreachable")]
     WaitTimedOut(std::time::Duration),
+}
+
+/// Why a driver could not start. Validation errors are [`ConfigError`]s; the rest is
+/// about where the driver runs.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    InvalidConfig(#[from] ConfigError),
+    /// The tokio driver was started outside a tokio runtime.
+    #[cfg(feature = "tokio")]
+    #[error(
+        "TokenManager::start was called outside a tokio runtime; call it from async code, \
+         use TokenManager::start_on(runtime_handle, ..) or TokenManager::start_on_own_runtime(..), \
+         or use blocking::TokenManager"
+    )]
+    NoTokioRuntime,
+    /// The operating system refused a thread (the blocking driver's, or the one that
+    /// runs a runtime of the manager's own).
+    #[error("could not start the token manager's thread: {0}")]
+    ThreadSpawn(String),
+    /// A tokio runtime of the manager's own could not be built.
+    #[cfg(feature = "tokio")]
+    #[error("could not build the token manager's own tokio runtime: {0}")]
+    RuntimeBuild(String),
 }
 
 impl From<RefreshFailure> for TokenManagerError {

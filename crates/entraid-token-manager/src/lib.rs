@@ -59,7 +59,7 @@ pub use connection::{
     Availability, ConnectionId, ConnectionOutput, ConnectionPolicy, ConnectionPolicyError, ConnectionStateMachine,
     Generation, Renewal,
 };
-pub use error::TokenManagerError;
+pub use error::{StartError, TokenManagerError};
 pub use state_machine::{
     Output, RETRY_AFTER_CAP, RefreshFailure, RequestId, TokenStateMachine, WALL_CLOCK_CHECK_INTERVAL,
 };

@@ -15,13 +15,6 @@ use crate::status::{RefreshOutcome, TokenStatus};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(u64);
 
-impl RequestId {
-    /// The request's sequence number, starting at 0.
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "request #{}", self.0)
@@ -354,11 +347,6 @@ impl TokenStateMachine {
             next_attempt_at: self.in_flight.as_ref().map(|f| f.deadline).or(self.next_request_at),
             running: true,
         }
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> &TokenManagerConfig {
-        &self.config
     }
 
     /// Records `now`, never letting time go backwards. `None` before start.

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::WatchStream;
 
 use crate::catch_panic::{RequestFuture, request, request_span};
-use crate::config::{ConfigError, TokenManagerConfig};
-use crate::error::TokenManagerError;
+use crate::config::TokenManagerConfig;
+use crate::error::{StartError, TokenManagerError};
 use crate::snapshot::Snapshot;
 use crate::state_machine::{Output, RequestId, TokenStateMachine};
 use crate::status::TokenStatus;
@@ -61,12 +61,12 @@ struct Inner {
 impl TokenManager {
     /// Validates `config` and starts the background task on the current tokio runtime.
     ///
-    /// Fails with [`ConfigError::NoTokioRuntime`] outside a runtime; use
-    /// [`start_on`](Self::start_on) with a runtime handle, or the thread-based
-    /// [`blocking::TokenManager`](crate::blocking::TokenManager) there.
-    pub fn start(provider: impl IdentityProvider, config: TokenManagerConfig) -> Result<TokenManager, ConfigError> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoTokioRuntime)?;
-        Self::start_on(&handle, provider, config)
+    /// Fails with [`StartError::NoTokioRuntime`] outside a runtime; there, use
+    /// [`start_on`](Self::start_on) with a runtime handle,
+    /// [`start_on_own_runtime`](Self::start_on_own_runtime), or the thread-based
+    /// [`blocking::TokenManager`](crate::blocking::TokenManager).
+    pub fn start(provider: impl IdentityProvider, config: TokenManagerConfig) -> Result<TokenManager, StartError> {
+        Self::start_with_state_machine(provider, TokenStateMachine::new(config)?)
     }
 
     /// Like [`start`](Self::start), on the given runtime.
@@ -74,19 +74,55 @@ impl TokenManager {
         runtime: &tokio::runtime::Handle,
         provider: impl IdentityProvider,
         config: TokenManagerConfig,
-    ) -> Result<TokenManager, ConfigError> {
-        let machine = TokenStateMachine::new(config)?;
-        Ok(Self::spawn(runtime, Arc::new(provider), machine))
+    ) -> Result<TokenManager, StartError> {
+        Self::start_on_with_state_machine(runtime, provider, TokenStateMachine::new(config)?)
     }
 
-    /// Starts a manager around a state machine built by the caller (for example one with
-    /// a fixed jitter seed).
+    /// Like [`start`](Self::start), around a state machine built by the caller (for
+    /// example one with a fixed jitter seed).
     pub fn start_with_state_machine(
         provider: impl IdentityProvider,
         machine: TokenStateMachine,
-    ) -> Result<TokenManager, ConfigError> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoTokioRuntime)?;
-        Ok(Self::spawn(&handle, Arc::new(provider), machine))
+    ) -> Result<TokenManager, StartError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoTokioRuntime)?;
+        Self::start_on_with_state_machine(&handle, provider, machine)
+    }
+
+    /// Like [`start_on`](Self::start_on), around a state machine built by the caller.
+    pub fn start_on_with_state_machine(
+        runtime: &tokio::runtime::Handle,
+        provider: impl IdentityProvider,
+        machine: TokenStateMachine,
+    ) -> Result<TokenManager, StartError> {
+        Ok(Self::spawn(runtime, Arc::new(provider), machine))
+    }
+
+    /// Starts the manager on a current-thread tokio runtime of its own, on a background
+    /// thread that ends when the manager stops: for programs without a runtime, and for
+    /// managers that must outlive the runtime they were created on (a temporary
+    /// `block_on`, a test's runtime).
+    pub fn start_on_own_runtime(
+        provider: impl IdentityProvider,
+        config: TokenManagerConfig,
+    ) -> Result<TokenManager, StartError> {
+        let machine = TokenStateMachine::new(config)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("entraid-token-manager")
+            .build()
+            .map_err(|e| StartError::RuntimeBuild(e.to_string()))?;
+        let manager = Self::start_on_with_state_machine(runtime.handle(), provider, machine)?;
+        let mut until_stopped = manager.subscribe();
+        std::thread::Builder::new()
+            .name("entraid-token-manager".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    use tokio_stream::StreamExt as _;
+                    while until_stopped.next().await.is_some() {}
+                });
+            })
+            .map_err(|e| StartError::ThreadSpawn(e.to_string()))?;
+        Ok(manager)
     }
 
     fn spawn<P: IdentityProvider>(
@@ -268,18 +304,20 @@ impl<P: IdentityProvider> Driver<P> {
         let mut pending: Option<(RequestId, RequestFuture)> = None;
         // The span of the request under way: a trace shows each attempt and its outcome.
         let mut span = tracing::Span::none();
-        self.machine.start(now());
-        self.machine.handle_wall_clock(now(), SystemTime::now());
         loop {
             let deadline = loop {
                 match self.machine.poll_output() {
+                    // A machine that has not started yet: start it on this driver's clock.
+                    Output::Idle => {
+                        self.machine.start(now());
+                        self.machine.handle_wall_clock(now(), SystemTime::now());
+                    }
                     Output::RequestToken(id) => {
                         span = request_span(id, &self.machine);
                         let future = request(&self.provider);
                         pending = Some((id, Box::pin(tracing::Instrument::instrument(future, span.clone()))));
                     }
-                    Output::Timeout(at) => break Some(Instant::from_std(at)),
-                    Output::Idle => break None,
+                    Output::Timeout(at) => break Instant::from_std(at),
                     output => {
                         self.publish.send_if_modified(|snapshot| snapshot.apply(output));
                     }
@@ -299,7 +337,7 @@ impl<P: IdentityProvider> Driver<P> {
                 biased;
                 _ = &mut stop => Wake::Stop,
                 (id, result) = wait_for(&mut pending) => Wake::Response(id, result),
-                () = sleep_until(deadline) => Wake::Timer,
+                () = tokio::time::sleep_until(deadline) => Wake::Timer,
             };
             match wake {
                 Wake::Stop => break,
@@ -326,13 +364,6 @@ async fn wait_for(
 ) -> (RequestId, Result<Token, entraid_identity::IdentityError>) {
     match pending {
         Some((id, future)) => (*id, future.await),
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use entraid_identity::{IdentityProvider, Token};
 use entraid_token_manager::{
-    ConfigError, TokenManager, TokenManagerConfig, TokenManagerError, TokenStatus, TokenStream,
+    StartError, TokenManager, TokenManagerConfig, TokenManagerError, TokenStatus, TokenStream,
 };
 use futures_core::Stream;
 use redis::auth::{BasicAuth, StreamingCredentialsProvider};
@@ -69,8 +69,9 @@ enum State {
     /// The manager, and the configuration it was started with (to start it again if
     /// its runtime shuts down).
     Running(TokenManager, Box<TokenManagerConfig>),
-    /// `start` was given a configuration the token manager refused.
-    Invalid(ConfigError),
+    /// `start` was given a configuration the token manager refused, or it could not
+    /// start.
+    Invalid(StartError),
 }
 
 impl EntraIdCredentialsProvider {
@@ -111,8 +112,9 @@ impl EntraIdCredentialsProvider {
         }
     }
 
-    /// Like [`start_with_config`](Self::start_with_config), returning a configuration error.
-    pub fn try_start_with_config(&mut self, config: TokenManagerConfig) -> Result<(), ConfigError> {
+    /// Like [`start_with_config`](Self::start_with_config), returning why the manager did
+    /// not start (a refused configuration, or no thread or runtime to be had).
+    pub fn try_start_with_config(&mut self, config: TokenManagerConfig) -> Result<(), StartError> {
         self.shared.start(config).map(drop)
     }
 
@@ -261,7 +263,7 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn start(&self, config: TokenManagerConfig) -> Result<TokenManager, ConfigError> {
+    fn start(&self, config: TokenManagerConfig) -> Result<TokenManager, StartError> {
         let mut state = self.lock();
         match &*state {
             State::Running(manager, _) if !manager.is_stopped() => {
@@ -290,7 +292,7 @@ impl Shared {
     /// again on a runtime of its own if the runtime it ran on shut down. A manager the
     /// user stopped stays stopped. An invalid configuration stays an error here: it is
     /// never replaced by the defaults.
-    fn manager(&self) -> Result<TokenManager, ConfigError> {
+    fn manager(&self) -> Result<TokenManager, StartError> {
         let mut state = self.lock();
         match &*state {
             State::Running(manager, config) if manager.lost_its_runtime() => {
@@ -322,34 +324,16 @@ enum Runtime {
     OwnThread,
 }
 
-/// On the caller's runtime when there is one; else on a current-thread runtime of its own,
-/// on a background thread that ends when the manager stops.
+/// On the caller's runtime when there is one; else on a runtime of its own.
 fn start_manager(
     identity: Arc<dyn IdentityProvider>,
     config: TokenManagerConfig,
     runtime: Runtime,
-) -> Result<TokenManager, ConfigError> {
-    if let (Runtime::CallersIfAny, Ok(handle)) = (runtime, tokio::runtime::Handle::try_current()) {
-        return TokenManager::start_on(&handle, identity, config);
+) -> Result<TokenManager, StartError> {
+    match (runtime, tokio::runtime::Handle::try_current()) {
+        (Runtime::CallersIfAny, Ok(handle)) => TokenManager::start_on(&handle, identity, config),
+        _ => TokenManager::start_on_own_runtime(identity, config),
     }
-    config.validate()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("entraid-token-manager")
-        .build()
-        .map_err(|e| ConfigError::ThreadSpawn(e.to_string()))?;
-    let manager = TokenManager::start_on(runtime.handle(), identity, config)?;
-    let mut until_stopped = manager.subscribe();
-    std::thread::Builder::new()
-        .name("entraid-token-manager".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                use tokio_stream::StreamExt;
-                while until_stopped.next().await.is_some() {}
-            });
-        })
-        .map_err(|e| ConfigError::ThreadSpawn(e.to_string()))?;
-    Ok(manager)
 }
 
 impl StreamingCredentialsProvider for EntraIdCredentialsProvider {
@@ -369,10 +353,10 @@ impl StreamingCredentialsProvider for EntraIdCredentialsProvider {
     }
 }
 
-fn invalid_config(error: ConfigError) -> RedisError {
+fn invalid_config(error: StartError) -> RedisError {
     RedisError::from((
         ErrorKind::InvalidClientConfig,
-        "the Entra ID token manager configuration is invalid",
+        "the Entra ID token manager did not start",
         error.to_string(),
     ))
 }

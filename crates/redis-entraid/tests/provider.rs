@@ -77,10 +77,7 @@ async fn an_invalid_configuration_is_reported_not_clamped() {
     let item = stream.next().await.unwrap().unwrap_err();
     assert_eq!(item.kind(), redis::ErrorKind::InvalidClientConfig);
     assert!(item.to_string().contains("expiration_refresh_ratio"), "{item}");
-    assert!(matches!(
-        provider.token().await,
-        Err(TokenManagerError::InvalidConfig(_))
-    ));
+    assert!(matches!(provider.token().await, Err(TokenManagerError::NotStarted(_))));
     assert_eq!(scripted.calls(), 0);
     // The exponent base of the page's RetryConfig is validated too.
     let mut other = EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone());
