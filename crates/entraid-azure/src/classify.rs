@@ -59,8 +59,7 @@ fn from_status(status: u16, retry_after: Option<Duration>, body: &[u8], ctx: &Co
     let details = EntraErrorBody::parse(body);
     let code = details.code();
     let description = details.description();
-    let transient = matches!(status, 408 | 429 | 500..=599)
-        || (ctx.endpoint == Endpoint::ManagedIdentity && matches!(status, 404 | 410));
+    let transient = is_transient_status(status, ctx.endpoint);
     let hint = hint(status, code.as_deref(), ctx.endpoint);
     let mut message = format!("HTTP {status} from the token endpoint for {}", ctx.principal);
     if !description.is_empty() {
@@ -174,6 +173,13 @@ fn aadsts_in(text: &str) -> Option<String> {
     (!digits.is_empty()).then(|| format!("AADSTS{digits}"))
 }
 
+/// Whether an HTTP status may clear up by itself: timeouts, throttling, server errors;
+/// and, from a managed-identity endpoint, 404/410 (IMDS answers them while the identity
+/// is still being set up on a new host).
+fn is_transient_status(status: u16, endpoint: Endpoint) -> bool {
+    matches!(status, 408 | 429 | 500..=599) || (endpoint == Endpoint::ManagedIdentity && matches!(status, 404 | 410))
+}
+
 fn from_sdk_error(error: &azure_core::Error, ctx: &Context<'_>) -> IdentityError {
     use azure_core::error::ErrorKind;
     let message = format!("{} could not get a token: {error}", ctx.principal);
@@ -181,7 +187,7 @@ fn from_sdk_error(error: &azure_core::Error, ctx: &Context<'_>) -> IdentityError
         ErrorKind::Io | ErrorKind::Connection => IdentityError::transient(message).with_code("network"),
         ErrorKind::HttpResponse { status, .. } => {
             let status = u16::from(*status);
-            if matches!(status, 408 | 429 | 500..=599) {
+            if is_transient_status(status, ctx.endpoint) {
                 IdentityError::transient(message).with_code(format!("http_{status}"))
             } else {
                 IdentityError::permanent(message).with_code(format!("http_{status}"))

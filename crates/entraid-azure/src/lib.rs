@@ -44,6 +44,7 @@
 
 mod attempt;
 mod classify;
+mod endpoints;
 mod env;
 mod error;
 mod provider;

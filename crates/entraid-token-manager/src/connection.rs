@@ -6,6 +6,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::jitter::Jitter;
+use crate::spread::spread_delay;
 
 /// Identifies one token handed to a [`ConnectionStateMachine`]; later tokens have
 /// greater generations.
@@ -368,8 +369,7 @@ impl ConnectionStateMachine {
             && let Auth::UpToDate = active.auth
         {
             let left = active.in_force.expires_at.saturating_duration_since(now);
-            let bound = self.policy.reauth_spread.min(left / 10);
-            let delay = bound.mul_f64(self.jitter.unit());
+            let delay = spread_delay(self.policy.reauth_spread, left, self.jitter.unit());
             active.auth = Auth::Due(now + delay);
         }
         self.process(now);

@@ -49,6 +49,7 @@ mod connection;
 mod error;
 mod jitter;
 mod snapshot;
+mod spread;
 mod state_machine;
 mod status;
 #[cfg(feature = "tokio")]
@@ -60,6 +61,7 @@ pub use connection::{
     Generation, Renewal,
 };
 pub use error::{StartError, TokenManagerError};
+pub use spread::RenewalSpread;
 pub use state_machine::{
     Output, RETRY_AFTER_CAP, RefreshFailure, RequestId, TokenStateMachine, WALL_CLOCK_CHECK_INTERVAL,
 };

@@ -1,63 +1,18 @@
 //! One connection's view of the token manager: its tokens as `BasicAuth`, renewals
 //! spread in time, errors as `RedisError` items.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use entraid_identity::Token;
-use entraid_token_manager::{TokenManagerError, TokenStream};
+use entraid_token_manager::{RenewalSpread, TokenManagerError, TokenStream};
 use futures_core::Stream;
 use redis::auth::BasicAuth;
 use redis::{ErrorKind, RedisError, RedisResult};
 use tokio::time::{Instant, Sleep};
 
 use crate::provider::ManagerHandle;
-
-/// How long this connection waits before passing a renewal on. Kept small: one lives
-/// beside every connection.
-pub(crate) struct Spread {
-    /// The window, in milliseconds (up to 49 days).
-    max_ms: u32,
-    renewals: u32,
-    /// This stream's random seed, from the provider's per-process random keys.
-    seed: u64,
-}
-
-impl Spread {
-    pub(crate) fn new(max: Duration, random: &RandomState, stream_id: u64) -> Spread {
-        Spread {
-            max_ms: u32::try_from(max.as_millis()).unwrap_or(u32::MAX),
-            renewals: 0,
-            seed: random.hash_one(stream_id),
-        }
-    }
-
-    /// A delay in `[0, min(max, left / 10))`, where `left` is what the replaced token had
-    /// left: a renewal never waits long enough to put the connection at risk.
-    fn next_delay(&mut self, left_on_replaced: Duration) -> Duration {
-        let bound = Duration::from_millis(u64::from(self.max_ms)).min(left_on_replaced / 10);
-        if bound.is_zero() {
-            return Duration::ZERO;
-        }
-        self.renewals = self.renewals.wrapping_add(1);
-        let draw = finalize(self.seed ^ u64::from(self.renewals).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let unit = (draw >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
-        // Whole milliseconds, rounded down: timers round up to the millisecond, and the
-        // delay must stay strictly inside the window after that.
-        Duration::from_millis((bound.as_millis() as f64 * unit) as u64)
-    }
-}
-
-/// A 64-bit mixing finalizer (MurmurHash3's): spreads consecutive inputs over the range.
-fn finalize(mut z: u64) -> u64 {
-    z = (z ^ (z >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    z = (z ^ (z >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    z ^ (z >> 33)
-}
 
 /// A renewal waiting out its spread delay.
 struct Delayed {
@@ -70,7 +25,7 @@ struct Delayed {
 pub(crate) struct CredentialsStream {
     tokens: TokenStream,
     manager: ManagerHandle,
-    spread: Spread,
+    spread: RenewalSpread,
     /// When the token last handed out expires, on tokio's clock.
     current_expiry: Option<Instant>,
     /// When the token the connection held before the last renewal expires.
@@ -82,7 +37,7 @@ pub(crate) struct CredentialsStream {
 }
 
 impl CredentialsStream {
-    pub(crate) fn new(tokens: TokenStream, manager: ManagerHandle, spread: Spread) -> CredentialsStream {
+    pub(crate) fn new(tokens: TokenStream, manager: ManagerHandle, spread: RenewalSpread) -> CredentialsStream {
         CredentialsStream {
             tokens,
             manager,
@@ -202,37 +157,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delays_stay_inside_the_window_and_the_tenth_of_life_bound() {
-        let mut spread = Spread::new(Duration::from_secs(1), &RandomState::new(), 7);
-        let delays: Vec<Duration> = (0..1000).map(|_| spread.next_delay(Duration::from_secs(600))).collect();
-        assert!(delays.iter().all(|d| *d < Duration::from_secs(1)));
-        assert!(
-            delays.iter().any(|d| *d > Duration::from_millis(900))
-                && delays.iter().any(|d| *d < Duration::from_millis(100))
-        );
-        // A replaced token with 2 s left: at most 200 ms.
-        assert!((0..1000).all(|_| spread.next_delay(Duration::from_secs(2)) < Duration::from_millis(200)));
-        assert_eq!(spread.next_delay(Duration::ZERO), Duration::ZERO);
-        let mut off = Spread::new(Duration::ZERO, &RandomState::new(), 1);
-        assert_eq!(off.next_delay(Duration::from_secs(3600)), Duration::ZERO);
-        // Different streams draw differently.
-        let random = RandomState::new();
-        let (mut a, mut b) = (
-            Spread::new(Duration::from_secs(1), &random, 1),
-            Spread::new(Duration::from_secs(1), &random, 2),
-        );
-        // (Five draws each: one pair may collide at millisecond resolution, five will not.)
-        let draws = |s: &mut Spread| {
-            (0..5)
-                .map(|_| s.next_delay(Duration::from_secs(600)))
-                .collect::<Vec<_>>()
-        };
-        assert_ne!(draws(&mut a), draws(&mut b));
-    }
-
-    #[test]
     fn the_per_connection_state_stays_small() {
-        // One of these lives beside every connection (issue 8, figure 3).
+        // One of these lives beside every connection: a fleet holds thousands.
         assert!(
             std::mem::size_of::<CredentialsStream>() <= 112,
             "{}",

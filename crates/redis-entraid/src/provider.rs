@@ -2,6 +2,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::hash::BuildHasher as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -9,14 +10,14 @@ use std::time::Duration;
 
 use entraid_identity::{IdentityProvider, Token};
 use entraid_token_manager::{
-    StartError, TokenManager, TokenManagerConfig, TokenManagerError, TokenStatus, TokenStream,
+    RenewalSpread, StartError, TokenManager, TokenManagerConfig, TokenManagerError, TokenStatus, TokenStream,
 };
 use futures_core::Stream;
 use redis::auth::{BasicAuth, StreamingCredentialsProvider};
 use redis::{ErrorKind, RedisError, RedisResult};
 
 use crate::RetryConfig;
-use crate::credentials_stream::{CredentialsStream, Spread};
+use crate::credentials_stream::CredentialsStream;
 use crate::health::{ConnectionHealth, ProviderStatus};
 
 /// How long a renewal may wait, at most, before it is sent to a connection, by default.
@@ -341,7 +342,7 @@ impl StreamingCredentialsProvider for EntraIdCredentialsProvider {
         match self.shared.manager() {
             Ok(manager) => {
                 let id = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
-                let spread = Spread::new(self.reauth_spread, &self.shared.random, id);
+                let spread = RenewalSpread::new(self.reauth_spread, self.shared.random.hash_one(id));
                 Box::pin(CredentialsStream::new(
                     manager.subscribe(),
                     self.manager_handle(),
