@@ -7,6 +7,8 @@
 mod bench;
 mod demo;
 mod simulate;
+#[cfg(test)]
+mod tidy;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -149,7 +151,32 @@ fn test_steps() -> Vec<Step> {
 }
 
 /// What each crate must not depend on, whatever features are on.
-const LAYERING: [(&str, &[&str], &[&str]); 3] = [
+const LAYERING: [(&str, &[&str], &[&str]); 6] = [
+    (
+        // Azure identities know nothing of Redis or of refreshing.
+        "entraid-azure",
+        &["tree", "-p", "entraid-azure", "-e", "normal,build", "--all-features"],
+        &["redis ", "redis-entraid ", "entraid-token-manager "],
+    ),
+    (
+        // The token manager works with any identity: Azure is one implementation.
+        "entraid-token-manager",
+        &[
+            "tree",
+            "-p",
+            "entraid-token-manager",
+            "-e",
+            "normal,build",
+            "--all-features",
+        ],
+        &["entraid-azure ", "azure_core ", "azure_identity ", "redis "],
+    ),
+    (
+        // The doctor speaks RESP itself so each failure is named for its step.
+        "entraid-cli",
+        &["tree", "-p", "entraid-cli", "-e", "normal,build", "--all-features"],
+        &["redis ", "redis-entraid "],
+    ),
     (
         "entraid-identity",
         &["tree", "-p", "entraid-identity", "-e", "normal,build", "--all-features"],
