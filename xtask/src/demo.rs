@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: the emulator, then the quickstart against it, live.
+//! `cargo xtask demo`: the emulator, then the demo's load (the quickstart's connection
+//! under traffic, with a status line) against it, live.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -80,7 +81,7 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
     ensure_redis_server()?;
     let root = workspace_root();
     let target = target_dir(&root);
-    println!("==> building the emulator and the quickstart");
+    println!("==> building the emulator and the examples");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let built = Command::new(&cargo)
         .current_dir(&root)
@@ -94,7 +95,7 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
             "-p",
             "redis-entraid-examples",
             "--example",
-            "quickstart",
+            "demo_load",
             "--example",
             "supervised",
             "--example",
@@ -155,8 +156,8 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
         };
         println!("    {key}={shown}");
     }
-    println!("==> running examples/quickstart for {duration} s through TLS (emulator log: target/demo/emulator.log)");
-    let mut outcome = run_example(&target, "quickstart", duration, &env);
+    println!("==> running examples/demo_load for {duration} s through TLS (emulator log: target/demo/emulator.log)");
+    let mut outcome = run_example(&target, "demo_load", duration, &env);
     // The connection types that own re-authentication, each under load for a while.
     let short = duration.min(12);
     for example in ["supervised", "sync_connection"] {

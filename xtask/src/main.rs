@@ -1,7 +1,7 @@
 //! The project's own commands, run as `cargo xtask <command>`.
 //!
 //! - `cargo xtask test`: everything CI runs, in order, stopping at the first failure.
-//! - `cargo xtask demo`: the local Entra ID + Redis emulator and the quickstart against it.
+//! - `cargo xtask demo`: the local Entra ID + Redis emulator and the examples under load against it.
 //! - `cargo xtask simulate`: a fleet of 10 000 token managers against IMDS and Entra models.
 
 mod bench;
@@ -19,7 +19,7 @@ commands:
   test    formatting, lints, layering, every test (doc tests included), a quick fleet
           simulation, every example, and a 10-second demo
   demo    [--duration 60s] [--token-lifetime 20s]
-          start the local Entra ID + Redis emulator and run examples/quickstart against it
+          start the local Entra ID + Redis emulator and run examples/demo_load against it
           through TLS, with a status line each second; exit 0 only if nothing failed
   bench   [--quick]
           redis-entraid vs redis-rs entra-id, side by side, with the machine's floors;
