@@ -304,26 +304,38 @@ async fn a_shard_connection_authenticated_once_is_cut_at_its_tokens_expiry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_on_one_node_during_a_rotation() {
     // The stall of supervised.rs's case 1 on one shard: its redis-server sleeps 1.5 s from
-    // 100 ms before the renewal, with the 500 ms response timeout many applications set.
-    // A shard connection whose re-authentication died there would be cut at the first
-    // token's expiry (10 s, inside the load).
+    // 100 ms before the renewal at 7 s (10 s tokens). Two cluster clients, each with a
+    // provider of its own, through it at once: one with the 500 ms response timeout many
+    // applications set, one with redis's default (none). The load runs past the expiry
+    // of the token renewed during the stall (about 18 s), when the gateway cuts a shard
+    // connection whose re-authentication died there.
     let lifetime = Duration::from_secs(10);
     let emulator = cluster(lifetime).await;
-    let provider = started(secret_provider(&emulator), exact_renewals());
-    let renewal = next_renewal(&provider).await;
-    let client = builder(&emulator)
-        .set_credentials_provider(provider.clone())
+    let timed = started(secret_provider(&emulator), exact_renewals());
+    let untimed = started(secret_provider(&emulator), exact_renewals());
+    let renewal = next_renewal(&timed).await.min(next_renewal(&untimed).await);
+    let timed_client = builder(&emulator)
+        .set_credentials_provider(timed.clone())
         .response_timeout(Duration::from_millis(500))
         .build()
         .unwrap();
-    let connection = client.get_async_connection().await.unwrap();
+    let untimed_client = builder(&emulator)
+        .set_credentials_provider(untimed.clone())
+        .build()
+        .unwrap();
+    let load_for = Duration::from_secs(21);
+    let timed_load = tokio::spawn(entraid_test_support::set_get_load(
+        timed_client.get_async_connection().await.unwrap(),
+        8,
+        load_for,
+    ));
+    let untimed_load = tokio::spawn(entraid_test_support::set_get_load(
+        untimed_client.get_async_connection().await.unwrap(),
+        8,
+        load_for,
+    ));
     const STALLED: usize = 1;
     let mut stalled = upstream(&emulator, STALLED).await;
-    let load = tokio::spawn(entraid_test_support::set_get_load(
-        connection,
-        16,
-        Duration::from_secs(13),
-    ));
     tokio::time::sleep_until(renewal - Duration::from_millis(100)).await;
     let stall_end = tokio::time::Instant::now() + Duration::from_millis(1500);
     let _: () = redis::cmd("DEBUG")
@@ -332,29 +344,66 @@ async fn a_stall_on_one_node_during_a_rotation() {
         .query_async(&mut stalled)
         .await
         .unwrap();
-    let report = load.await.unwrap();
-    let lost = provider.lost_reauthentications();
+    let connections_before = node_stat(&emulator, STALLED, "connections");
+    // When the gateway cuts a connection of the stalled node, if it does, and how many
+    // connections that node had by then.
+    let mut cut_at = None;
+    let mut connections_after_stall = None;
+    let load_end = stall_end + load_for;
+    while tokio::time::Instant::now() < load_end && !timed_load.is_finished() {
+        let now = tokio::time::Instant::now();
+        if connections_after_stall.is_none() && now > stall_end + Duration::from_millis(500) {
+            connections_after_stall = Some(node_stat(&emulator, STALLED, "connections"));
+        }
+        if cut_at.is_none() && node_stat(&emulator, STALLED, "cut_connections") > 0 {
+            cut_at = Some(now);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let timed_report = timed_load.await.unwrap();
+    let untimed_report = untimed_load.await.unwrap();
+    let since = |at: Option<tokio::time::Instant>| at.map(|at| at.saturating_duration_since(stall_end));
     eprintln!(
-        "cluster stall: {} ok, {} failed (last {:?} after the stall; {:?}), {lost} lost re-authentication(s), emulator {}",
-        report.ok,
-        report.failed,
-        report.last_failure_at.map(|at| at.saturating_duration_since(stall_end)),
-        report.first_errors,
+        "cluster stall, 500 ms response timeout: {} ok, {} failed (last {:?} after the stall end; {:?}), {} lost re-authentication(s); \
+         no response timeout: {} ok, {} failed ({:?}), {} lost; stalled node cut {:?} after the stall end; \
+         its gateway's connections: {connections_before} before the stall, {connections_after_stall:?} after it; /stats {}",
+        timed_report.ok,
+        timed_report.failed,
+        since(timed_report.last_failure_at),
+        timed_report.first_errors.first(),
+        timed.lost_reauthentications(),
+        untimed_report.ok,
+        untimed_report.failed,
+        untimed_report.first_errors.first(),
+        untimed.lost_reauthentications(),
+        since(cut_at),
         admin_stats(&emulator).await
     );
-    assert_eq!(stat(&emulator, "cut_connections"), 0, "no shard connection was cut");
-    assert_eq!(lost, 0, "the stalled shard's re-authentication survived");
-    assert!(
-        node_stat(&emulator, STALLED, "reauthentications") >= 1,
-        "the stalled node was re-authenticated"
+    // Without a response timeout the re-authentication waits out the stall: nothing lost.
+    assert_eq!(untimed.lost_reauthentications(), 0);
+    assert_eq!(untimed_report.failed, 0, "{:?}", untimed_report.first_errors);
+    // Other nodes are untouched whatever the client.
+    for node in (0..NODES).filter(|&n| n != STALLED) {
+        assert_eq!(node_stat(&emulator, node, "cut_connections"), 0, "node {node}");
+    }
+    // With the 500 ms timeout, the AUTH sent during the stall times out and redis's re-auth
+    // task for that shard connection ends: the gateway cuts the connection when the token
+    // it had expires, and the cluster client reconnects with fresh credentials.
+    let lost = timed.lost_reauthentications();
+    assert_eq!(
+        node_stat(&emulator, STALLED, "cut_connections"),
+        lost,
+        "one cut per lost re-authentication"
     );
-    // Commands to the stalled node during the stall may time out; none after it.
-    if let Some(last) = report.last_failure_at {
+    assert!(lost <= 1, "only the stalled node's connection of that client: {lost}");
+    // The cluster client retries what was in flight on the cut connection on a new one:
+    // only commands sent during the stall failed (timed out).
+    if let Some(last) = timed_report.last_failure_at {
         assert!(
             last <= stall_end + Duration::from_millis(700),
             "a command failed {:?} after the stall: {:?}",
             last - stall_end,
-            report.first_errors
+            timed_report.first_errors
         );
     }
     emulator.stop().await;
@@ -362,10 +411,17 @@ async fn a_stall_on_one_node_during_a_rotation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_between_nodes_mid_run_is_followed_through_the_gateways() {
-    // 5 s tokens, so the move happens across rotations. Keys `{moving}:n` share one slot,
+    // 5 s tokens, so the move happens across rotations. Keys `{tag}:n` share one slot,
     // which moves from its owner to the next node while they are written and read:
     // MIGRATING/IMPORTING (new keys are asked for on the target: -ASK), MIGRATE of the
     // existing keys, then the slot given to the target (-MOVED from the old owner).
+    //
+    // The moving keys have a cluster client of their own, used by one task: redis's async
+    // cluster client follows -ASK by sending ASKING and then the command as two requests
+    // on the shared multiplexed connection, so with concurrent tasks another command can
+    // take the ASKING; the command then bounces between the nodes until its retries run
+    // out (measured: 9 of 5 949 such commands failed with 8 other tasks sharing the
+    // client). For the same reason the background load's keys avoid the moving slot.
     let emulator = cluster(Duration::from_secs(5)).await;
     let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
     let client = builder(&emulator)
@@ -373,17 +429,40 @@ async fn a_slot_moved_between_nodes_mid_run_is_followed_through_the_gateways() {
         .build()
         .unwrap();
     let connection = client.get_async_connection().await.unwrap();
+    let mut moving_connection = builder(&emulator)
+        .set_credentials_provider(provider.clone())
+        .build()
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap();
 
     let mut admins = Vec::new();
     for node in 0..NODES {
         admins.push(upstream(&emulator, node).await);
     }
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg("{moving}")
-        .query_async(&mut admins[0])
-        .await
-        .unwrap();
+    const LOAD_TASKS: usize = 8;
+    let mut keyslots = redis::pipe();
+    for task in 0..LOAD_TASKS {
+        for i in 0..97 {
+            keyslots.cmd("CLUSTER").arg("KEYSLOT").arg(format!("load:{task}:{i}"));
+        }
+    }
+    let used: Vec<u16> = keyslots.query_async(&mut admins[0]).await.unwrap();
+    let mut tag = String::new();
+    let mut slot = 0u16;
+    for n in 0.. {
+        tag = format!("{{moving-{n}}}");
+        slot = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&tag)
+            .query_async(&mut admins[0])
+            .await
+            .unwrap();
+        if !used.contains(&slot) {
+            break;
+        }
+    }
     let mut source = None;
     for (node, admin) in admins.iter_mut().enumerate() {
         if owned_slots(admin).await.iter().any(|&(a, b)| (a..=b).contains(&slot)) {
@@ -396,25 +475,26 @@ async fn a_slot_moved_between_nodes_mid_run_is_followed_through_the_gateways() {
 
     // The background load across all slots, and the keys of the moving slot.
     let load = tokio::spawn(entraid_test_support::set_get_load(
-        connection.clone(),
-        8,
+        connection,
+        LOAD_TASKS,
         Duration::from_secs(12),
     ));
     let moving = {
-        let mut connection = connection.clone();
+        let tag = tag.clone();
         tokio::spawn(async move {
+            let connection = &mut moving_connection;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
             let (mut ok, mut failed, mut errors) = (0u64, 0u64, Vec::new());
             let mut i = 0u64;
             while tokio::time::Instant::now() < deadline {
                 i += 1;
-                let key = format!("{{moving}}:{i}");
-                let set: RedisResult<()> = redis::cmd("SET").arg(&key).arg(i).query_async(&mut connection).await;
-                let get: RedisResult<u64> = redis::cmd("GET").arg(&key).query_async(&mut connection).await;
+                let key = format!("{tag}:{i}");
+                let set: RedisResult<()> = redis::cmd("SET").arg(&key).arg(i).query_async(connection).await;
+                let get: RedisResult<u64> = redis::cmd("GET").arg(&key).query_async(connection).await;
                 // Also an old key, written before the move started.
                 let old: RedisResult<Option<u64>> = redis::cmd("GET")
-                    .arg(format!("{{moving}}:{}", i % 50 + 1))
-                    .query_async(&mut connection)
+                    .arg(format!("{tag}:{}", i % 50 + 1))
+                    .query_async(connection)
                     .await;
                 for result in [set.map(drop), get.map(|v| assert_eq!(v, i)), old.map(drop)] {
                     match result {
@@ -455,7 +535,7 @@ async fn a_slot_moved_between_nodes_mid_run_is_followed_through_the_gateways() {
     // While migrating, a key the source no longer has is asked for on the target's gateway.
     let mut single = through_gateway(&emulator, source).await;
     let asked: RedisResult<Option<String>> = redis::cmd("GET")
-        .arg("{moving}:never-written")
+        .arg(format!("{tag}:never-written"))
         .query_async(&mut single)
         .await;
     let error = asked.expect_err("-ASK");
@@ -509,7 +589,7 @@ async fn a_slot_moved_between_nodes_mid_run_is_followed_through_the_gateways() {
             .await
             .unwrap();
     }
-    let moved: RedisResult<Option<String>> = redis::cmd("GET").arg("{moving}:1").query_async(&mut single).await;
+    let moved: RedisResult<Option<String>> = redis::cmd("GET").arg(format!("{tag}:1")).query_async(&mut single).await;
     let error = moved.expect_err("-MOVED");
     assert_eq!(
         error.kind(),
@@ -521,14 +601,17 @@ async fn a_slot_moved_between_nodes_mid_run_is_followed_through_the_gateways() {
         Some(emulator.nodes()[target].gateway_address()),
         "-MOVED names the target's gateway: {error}"
     );
+    // A static-token connection: closed before its token expires, or the gateway cuts it.
+    drop(single);
 
     let (ok, failed, errors) = moving.await.unwrap();
     let report = load.await.unwrap();
     let asks = error_count(&mut admins[source], "ASK").await - asks_before;
     let redirects = error_count(&mut admins[source], "MOVED").await - moved_before;
+    let bounced = error_count(&mut admins[target], "MOVED").await;
     eprintln!(
         "moved slot {slot} from node {source} to {target} ({migrated} keys): {ok} ok, {failed} failed {errors:?}; \
-         {asks} -ASK and {redirects} -MOVED from the old owner; background {} ok, {} failed; emulator {}",
+         {asks} -ASK and {redirects} -MOVED from the old owner, {bounced} -MOVED from the new; background {} ok, {} failed; emulator {}",
         report.ok,
         report.failed,
         admin_stats(&emulator).await
