@@ -18,9 +18,10 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   test    formatting, lints, layering, every test (doc tests included), a quick fleet
           simulation, every example, and a 10-second demo
-  demo    [--duration 60s] [--token-lifetime 20s]
+  demo    [--duration 60s] [--token-lifetime 20s] [--cluster [N]]
           start the local Entra ID + Redis emulator and run examples/demo_load against it
-          through TLS, with a status line each second; exit 0 only if nothing failed
+          through TLS, with a status line each second; exit 0 only if nothing failed;
+          --cluster: the emulator in cluster mode (N nodes, 3 by default) and examples/cluster
   bench   [--quick]
           redis-entraid vs redis-rs entra-id, side by side, with the machine's floors;
           writes target/bench/report.md and report.json (--quick: a smoke run)

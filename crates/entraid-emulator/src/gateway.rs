@@ -43,7 +43,7 @@ use tokio::time::Instant;
 
 use crate::resp::{CommandReader, encode_command};
 use crate::serve::{Shutdown, serve_connections};
-use crate::stats::Stats;
+use crate::stats::GatewayStats;
 use crate::token_service::TokenService;
 
 const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
@@ -68,6 +68,7 @@ pub(crate) async fn serve(
     tls: tokio_rustls::TlsAcceptor,
     upstream: String,
     service: Arc<TokenService>,
+    stats: GatewayStats,
     timeouts: Timeouts,
     shutdown: Shutdown,
 ) {
@@ -78,6 +79,7 @@ pub(crate) async fn serve(
             tls.clone(),
             upstream.clone(),
             service.clone(),
+            stats.clone(),
             timeouts,
             shutdown,
         )
@@ -86,19 +88,21 @@ pub(crate) async fn serve(
 }
 
 /// One client: the TLS handshake (within its timeout), then [`relay`].
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     socket: TcpStream,
     peer: SocketAddr,
     tls: tokio_rustls::TlsAcceptor,
     upstream: String,
     service: Arc<TokenService>,
+    stats: GatewayStats,
     timeouts: Timeouts,
     mut shutdown: Shutdown,
 ) {
     let Some(client) = handshake(&tls, socket, timeouts.handshake, &mut shutdown, peer).await else {
         return;
     };
-    let id = next_connection_id(&service.stats);
+    let id = stats.next_connection_id();
     tracing::info!(connection = id, %peer, "connection accepted");
     // Upstream is reached when the first command goes there: a client that never
     // authenticates costs the redis-server nothing.
@@ -110,13 +114,7 @@ async fn connection(
             })
         }
     };
-    relay(id, client, connect, service, timeouts.auth, shutdown).await;
-}
-
-/// A new connection's id (from 1), counting it. `fetch_add`'s own result: with an
-/// increment then a separate read, two connections accepted at once could get one id.
-fn next_connection_id(stats: &Stats) -> u64 {
-    stats.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    relay(id, client, connect, service, stats, timeouts.auth, shutdown).await;
 }
 
 /// The TLS handshake, given at most `timeout`: a client that connects and sends nothing
@@ -177,6 +175,7 @@ impl Drop for AbortOnDrop {
 struct Relay<C, S, F> {
     session: Session,
     service: Arc<TokenService>,
+    stats: GatewayStats,
     reader: CommandReader,
     buf: Vec<u8>,
     client_read: ReadHalf<C>,
@@ -199,6 +198,7 @@ async fn relay<C, S, F, Fut>(
     client: C,
     connect: F,
     service: Arc<TokenService>,
+    stats: GatewayStats,
     auth_timeout: Duration,
     mut shutdown: Shutdown,
 ) where
@@ -217,7 +217,8 @@ async fn relay<C, S, F, Fut>(
             resp3: false,
             subscriptions: HashSet::new(),
         },
-        service: service.clone(),
+        service,
+        stats: stats.clone(),
         reader: CommandReader::default(),
         buf: vec![0u8; READ_BUFFER],
         client_read,
@@ -240,7 +241,7 @@ async fn relay<C, S, F, Fut>(
             },
             () = tokio::time::sleep_until(deadline) => {
                 if authenticated {
-                    Stats::bump(&service.stats.cut_connections);
+                    stats.bump(|s| &s.cut_connections);
                     break "token expired: connection closed without a reply, as Azure Managed Redis does".into();
                 }
                 break format!("not authenticated within {auth_timeout:?}").into();
@@ -277,7 +278,7 @@ where
                     return Err(format!("{error}").into());
                 }
             };
-            match self.session.route(args, &self.service) {
+            match self.session.route(args, &self.service, &self.stats) {
                 Route::Forward(bytes) => self.forward(&bytes).await?,
                 Route::Reply(bytes) => self.write_client(bytes).await?,
                 Route::ReplyAndClose(bytes) => {
@@ -363,11 +364,11 @@ enum Route {
 }
 
 impl Session {
-    fn route(&mut self, mut args: Vec<Vec<u8>>, service: &TokenService) -> Route {
+    fn route(&mut self, mut args: Vec<Vec<u8>>, service: &TokenService, stats: &GatewayStats) -> Route {
         let name = args[0].to_ascii_uppercase();
         match name.as_slice() {
             b"AUTH" if self.authenticated && self.cannot_authenticate() => {
-                self.refuse_in_subscribed_mode(service);
+                self.refuse_in_subscribed_mode(stats);
                 Route::Forward(encode_command(&upstream_auth(true)))
             }
             b"AUTH" => {
@@ -376,14 +377,14 @@ impl Session {
                     3 => (String::from_utf8_lossy(&args[1]).into_owned(), args[2].clone()),
                     _ => return Route::Forward(encode_command(&args)),
                 };
-                let valid = self.check(&user, &token, service);
+                let valid = self.check(&user, &token, service, stats);
                 Route::Forward(encode_command(&upstream_auth(valid)))
             }
             b"HELLO" => {
                 let auth_at = args.iter().position(|a| a.eq_ignore_ascii_case(b"AUTH"));
                 match auth_at {
                     Some(i) if args.len() > i + 2 && self.authenticated && self.cannot_authenticate() => {
-                        self.refuse_in_subscribed_mode(service);
+                        self.refuse_in_subscribed_mode(stats);
                         let auth = upstream_auth(true);
                         args[i + 1] = auth[1].clone();
                         args[i + 2] = auth[2].clone();
@@ -391,7 +392,7 @@ impl Session {
                     }
                     Some(i) if args.len() > i + 2 => {
                         let user = String::from_utf8_lossy(&args[i + 1]).into_owned();
-                        let valid = self.check(&user, &args[i + 2].clone(), service);
+                        let valid = self.check(&user, &args[i + 2].clone(), service, stats);
                         if valid {
                             self.resp3 = args.get(1).is_some_and(|v| v.as_slice() == b"3");
                         }
@@ -421,9 +422,9 @@ impl Session {
     }
 
     /// Validates a token; on success the connection is authenticated until its expiry.
-    fn check(&mut self, user: &str, token: &[u8], service: &TokenService) -> bool {
+    fn check(&mut self, user: &str, token: &[u8], service: &TokenService, stats: &GatewayStats) -> bool {
         if self.authenticated && service.faults.take_reauth_failure() {
-            Stats::bump(&service.stats.auth_failures);
+            stats.bump(|s| &s.auth_failures);
             tracing::info!(connection = self.id, user, "re-authentication refused (injected fault)");
             return false;
         }
@@ -436,7 +437,7 @@ impl Session {
                     .unwrap_or_default();
                 self.expires_at = Some(Instant::now() + left);
                 if self.authenticated {
-                    Stats::bump(&service.stats.reauthentications);
+                    stats.bump(|s| &s.reauthentications);
                     tracing::info!(
                         connection = self.id,
                         user,
@@ -444,7 +445,7 @@ impl Session {
                         "re-authenticated"
                     );
                 } else {
-                    Stats::bump(&service.stats.authentications);
+                    stats.bump(|s| &s.authentications);
                     tracing::info!(
                         connection = self.id,
                         user,
@@ -456,7 +457,7 @@ impl Session {
                 true
             }
             Err(why) => {
-                Stats::bump(&service.stats.auth_failures);
+                stats.bump(|s| &s.auth_failures);
                 tracing::info!(connection = self.id, user, why, "AUTH refused");
                 false
             }
@@ -498,8 +499,8 @@ impl Session {
 
     /// `AUTH` on a RESP2 subscribed connection: the caller passes it on without the token
     /// so the server answers with its own error, in order; the expiry does not move.
-    fn refuse_in_subscribed_mode(&self, service: &TokenService) {
-        Stats::bump(&service.stats.auth_failures);
+    fn refuse_in_subscribed_mode(&self, stats: &GatewayStats) {
+        stats.bump(|s| &s.auth_failures);
         tracing::info!(
             connection = self.id,
             "AUTH refused: a RESP2 connection in subscribed mode cannot re-authenticate"
@@ -525,6 +526,7 @@ mod tests {
     use tokio::io::{DuplexStream, ReadBuf};
 
     use super::*;
+    use crate::stats::Stats;
 
     fn service() -> Arc<TokenService> {
         crate::token_service::tests::service()
@@ -576,7 +578,19 @@ mod tests {
     {
         let (client, server_side) = tokio::io::duplex(64 * 1024);
         let (stop, shutdown) = Shutdown::new();
-        let task = tokio::spawn(relay(1, server_side, connect, service.clone(), auth_timeout, shutdown));
+        let stats = GatewayStats {
+            total: service.stats.clone(),
+            node: Arc::new(Stats::default()),
+        };
+        let task = tokio::spawn(relay(
+            1,
+            server_side,
+            connect,
+            service.clone(),
+            stats,
+            auth_timeout,
+            shutdown,
+        ));
         (client, stop, task)
     }
 
@@ -738,11 +752,14 @@ mod tests {
 
     #[test]
     fn connection_ids_are_unique_under_contention() {
-        let stats = Arc::new(Stats::default());
+        let stats = GatewayStats {
+            total: Arc::new(Stats::default()),
+            node: Arc::new(Stats::default()),
+        };
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let stats = stats.clone();
-                std::thread::spawn(move || (0..10_000).map(|_| next_connection_id(&stats)).collect::<Vec<_>>())
+                std::thread::spawn(move || (0..10_000).map(|_| stats.next_connection_id()).collect::<Vec<_>>())
             })
             .collect();
         let mut ids: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
@@ -751,5 +768,9 @@ mod tests {
         assert_eq!(ids.len(), 80_000);
         assert_eq!(ids.first(), Some(&1));
         assert_eq!(ids.last(), Some(&80_000));
+        assert_eq!(
+            stats.node.connections.load(std::sync::atomic::Ordering::Relaxed),
+            80_000
+        );
     }
 }

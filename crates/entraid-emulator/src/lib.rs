@@ -10,6 +10,10 @@
 //!   valid tokens only and closes a connection when its token expires, as AMR does.
 //! - **Admin** (plain HTTP, loopback): `POST /faults` to fail, slow down or stop the token
 //!   service; `GET /stats`.
+//! - **Cluster mode** ([`EmulatorConfig::cluster_nodes`], `--cluster N`): N redis-server
+//!   nodes in cluster mode, one gateway each, every node announcing its gateway's address,
+//!   as Azure Managed Redis's OSS cluster policy exposes every shard on its own endpoint.
+//!   See [`Node`].
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), entraid_emulator::EmulatorError> {
@@ -24,6 +28,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod cluster;
 mod faults;
 mod gateway;
 mod jwt;
@@ -43,6 +48,8 @@ use std::time::Duration;
 pub use pki::Pki;
 pub use principals::{ManagedIdentity, Principals, ServicePrincipal};
 pub use stats::Stats;
+
+use crate::stats::GatewayStats;
 
 use crate::faults::FaultState;
 use crate::jwt::SigningKey;
@@ -124,6 +131,14 @@ pub struct EmulatorConfig {
     /// an emulator facing arbitrary clients needs one, or silent or trickling clients hold
     /// their sockets and buffers forever. Default 30 s.
     pub auth_timeout: Duration,
+    /// Cluster mode: start this many redis-server nodes (3 to 64) in cluster mode, all
+    /// 16 384 slots assigned, each behind a gateway of its own that enforces tokens as the
+    /// single gateway does; each node announces its gateway's address, so whatever names a
+    /// node (`CLUSTER SLOTS`, `CLUSTER SHARDS`, `CLUSTER NODES`, `-MOVED`, `-ASK`) names a
+    /// gateway. With [`redis_port`](Self::redis_port) `P`, the gateways listen on `P`,
+    /// `P + 1`, …. Needs [`Upstream::Start`] and Redis 7.0 or later. `None` (the default):
+    /// one gateway in front of one redis-server.
+    pub cluster_nodes: Option<usize>,
 }
 
 impl Default for EmulatorConfig {
@@ -138,15 +153,55 @@ impl Default for EmulatorConfig {
             redis_args: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             auth_timeout: Duration::from_secs(30),
+            cluster_nodes: None,
         }
     }
 }
 
-/// A running emulator. Dropping it stops the listeners and its redis-server.
+/// One gateway and the Redis behind it: the only one, or one node of a cluster.
+#[derive(Debug, Clone)]
+pub struct Node {
+    gateway_port: u16,
+    upstream: String,
+    id: Option<String>,
+    stats: Arc<Stats>,
+}
+
+impl Node {
+    /// The port of its TLS gateway on 127.0.0.1: where clients connect.
+    pub fn gateway_port(&self) -> u16 {
+        self.gateway_port
+    }
+
+    /// `127.0.0.1:<port>`: the gateway's address, as the cluster announces it.
+    pub fn gateway_address(&self) -> String {
+        format!("127.0.0.1:{}", self.gateway_port)
+    }
+
+    /// The redis-server's own address (`HOST:PORT`, plain TCP, no password): what nodes
+    /// use to reach each other, e.g. as the target of `MIGRATE`. Clients use the gateway.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    /// Its cluster node id (`CLUSTER MYID`); `None` outside cluster mode.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// What its gateway counted: connections, authentications, re-authentications, auth
+    /// failures, cut connections (the token counters stay zero: tokens are the service's).
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+/// A running emulator. Dropping it stops the listeners and its redis-servers.
 pub struct Emulator {
     service: Arc<TokenService>,
     token_port: u16,
-    redis_port: u16,
+    nodes: Vec<Node>,
+    cluster: bool,
     admin_port: u16,
     ca_file: PathBuf,
     /// The directory holding `ca_file`, unless the caller chose where it goes.
@@ -155,14 +210,17 @@ pub struct Emulator {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Tells the listeners and every connection to stop (dropping it does too).
     stop: tokio::sync::watch::Sender<bool>,
-    redis: Option<RedisProcess>,
+    redis: Vec<RedisProcess>,
 }
 
 impl std::fmt::Debug for Emulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Emulator")
             .field("token_port", &self.token_port)
-            .field("redis_port", &self.redis_port)
+            .field(
+                "gateway_ports",
+                &self.nodes.iter().map(Node::gateway_port).collect::<Vec<_>>(),
+            )
             .field("admin_port", &self.admin_port)
             .finish_non_exhaustive()
     }
@@ -190,8 +248,10 @@ fn local_port(listener: &tokio::net::TcpListener) -> Result<u16, EmulatorError> 
 }
 
 impl Emulator {
-    /// Starts the token service, the gateway, the admin endpoint and (unless given an
-    /// upstream) a redis-server. Returns when all of them accept connections.
+    /// Starts the token service, the gateway (one per node in cluster mode), the admin
+    /// endpoint and (unless given an upstream) the redis-server(s). Returns when all of
+    /// them accept connections; in cluster mode, once the cluster says `cluster_state:ok`
+    /// through every gateway, each naming every node by its gateway's address.
     pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
         let lifetime = config.token_lifetime;
         if lifetime < Duration::from_secs(1) || lifetime > Duration::from_secs(24 * 3600) {
@@ -199,24 +259,74 @@ impl Emulator {
                 "token lifetime {lifetime:?} is outside 1 s to 24 h"
             )));
         }
+        let count = match config.cluster_nodes {
+            None => 1,
+            Some(n) if !(cluster::MIN_NODES..=cluster::MAX_NODES).contains(&n) => {
+                return Err(EmulatorError::Usage(format!(
+                    "--cluster {n}: a cluster has {} to {} nodes",
+                    cluster::MIN_NODES,
+                    cluster::MAX_NODES
+                )));
+            }
+            Some(n) => n,
+        };
+        if config.cluster_nodes.is_some() && matches!(config.upstream, Upstream::Existing(_)) {
+            return Err(EmulatorError::Usage(
+                "--cluster starts its own redis-servers: it cannot front --upstream".to_owned(),
+            ));
+        }
         let pki = Pki::generate()?;
         let tls = tokio_rustls::TlsAcceptor::from(pki.rustls_server_config()?);
         let token_listener = bind(config.token_port).await?;
-        let redis_listener = bind(config.redis_port).await?;
+        let mut gateway_listeners = Vec::with_capacity(count);
+        for i in 0..count {
+            let port = match config.redis_port {
+                Some(first) => Some(u16::try_from(usize::from(first) + i).map_err(|_| {
+                    EmulatorError::Usage(format!("--redis-port {first}: {count} gateways do not fit below 65536"))
+                })?),
+                None => None,
+            };
+            gateway_listeners.push(bind(port).await?);
+        }
         let admin_listener = bind(None).await?;
-        let (token_port, redis_port, admin_port) = (
-            local_port(&token_listener)?,
-            local_port(&redis_listener)?,
-            local_port(&admin_listener)?,
-        );
+        let (token_port, admin_port) = (local_port(&token_listener)?, local_port(&admin_listener)?);
+        let gateway_ports = gateway_listeners
+            .iter()
+            .map(local_port)
+            .collect::<Result<Vec<_>, _>>()?;
 
-        let (redis, upstream) = match &config.upstream {
-            Upstream::Start(binary) => {
+        let mut redis = Vec::with_capacity(count);
+        let mut upstreams = Vec::with_capacity(count);
+        let mut members = Vec::with_capacity(count);
+        match (&config.upstream, config.cluster_nodes.is_some()) {
+            (Upstream::Start(binary), false) => {
                 let process = RedisProcess::start(binary, &config.redis_args).await?;
-                let address = format!("127.0.0.1:{}", process.port);
-                (Some(process), address)
+                upstreams.push(format!("127.0.0.1:{}", process.port));
+                redis.push(process);
             }
-            Upstream::Existing(address) => (None, address.clone()),
+            (Upstream::Start(binary), true) => {
+                for &gateway_port in &gateway_ports {
+                    let bus_port = free_port()?;
+                    let mut args = cluster::node_args(gateway_port, bus_port);
+                    args.extend(config.redis_args.iter().cloned());
+                    let process = RedisProcess::start(binary, &args).await.map_err(|e| {
+                        EmulatorError::Redis(format!("{e} (cluster mode needs redis-server 7.0 or later)"))
+                    })?;
+                    members.push(cluster::Member {
+                        upstream_port: process.port,
+                        gateway_port,
+                        bus_port,
+                    });
+                    upstreams.push(format!("127.0.0.1:{}", process.port));
+                    redis.push(process);
+                }
+            }
+            (Upstream::Existing(address), _) => upstreams.push(address.clone()),
+        }
+        let ids = if members.is_empty() {
+            Vec::new()
+        } else {
+            cluster::form(&members).await?
         };
 
         let (ca_file, ca_dir) = match &config.ca_file {
@@ -242,6 +352,18 @@ impl Emulator {
             }
         };
 
+        let nodes: Vec<Node> = gateway_ports
+            .iter()
+            .zip(&upstreams)
+            .enumerate()
+            .map(|(i, (&gateway_port, upstream))| Node {
+                gateway_port,
+                upstream: upstream.clone(),
+                id: ids.get(i).cloned(),
+                stats: Arc::new(Stats::default()),
+            })
+            .collect();
+        let cluster = config.cluster_nodes.is_some();
         let service = Arc::new(TokenService {
             principals: config.principals.clone().unwrap_or_else(Principals::generate),
             signer: SigningKey::generate()?,
@@ -250,6 +372,11 @@ impl Emulator {
             identity_header: principals::random_secret(),
             authority: format!("https://127.0.0.1:{token_port}"),
             stats: Arc::new(Stats::default()),
+            nodes: if cluster {
+                nodes.iter().map(|n| (n.gateway_address(), n.stats.clone())).collect()
+            } else {
+                Vec::new()
+            },
         });
 
         let (stop, shutdown) = Shutdown::new();
@@ -257,7 +384,7 @@ impl Emulator {
             handshake: config.handshake_timeout,
             auth: config.auth_timeout,
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(serve_https(
                 token_listener,
                 tls.clone(),
@@ -266,19 +393,27 @@ impl Emulator {
                 shutdown.clone(),
             )),
             tokio::spawn(serve_admin(admin_listener, service.clone(), shutdown.clone())),
-            tokio::spawn(gateway::serve(
-                redis_listener,
-                tls,
-                upstream,
-                service.clone(),
-                timeouts,
-                shutdown,
-            )),
         ];
-        Ok(Emulator {
+        for (listener, node) in gateway_listeners.into_iter().zip(&nodes) {
+            let stats = GatewayStats {
+                total: service.stats.clone(),
+                node: node.stats.clone(),
+            };
+            tasks.push(tokio::spawn(gateway::serve(
+                listener,
+                tls.clone(),
+                node.upstream.clone(),
+                service.clone(),
+                stats,
+                timeouts,
+                shutdown.clone(),
+            )));
+        }
+        let emulator = Emulator {
             service,
             token_port,
-            redis_port,
+            nodes,
+            cluster,
             admin_port,
             ca_file,
             ca_dir,
@@ -286,14 +421,37 @@ impl Emulator {
             tasks,
             stop,
             redis,
-        })
+        };
+        if cluster {
+            emulator.check_cluster(&members, &ids).await?;
+        }
+        Ok(emulator)
     }
 
-    /// The environment a client needs, in the order the CLI prints it.
+    /// Checks the cluster through every gateway, with a token of its own, then sets the
+    /// counters back to zero: those connections were the emulator's, not a client's.
+    async fn check_cluster(&self, members: &[cluster::Member], ids: &[String]) -> Result<(), EmulatorError> {
+        const OID: &str = "entraid-emulator-readiness-check";
+        let (token, _, _) = self.service.issue(OID, OID).map_err(EmulatorError::Crypto)?;
+        let tls = self.pki.rustls_client_config()?;
+        for &member in members {
+            cluster::check_gateway(member, members, ids, tls.clone(), OID, &token).await?;
+        }
+        // Every check got its QUIT's reply: its gateway counts nothing more for it.
+        self.service.stats.reset();
+        for node in &self.nodes {
+            node.stats.reset();
+        }
+        Ok(())
+    }
+
+    /// The environment a client needs, in the order the CLI prints it. In cluster mode
+    /// `REDIS_PORT` is the first node's gateway and `REDIS_CLUSTER_NODES` lists every
+    /// gateway (`127.0.0.1:<port>,…`).
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let p = &self.service.principals;
         let sp = p.service_principals.first();
-        vec![
+        let mut env = vec![
             ("AZURE_AUTHORITY_HOST", self.service.authority.clone()),
             ("AZURE_TENANT_ID", p.tenant_id.clone()),
             ("AZURE_CLIENT_ID", sp.map(|s| s.client_id.clone()).unwrap_or_default()),
@@ -304,7 +462,7 @@ impl Emulator {
             ("IDENTITY_ENDPOINT", format!("{}/msi/token", self.service.authority)),
             ("IDENTITY_HEADER", self.service.identity_header.clone()),
             ("REDIS_HOST", "127.0.0.1".to_owned()),
-            ("REDIS_PORT", self.redis_port.to_string()),
+            ("REDIS_PORT", self.redis_port().to_string()),
             ("REDIS_OBJECT_ID", sp.map(|s| s.object_id.clone()).unwrap_or_default()),
             (
                 "ENTRAID_EMULATOR_MI_OBJECT_ID",
@@ -315,7 +473,16 @@ impl Emulator {
                 "ENTRAID_EMULATOR_ADMIN_URL",
                 format!("http://127.0.0.1:{}", self.admin_port),
             ),
-        ]
+        ];
+        if self.cluster {
+            let nodes: Vec<String> = self.nodes.iter().map(Node::gateway_address).collect();
+            let at = env
+                .iter()
+                .position(|(k, _)| *k == "REDIS_PORT")
+                .map_or(env.len(), |i| i + 1);
+            env.insert(at, ("REDIS_CLUSTER_NODES", nodes.join(",")));
+        }
+        env
     }
 
     /// The CA certificate (PEM) clients must trust.
@@ -333,9 +500,19 @@ impl Emulator {
         &self.service.authority
     }
 
-    /// The gateway's port on 127.0.0.1.
+    /// The gateway's port on 127.0.0.1 (in cluster mode, the first node's).
     pub fn redis_port(&self) -> u16 {
-        self.redis_port
+        self.nodes.first().map(Node::gateway_port).unwrap_or_default()
+    }
+
+    /// Every gateway and what is behind it: one, or one per cluster node in slot order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Whether it runs a cluster ([`EmulatorConfig::cluster_nodes`]).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
 
     /// The admin endpoint, `http://127.0.0.1:<port>`.
@@ -343,7 +520,8 @@ impl Emulator {
         format!("http://127.0.0.1:{}", self.admin_port)
     }
 
-    /// What has happened so far.
+    /// What has happened so far, in total over every gateway (per gateway:
+    /// [`Node::stats`]).
     pub fn stats(&self) -> &Stats {
         &self.service.stats
     }
@@ -354,7 +532,7 @@ impl Emulator {
     }
 
     /// Stops every listener and closes every connection (each gets a few seconds to say
-    /// goodbye), then the redis-server it started; removes the CA file it wrote.
+    /// goodbye), then the redis-servers it started; removes the CA file it wrote.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         for mut task in self.tasks.drain(..) {
@@ -363,7 +541,7 @@ impl Emulator {
                 task.abort();
             }
         }
-        if let Some(redis) = self.redis.take() {
+        for redis in self.redis.drain(..) {
             redis.stop().await;
         }
         match self.ca_dir.take() {

@@ -135,4 +135,25 @@ impl Pki {
             .map_err(|e| EmulatorError::Crypto(e.to_string()))?;
         Ok(std::sync::Arc::new(config))
     }
+
+    /// A rustls client configuration trusting the CA only (the emulator's own checks of
+    /// its gateways).
+    pub(crate) fn rustls_client_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, EmulatorError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            let cert = cert.map_err(|e| EmulatorError::Crypto(format!("CA PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| EmulatorError::Crypto(format!("CA certificate: {e}")))?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| EmulatorError::Crypto(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(std::sync::Arc::new(config))
+    }
 }

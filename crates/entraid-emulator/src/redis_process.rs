@@ -28,7 +28,8 @@ impl RedisProcess {
             .arg(dir.path())
             .args(extra_args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Only fatal errors go there (its log goes to stdout): read if it exits early.
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
@@ -36,11 +37,21 @@ impl RedisProcess {
                     "cannot start {binary:?}: {e}; install it (apt-get install -y redis-server) or pass --redis-server PATH or --upstream HOST:PORT"
                 ))
             })?;
-        let process = RedisProcess { child, port, _dir: dir };
+        let mut process = RedisProcess { child, port, _dir: dir };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             if ping(port).await {
                 return Ok(process);
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                let mut said = String::new();
+                if let Some(mut stderr) = process.child.stderr.take() {
+                    let _ = stderr.read_to_string(&mut said).await;
+                }
+                return Err(EmulatorError::Redis(format!(
+                    "{binary} exited at start ({status}): {}",
+                    said.trim()
+                )));
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(EmulatorError::Redis(format!(

@@ -1,5 +1,6 @@
 //! Counters the emulator keeps, for its log, the admin endpoint and the demo's status line.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What happened so far.
@@ -38,5 +39,53 @@ impl Stats {
             "auth_failures": get(&self.auth_failures),
             "cut_connections": get(&self.cut_connections),
         })
+    }
+
+    /// The gateway's counters only (a cluster node's share of them).
+    pub fn gateway_json(&self) -> serde_json::Value {
+        let mut json = self.to_json();
+        if let Some(map) = json.as_object_mut() {
+            map.remove("tokens_issued");
+            map.remove("token_requests_refused");
+        }
+        json
+    }
+
+    /// Sets every counter back to zero.
+    pub(crate) fn reset(&self) {
+        for counter in [
+            &self.tokens_issued,
+            &self.token_requests_refused,
+            &self.connections,
+            &self.authentications,
+            &self.reauthentications,
+            &self.auth_failures,
+            &self.cut_connections,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What one gateway counts in: the emulator's totals and its own node's figures.
+#[derive(Debug, Clone)]
+pub(crate) struct GatewayStats {
+    pub(crate) total: Arc<Stats>,
+    pub(crate) node: Arc<Stats>,
+}
+
+impl GatewayStats {
+    /// Counts one event in both.
+    pub(crate) fn bump(&self, counter: fn(&Stats) -> &AtomicU64) {
+        Stats::bump(counter(&self.total));
+        Stats::bump(counter(&self.node));
+    }
+
+    /// A new connection's id (from 1, unique across the emulator's gateways), counting it.
+    /// `fetch_add`'s own result: with an increment then a separate read, two connections
+    /// accepted at once could get one id.
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        Stats::bump(&self.node.connections);
+        self.total.connections.fetch_add(1, Ordering::Relaxed) + 1
     }
 }

@@ -28,6 +28,8 @@ pub(crate) struct TokenService {
     /// `https://127.0.0.1:<port>`.
     pub(crate) authority: String,
     pub(crate) stats: Arc<Stats>,
+    /// In cluster mode, each gateway's address and counters, for `/stats`.
+    pub(crate) nodes: Vec<(String, Arc<Stats>)>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -473,6 +475,29 @@ enum ManagedShape {
     Imds,
 }
 
+/// `GET /stats`: the totals; in cluster mode also `"nodes"`, each gateway's own figures
+/// (`"gateway": "127.0.0.1:<port>"` first), in slot order.
+fn stats_json(service: &TokenService) -> Value {
+    let mut json = service.stats.to_json();
+    if !service.nodes.is_empty()
+        && let Some(map) = json.as_object_mut()
+    {
+        let nodes = service
+            .nodes
+            .iter()
+            .map(|(address, stats)| {
+                let mut node = stats.gateway_json();
+                if let Some(node) = node.as_object_mut() {
+                    node.insert("gateway".to_owned(), json!(address));
+                }
+                node
+            })
+            .collect();
+        map.insert("nodes".to_owned(), Value::Array(nodes));
+    }
+    json
+}
+
 /// The admin endpoint (plain HTTP, loopback only): `POST /faults` with a JSON body,
 /// `GET /stats`.
 pub(crate) async fn admin(service: Arc<TokenService>, request: Request<Incoming>) -> Result<Reply, Infallible> {
@@ -483,7 +508,7 @@ pub(crate) async fn admin(service: Arc<TokenService>, request: Request<Incoming>
         Err(reply) => return Ok(reply),
     };
     Ok(match (method, path.as_str()) {
-        (Method::GET, "/stats") => json_reply(StatusCode::OK, &service.stats.to_json()),
+        (Method::GET, "/stats") => json_reply(StatusCode::OK, &stats_json(&service)),
         (Method::POST, "/faults") => {
             let parsed: Value = if body.is_empty() {
                 json!({})
@@ -538,6 +563,7 @@ pub(crate) mod tests {
                     identity_header: "header".to_owned(),
                     authority: "https://127.0.0.1:1".to_owned(),
                     stats: Arc::new(Stats::default()),
+                    nodes: Vec::new(),
                 })
             })
             .clone()

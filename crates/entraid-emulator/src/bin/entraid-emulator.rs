@@ -2,10 +2,14 @@
 //!
 //! ```text
 //! entraid-emulator [--token-lifetime 60s] [--env-file PATH] [--redis-server PATH | --upstream HOST:PORT]
-//!                  [--token-port N] [--redis-port N] [--principals FILE]
+//!                  [--token-port N] [--redis-port N] [--principals FILE] [--cluster N]
 //! ```
 //! Prints `KEY=value` lines (and writes them to `--env-file`), then `READY`. Ctrl-C or
 //! SIGTERM stops everything.
+//!
+//! `--cluster N` (3 to 64): N redis-server nodes in cluster mode, one TLS gateway each
+//! (on `--redis-port`, `+1`, … when given); `REDIS_CLUSTER_NODES` lists the gateways, and
+//! `READY` comes once the cluster is `cluster_state:ok` through every one of them.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -14,7 +18,7 @@ use std::time::Duration;
 use entraid_emulator::{Emulator, EmulatorConfig, EmulatorError, Principals, Upstream};
 
 const USAGE: &str = "usage: entraid-emulator [--token-lifetime 60s] [--env-file PATH] \
-[--redis-server PATH | --upstream HOST:PORT] [--token-port N] [--redis-port N] [--principals FILE]";
+[--redis-server PATH | --upstream HOST:PORT] [--token-port N] [--redis-port N] [--principals FILE] [--cluster N]";
 
 /// `500ms`, `20s`, `5m`, `1h`: between 1 s and 24 h.
 fn parse_duration(text: &str) -> Result<Duration, EmulatorError> {
@@ -75,6 +79,18 @@ fn parse_args(args: &[String]) -> Result<Args, EmulatorError> {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| EmulatorError::Principals(format!("cannot read {path}: {e}")))?;
                 config.principals = Some(Principals::from_json(&text)?);
+            }
+            "--cluster" => {
+                let v = value("--cluster")?;
+                let n = v
+                    .parse::<usize>()
+                    .map_err(|_| EmulatorError::Usage(format!("--cluster {v:?}: a number of nodes, 3 or more")))?;
+                if n < 3 {
+                    return Err(EmulatorError::Usage(format!(
+                        "--cluster {n}: a Redis cluster needs at least 3 nodes"
+                    )));
+                }
+                config.cluster_nodes = Some(n);
             }
             "-h" | "--help" => return Err(EmulatorError::Usage(USAGE.to_owned())),
             other => return Err(EmulatorError::Usage(format!("unknown argument {other:?}\n{USAGE}"))),
@@ -182,6 +198,13 @@ mod tests {
             .collect();
         assert!(parse_args(&both).is_err());
         assert!(parse_args(&["--bogus".to_string()]).is_err());
+        let cluster = |n: &str| parse_args(&["--cluster".to_string(), n.to_string()]);
+        assert_eq!(cluster("3").unwrap().config.cluster_nodes, Some(3));
+        assert_eq!(cluster("6").unwrap().config.cluster_nodes, Some(6));
+        for bad in ["2", "0", "x", "-3"] {
+            assert!(cluster(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_args(&[]).unwrap().config.cluster_nodes, None);
         assert!(parse_args(&["--token-port".to_string(), "x".to_string()]).is_err());
     }
 }
