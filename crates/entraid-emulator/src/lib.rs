@@ -431,7 +431,7 @@ impl Emulator {
     /// Checks the cluster through every gateway, with a token of its own, then sets the
     /// counters back to zero: those connections were the emulator's, not a client's.
     async fn check_cluster(&self, members: &[cluster::Member], ids: &[String]) -> Result<(), EmulatorError> {
-        const OID: &str = "entraid-emulator-readiness-check";
+        const OID: &str = token_service::READINESS_OID;
         let (token, _, _) = self.service.issue(OID, OID).map_err(EmulatorError::Crypto)?;
         let tls = self.pki.rustls_client_config()?;
         for &member in members {
