@@ -95,7 +95,7 @@ fn main() -> Result<(), AnyError> {
 
 async fn run(plan: Plan, only: Option<String>) -> Result<Value, AnyError> {
     let wanted = |figure: &str| only.as_deref().is_none_or(|o| o == figure);
-    let server = Server::start()?;
+    let server = server::start()?;
     let mut report = json!({
         "machine": {
             // The machine's, not this process's: xtask pins the client to one core.

@@ -133,7 +133,7 @@ pub(crate) async fn stall(server: &Server, n: usize) -> Result<Value, AnyError> 
         let port = server.port;
         let sleeper = std::thread::spawn(move || {
             let _: redis::RedisResult<()> = Server::attach(port)
-                .admin()
+                .try_admin()
                 .and_then(|mut c| redis::cmd("DEBUG").arg("SLEEP").arg(1.5).query(&mut c));
         });
         tokio::time::sleep(Duration::from_millis(100)).await;

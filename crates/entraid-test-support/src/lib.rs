@@ -1,5 +1,5 @@
 //! Test doubles shared by the workspace's tests: a fake clock, a scriptable identity
-//! provider and JWT-shaped tokens. Not published; never used by library code.
+//! provider, JWT-shaped tokens and a real redis-server launcher. Not published; never used by library code.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -10,6 +10,8 @@ mod jwt;
 #[cfg(feature = "redis")]
 mod load;
 mod provider;
+#[cfg(feature = "redis-server")]
+mod redis_server;
 
 #[cfg(feature = "certificates")]
 pub use certificate::{TestCertificate, test_certificate};
@@ -18,3 +20,5 @@ pub use jwt::{jwt, token_with_lifetime};
 #[cfg(feature = "redis")]
 pub use load::{LoadReport, set_get_load};
 pub use provider::{ScriptedProvider, Step};
+#[cfg(feature = "redis-server")]
+pub use redis_server::{RedisServer, free_port};

@@ -4,9 +4,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,94 +11,7 @@ use std::time::{Duration, Instant};
 use entraid_identity::{IdentityError, IdentityProvider, Token};
 use entraid_test_support::token_with_lifetime;
 
-/// A `redis-server` on 127.0.0.1 and a free port, killed when dropped.
-pub struct RedisServer {
-    child: Child,
-    pub port: u16,
-    dir: PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl RedisServer {
-    pub fn start(extra: &[&str]) -> RedisServer {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("redis-entraid-test-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--dir", dir.to_str().unwrap(), "--maxclients", "4000"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (apt-get install -y redis-server)");
-        let server = RedisServer { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = server.admin_try()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                return server;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn admin_try(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(self.url())?.get_connection()
-    }
-
-    /// A plain connection as the default user (no password), for setup and inspection.
-    pub fn admin(&self) -> redis::Connection {
-        self.admin_try().unwrap()
-    }
-
-    /// How many `AUTH` commands the server has run (`INFO commandstats`).
-    pub fn auth_calls(&self) -> u64 {
-        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut self.admin()).unwrap();
-        info.lines()
-            .find_map(|line| line.strip_prefix("cmdstat_auth:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map(|n| n.parse().unwrap())
-            .unwrap_or(0)
-    }
-
-    /// How many `AUTH`/`HELLO` calls failed (`INFO commandstats`'s failed_calls, Redis 7).
-    pub fn failed_auth_calls(&self) -> u64 {
-        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut self.admin()).unwrap();
-        info.lines()
-            .filter(|line| line.starts_with("cmdstat_auth:") || line.starts_with("cmdstat_hello:"))
-            .filter_map(|line| line.split("failed_calls=").nth(1))
-            .filter_map(|rest| rest.split(',').next())
-            .map(|n| n.parse::<u64>().unwrap())
-            .sum()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+pub use entraid_test_support::RedisServer;
 
 /// Three cluster-enabled servers sharing the 16384 slots.
 pub struct Cluster {
