@@ -112,9 +112,11 @@ async fn cluster_survives_rotations_on_every_shard() {
 async fn cluster_stall_on_one_node_at_rotation_costs_only_the_commands_during_the_stall() {
     // The case 1 on the async cluster client, with the 500 ms response timeout
     // many applications set: one node sleeps 1.5 s from 100 ms before the renewal.
-    // Measured: the cluster client applies its timeout per request, not on the node
-    // connections, so that shard's re-authentication AUTH waits out the stall and
-    // succeeds; only commands to that node during the stall time out.
+    // Measured on these ACL-password servers: that shard's re-authentication survives and
+    // only commands to that node during the stall time out. Through the emulator's
+    // gateways the same client lost it (redis applies `response_timeout` to shard
+    // connections too; entraid-emulator's tests/cluster.rs), which is why the user guide
+    // recommends `overall_response_timeout` for cluster clients.
     let cluster = Cluster::start();
     let lifetime = Duration::from_secs(10);
     let provider = AclProvider::new("oid-cluster-stall", lifetime, cluster.ports());
