@@ -81,6 +81,7 @@ struct AclInner {
     ports: Vec<u16>,
     calls: AtomicU64,
     failing: AtomicBool,
+    unregistered: AtomicBool,
 }
 
 impl AclProvider {
@@ -92,12 +93,19 @@ impl AclProvider {
                 ports,
                 calls: AtomicU64::new(0),
                 failing: AtomicBool::new(false),
+                unregistered: AtomicBool::new(false),
             }),
         }
     }
 
     pub fn calls(&self) -> u64 {
         self.inner.calls.load(Ordering::SeqCst)
+    }
+
+    /// Issues tokens the servers do not know (their `AUTH` is refused), as a cache whose
+    /// access policy was removed would; or, with `false`, known ones again.
+    pub fn set_unregistered(&self, unregistered: bool) {
+        self.inner.unregistered.store(unregistered, Ordering::SeqCst);
     }
 
     /// Makes the identity provider fail (transiently) or recover.
@@ -122,6 +130,9 @@ impl IdentityProvider for AclProvider {
             return Err(IdentityError::transient("test identity provider is down"));
         }
         let token = token_with_lifetime(&self.inner.oid, self.inner.lifetime, n);
+        if self.inner.unregistered.load(Ordering::SeqCst) {
+            return Ok(token);
+        }
         let (oid, secret, ports) = (
             self.inner.oid.clone(),
             token.secret().to_owned(),
