@@ -715,9 +715,14 @@ async fn throughput(server: &Server, plan: &Plan) -> Result<Throughput, AnyError
         });
         drop(provider);
     }
+    // A label without a run (the quick run has no no-op round) has no row: a mean of
+    // nothing would be NaN.
     let row = |label: &str| {
         let mine: Vec<_> = runs.iter().filter(|r| r.label == label).collect();
-        ThroughputRow {
+        if mine.is_empty() {
+            return None;
+        }
+        Some(ThroughputRow {
             ops_per_s: mine.iter().map(|r| r.ops_per_s).sum::<f64>() / mine.len() as f64,
             // The run with the worse p99 stands for the label (the conservative choice).
             latency_ms: mine
@@ -727,10 +732,13 @@ async fn throughput(server: &Server, plan: &Plan) -> Result<Throughput, AnyError
             failed: mine.iter().map(|r| r.failed).sum(),
             rotations: mine.iter().map(|r| r.rotations).sum(),
             runs: mine.len(),
-        }
+        })
     };
     let (static_password, noop, a) = (row("static"), row("noop"), row("A"));
-    let ratio = a.ops_per_s / static_password.ops_per_s;
+    let ratio = match (&a, &static_password) {
+        (Some(a), Some(s)) => Some(a.ops_per_s / s.ops_per_s),
+        _ => None,
+    };
     Ok(Throughput {
         static_password,
         noop,

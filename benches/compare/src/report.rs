@@ -102,16 +102,19 @@ pub(crate) struct MemoryRow {
     pub(crate) a_redis_manager: Summary,
 }
 
-/// Figure 4: one connection, 64 tasks.
+/// Figure 4: one connection, 64 tasks. A variant the run did not measure (the quick run
+/// has no no-op round) is `None`.
 #[derive(Debug, Serialize)]
 pub(crate) struct Throughput {
-    #[serde(rename = "static")]
-    pub(crate) static_password: ThroughputRow,
-    pub(crate) noop: ThroughputRow,
-    #[serde(rename = "A")]
-    pub(crate) a: ThroughputRow,
+    #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
+    pub(crate) static_password: Option<ThroughputRow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) noop: Option<ThroughputRow>,
+    #[serde(rename = "A", skip_serializing_if = "Option::is_none")]
+    pub(crate) a: Option<ThroughputRow>,
     /// A's ops/s over the static password's.
-    pub(crate) ratio: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ratio: Option<f64>,
 }
 
 /// Figure 4 for one variant, over its runs.
@@ -310,16 +313,20 @@ impl Report {
         };
         out.push_str("\n| | ops/s | p50 ms | p99 ms | max ms | failed |\n|---|---|---|---|---|---|\n");
         for (label, row) in [("static", &t.static_password), ("noop", &t.noop), ("A", &t.a)] {
-            let _ = writeln!(
-                out,
-                "| {label} | {:.0} | {:.3} | {:.3} | {:.3} | {} |",
-                row.ops_per_s, row.latency_ms.p50, row.latency_ms.p99, row.latency_ms.max, row.failed
-            );
+            let _ = match row {
+                Some(row) => writeln!(
+                    out,
+                    "| {label} | {:.0} | {:.3} | {:.3} | {:.3} | {} |",
+                    row.ops_per_s, row.latency_ms.p50, row.latency_ms.p99, row.latency_ms.max, row.failed
+                ),
+                None => writeln!(out, "| {label} | n/a | n/a | n/a | n/a | n/a |"),
+            };
         }
         let _ = writeln!(
             out,
-            "\nA/static ops ratio: {:.3}; rotations during A's runs: {}",
-            t.ratio, t.a.rotations
+            "\nA/static ops ratio: {}; rotations during A's runs: {}",
+            t.ratio.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.3}")),
+            count(t.a.as_ref().map(|a| a.rotations))
         );
     }
 
