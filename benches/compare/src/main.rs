@@ -8,19 +8,23 @@
 //! ```
 
 mod fake;
+mod report;
 mod server;
 mod stats;
 mod supervised;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
-use serde_json::{Value, json};
 
 use fake::{Gate, Variant};
+use report::{
+    AuthsPerConnection, Fanout, Floors, IdpCalls, Machine, Memory, MemoryRow, Probe, Report, Throughput, ThroughputRow,
+};
 use server::Server;
 use stats::{Summary, client_cpu_ns, rss_bytes};
 
@@ -86,56 +90,63 @@ fn main() -> Result<(), AnyError> {
     let report = runtime.block_on(run(Plan::new(quick), only))?;
     std::fs::create_dir_all(&out)?;
     std::fs::write(format!("{out}/report.json"), serde_json::to_string_pretty(&report)?)?;
-    let markdown = stats::markdown(&report);
+    let markdown = report.markdown();
     std::fs::write(format!("{out}/report.md"), &markdown)?;
     println!("{markdown}");
     println!("written: {out}/report.md, {out}/report.json");
     Ok(())
 }
 
-async fn run(plan: Plan, only: Option<String>) -> Result<Value, AnyError> {
+async fn run(plan: Plan, only: Option<String>) -> Result<Report, AnyError> {
     let wanted = |figure: &str| only.as_deref().is_none_or(|o| o == figure);
     let server = server::start()?;
-    let mut report = json!({
-        "machine": {
+    let mut report = Report {
+        machine: Machine {
             // The machine's, not this process's: xtask pins the client to one core.
-            "cores": std::env::var("BENCH_MACHINE_CORES")
+            cores: std::env::var("BENCH_MACHINE_CORES")
                 .ok()
                 .and_then(|n| n.parse::<usize>().ok())
                 .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)),
-            "redis_server": server.version(),
-            "quick": plan.quick,
-            "pairs": plan.pairs,
-            "server_cpus": std::env::var("BENCH_SERVER_CPUS").ok(),
-        }
-    });
+            redis_server: server.version(),
+            quick: plan.quick,
+            pairs: plan.pairs,
+            server_cpus: std::env::var("BENCH_SERVER_CPUS").ok(),
+        },
+        fanout: None,
+        probe: None,
+        memory: None,
+        throughput: None,
+        auths_per_connection: None,
+        stall: None,
+        idp_calls: None,
+    };
     eprintln!("== figure 1 and 7: re-auth fan-out");
     if wanted("fanout") {
-        report["fanout"] = fanout(&server, &plan).await?;
+        report.fanout = Some(fanout(&server, &plan).await?);
     }
     eprintln!("== figure 2: a rotation and other traffic");
     if wanted("probe") {
-        report["probe"] = probe(&server, &plan).await?;
+        report.probe = Some(probe(&server, &plan).await?);
     }
     eprintln!("== figure 3: memory per connection");
     if wanted("memory") {
-        report["memory"] = memory(&server, &plan)?;
+        report.memory = Some(memory(&server, &plan)?);
     }
     eprintln!("== figure 4: throughput under rotation");
     if wanted("throughput") {
-        report["throughput"] = throughput(&server, &plan).await?;
+        report.throughput = Some(throughput(&server, &plan).await?);
     }
     eprintln!("== figure 5: AUTHs per new connection");
     if wanted("auths") {
-        report["auths_per_connection"] = auths_per_connection(&server).await?;
+        report.auths_per_connection = Some(auths_per_connection(&server).await?);
     }
     eprintln!("== figure 8: a server stall during a rotation");
     if wanted("stall") {
-        report["stall"] = supervised::stall(&server, if plan.quick { 20 } else { 200 }).await?;
+        report.stall = Some(supervised::stall(&server, if plan.quick { 20 } else { 200 }).await?);
     }
     eprintln!("== figure 6: identity-provider calls");
     if wanted("idp") {
-        report["idp_calls"] = idp_calls(&plan).await?;
+        report.idp_calls = Some(idp_calls(&plan).await?);
     }
     Ok(report)
 }
@@ -181,11 +192,19 @@ fn until_auths(
     })
 }
 
+/// One measurement of figure 1: a variant's rotation reaching N connections.
+struct FanoutRun {
+    took: Duration,
+    cpu_us_per_conn: f64,
+    /// Identity-provider calls the refresh made.
+    idp_calls: u64,
+}
+
 /// Figure 1 (and 7): one rotation reaching N live connections.
-async fn fanout(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
+async fn fanout(server: &Server, plan: &Plan) -> Result<Vec<Fanout>, AnyError> {
     let mut out = Vec::new();
     for &n in &plan.fanout_sizes {
-        let mut runs: Vec<(String, Duration, f64, u64)> = Vec::new();
+        let (mut a, mut b, mut f1, mut f2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for pair in 0..plan.pairs {
             // A-B, then B-A: neither always runs first.
             let order = if pair % 2 == 0 {
@@ -222,40 +241,55 @@ async fn fanout(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
                 if grew != n as u64 {
                     eprintln!("  warning: expected exactly +{n} AUTHs, saw +{grew}");
                 }
-                runs.push((variant.name(), took, cpu, calls));
+                let run = FanoutRun {
+                    took,
+                    cpu_us_per_conn: cpu,
+                    idp_calls: calls,
+                };
+                match variant {
+                    Variant::A { .. } => a.push(run),
+                    Variant::B => b.push(run),
+                }
                 drop(connections);
                 drop(provider);
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             // Floors in the same run.
-            let f1 = floor_static(server, n).await?;
-            let f2 = floor_raw(server, n).await?;
+            let static_floor = floor_static(server, n).await?;
+            let raw_floor = floor_raw(server, n).await?;
             eprintln!(
                 "  N={n} pair {pair} floors: F1 {:.1} ms, F2 {:.1} ms",
-                f1.as_secs_f64() * 1e3,
-                f2.as_secs_f64() * 1e3
+                static_floor.as_secs_f64() * 1e3,
+                raw_floor.as_secs_f64() * 1e3
             );
-            runs.push(("F1".into(), f1, 0.0, 0));
-            runs.push(("F2".into(), f2, 0.0, 0));
+            f1.push(static_floor);
+            f2.push(raw_floor);
         }
-        let pick = |name: &str| runs.iter().filter(|r| r.0 == name).collect::<Vec<_>>();
-        let ms = |name: &str| Summary::of(pick(name).iter().map(|r| r.1.as_secs_f64() * 1e3));
-        let cpu = |name: &str| Summary::of(pick(name).iter().map(|r| r.2));
-        let ratios: Vec<f64> = pick("A")
-            .iter()
-            .zip(pick("B"))
-            .map(|(a, b)| a.1.as_secs_f64() / b.1.as_secs_f64())
-            .collect();
-        out.push(json!({
-            "n": n,
-            "a_ms": ms("A"), "b_ms": ms("B"), "f1_ms": ms("F1"), "f2_ms": ms("F2"),
-            "a_cpu_us_per_conn": cpu("A"), "b_cpu_us_per_conn": cpu("B"),
-            "a_over_b_per_pair": ratios,
-            "a_idp_calls_per_refresh": pick("A").iter().map(|r| r.3).max(),
-            "b_idp_calls_per_refresh": pick("B").iter().map(|r| r.3).max(),
-        }));
+        let ms = |took: &[Duration]| Summary::of(took.iter().map(|t| t.as_secs_f64() * 1e3));
+        let runs_ms = |runs: &[FanoutRun]| Summary::of(runs.iter().map(|r| r.took.as_secs_f64() * 1e3));
+        let cpu = |runs: &[FanoutRun]| Summary::of(runs.iter().map(|r| r.cpu_us_per_conn));
+        let idp_calls = |runs: &[FanoutRun]| runs.iter().map(|r| r.idp_calls).max();
+        out.push(Fanout {
+            n,
+            a_ms: runs_ms(&a),
+            b_ms: runs_ms(&b),
+            floors: Floors {
+                f1_ms: ms(&f1),
+                f2_ms: ms(&f2),
+            },
+            a_cpu_us_per_conn: cpu(&a),
+            b_cpu_us_per_conn: cpu(&b),
+            // A and B alternate within a pair: the i-th of each are the same pair.
+            a_over_b_per_pair: a
+                .iter()
+                .zip(&b)
+                .map(|(a, b)| a.took.as_secs_f64() / b.took.as_secs_f64())
+                .collect(),
+            a_idp_calls_per_refresh: idp_calls(&a),
+            b_idp_calls_per_refresh: idp_calls(&b),
+        });
     }
-    Ok(Value::Array(out))
+    Ok(out)
 }
 
 /// F1: the same N multiplexed connections with static credentials; the benchmark sends the
@@ -338,9 +372,9 @@ async fn floor_raw(server: &Server, n: usize) -> Result<Duration, AnyError> {
 }
 
 /// Figure 2: probe latency around a rotation of N idle connections.
-async fn probe(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
+async fn probe(server: &Server, plan: &Plan) -> Result<BTreeMap<String, Probe>, AnyError> {
     let n = plan.idle_connections;
-    let mut out = serde_json::Map::new();
+    let mut out = BTreeMap::new();
     let variants = [
         Variant::A {
             spread: redis_entraid::DEFAULT_REAUTH_SPREAD,
@@ -398,22 +432,24 @@ async fn probe(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
         );
         out.insert(
             variant.label(),
-            json!({"quiet_ms": quiet, "rotation_ms": rotating, "p99_ratio": rotating.p99 / quiet.p99}),
+            Probe {
+                quiet_ms: quiet,
+                rotation_ms: rotating,
+                p99_ratio: rotating.p99 / quiet.p99,
+            },
         );
         drop(idle);
         drop(provider);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Ok(Value::Object(out))
+    Ok(out)
 }
 
 /// Figure 3: each variant measured in a fresh process, so freed memory of one run cannot
 /// hide the next one's growth.
-fn memory(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
+fn memory(server: &Server, plan: &Plan) -> Result<Memory, AnyError> {
     let exe = std::env::current_exe()?;
-    // Per connection: RSS growth, and bytes allocated and still held (glibc's mallinfo2,
-    // main arena), which separates live state from where the allocator put it.
-    let mut results: Vec<(String, f64, f64)> = Vec::new();
+    let mut results: Vec<(&str, PerConnection)> = Vec::new();
     let pairs = if plan.quick { 1 } else { 3 };
     for _ in 0..pairs {
         for variant in ["A", "B", "static", "noop", "A-manager", "A-redis"] {
@@ -427,25 +463,34 @@ fn memory(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
                 .output()?;
             let text = String::from_utf8_lossy(&output.stdout);
             let parsed: Vec<f64> = text.split_whitespace().filter_map(|n| n.parse().ok()).collect();
-            let [rss, heap] = parsed[..] else {
+            let [rss, allocated] = parsed[..] else {
                 return Err(format!(
                     "memory child {variant} failed: {}",
                     String::from_utf8_lossy(&output.stderr)
                 )
                 .into());
             };
-            eprintln!("  {variant}: RSS {rss:.0} bytes, allocated {heap:.0} bytes per connection");
-            results.push((variant.to_owned(), rss, heap));
+            eprintln!("  {variant}: RSS {rss:.0} bytes, allocated {allocated:.0} bytes per connection");
+            results.push((variant, PerConnection { rss, allocated }));
         }
     }
-    let rss = |name: &str| Summary::of(results.iter().filter(|r| r.0 == name).map(|r| r.1));
-    let heap = |name: &str| Summary::of(results.iter().filter(|r| r.0 == name).map(|r| r.2));
-    let row = |of: &dyn Fn(&str) -> Summary| {
+    let row = |measure: fn(&PerConnection) -> f64| {
+        let of = |name: &str| Summary::of(results.iter().filter(|r| r.0 == name).map(|r| measure(&r.1)));
         let (a, noop) = (of("A"), of("noop"));
-        json!({"a": a, "b": of("B"), "static": of("static"), "noop": noop, "a_minus_noop": a.median - noop.median,
-            "a_manager": of("A-manager"), "a_redis_manager": of("A-redis")})
+        MemoryRow {
+            a,
+            b: of("B"),
+            static_password: of("static"),
+            noop,
+            a_minus_noop: a.median - noop.median,
+            a_manager: of("A-manager"),
+            a_redis_manager: of("A-redis"),
+        }
     };
-    Ok(json!({"rss": row(&rss), "allocated": row(&heap)}))
+    Ok(Memory {
+        rss: row(|m| m.rss),
+        allocated: row(|m| m.allocated),
+    })
 }
 
 fn memory_child(args: &[String]) -> Result<(), AnyError> {
@@ -473,7 +518,7 @@ fn memory_child(args: &[String]) -> Result<(), AnyError> {
             let (server, provider) = (&server, &provider);
             per_connection(n, || supervised::Handle::open(kind, server, provider)).await
         })?;
-        println!("{} {}", bytes.0, bytes.1);
+        println!("{} {}", bytes.rss, bytes.allocated);
         return Ok(());
     }
     let bytes = runtime.block_on(async move {
@@ -515,13 +560,19 @@ fn memory_child(args: &[String]) -> Result<(), AnyError> {
         })
         .await
     })?;
-    println!("{} {}", bytes.0, bytes.1);
+    println!("{} {}", bytes.rss, bytes.allocated);
     Ok(())
 }
 
-/// (RSS growth, bytes allocated and held) per connection for `n` connections from `open`,
-/// after a warm-up of 50.
-async fn per_connection<T, F, Fut>(n: usize, open: F) -> Result<(f64, f64), AnyError>
+/// Memory per connection, in bytes: RSS growth, and bytes allocated and still held (glibc's
+/// mallinfo2, main arena), which separates live state from where the allocator put it.
+struct PerConnection {
+    rss: f64,
+    allocated: f64,
+}
+
+/// Memory per connection for `n` connections from `open`, after a warm-up of 50.
+async fn per_connection<T, F, Fut>(n: usize, open: F) -> Result<PerConnection, AnyError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, AnyError>>,
@@ -544,23 +595,31 @@ where
     // SAFETY: as above.
     let heap_after = unsafe { libc::mallinfo2() }.uordblks;
     drop(connections);
-    Ok((
-        (after as f64 - before as f64) / n as f64,
-        (heap_after as f64 - heap_before as f64) / n as f64,
-    ))
+    Ok(PerConnection {
+        rss: (after as f64 - before as f64) / n as f64,
+        allocated: (heap_after as f64 - heap_before as f64) / n as f64,
+    })
+}
+
+/// One run of figure 4.
+struct ThroughputRun {
+    label: &'static str,
+    ops_per_s: f64,
+    latency_ms: Summary,
+    failed: u64,
+    /// Rotations released during the run.
+    rotations: u64,
 }
 
 /// Figure 4: one connection, 64 tasks, rotations every 2 s, against static credentials.
-async fn throughput(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
+async fn throughput(server: &Server, plan: &Plan) -> Result<Throughput, AnyError> {
     let seconds = plan.throughput_secs;
-    let mut out = serde_json::Map::new();
-    let mut ops: Vec<(&str, f64)> = Vec::new();
-    let rounds: &[&str] = if plan.quick {
+    let rounds: &[&'static str] = if plan.quick {
         &["static", "A"]
     } else {
         &["static", "noop", "A", "A", "noop", "static"]
     };
-    let mut runs: Vec<(&str, f64, Summary, u64, u64)> = Vec::new();
+    let mut runs: Vec<ThroughputRun> = Vec::new();
     for &label in rounds {
         let gate = Gate::gated();
         // Every connection is made the same way; only the credentials differ.
@@ -647,85 +706,103 @@ async fn throughput(server: &Server, plan: &Plan) -> Result<Value, AnyError> {
             failed.load(Ordering::Relaxed),
             gate.calls()
         );
-        ops.push((label, rate));
-        runs.push((
+        runs.push(ThroughputRun {
             label,
-            rate,
-            summary,
-            failed.load(Ordering::Relaxed),
-            gate.calls().saturating_sub(1),
-        ));
+            ops_per_s: rate,
+            latency_ms: summary,
+            failed: failed.load(Ordering::Relaxed),
+            rotations: gate.calls().saturating_sub(1),
+        });
         drop(provider);
     }
-    for label in ["static", "noop", "A"] {
-        let mine: Vec<_> = runs.iter().filter(|r| r.0 == label).collect();
-        let rate = mine.iter().map(|r| r.1).sum::<f64>() / mine.len() as f64;
-        // The run with the worse p99 stands for the label (the conservative choice).
-        let summary = mine
-            .iter()
-            .map(|r| r.2)
-            .fold(Summary::default(), |acc, s| if s.p99 > acc.p99 { s } else { acc });
-        let failed: u64 = mine.iter().map(|r| r.3).sum();
-        let rotations: u64 = mine.iter().map(|r| r.4).sum();
-        out.insert(label.to_owned(), json!({"ops_per_s": rate, "latency_ms": summary, "failed": failed, "rotations": rotations, "runs": mine.len()}));
-    }
-    let mean = |l: &str| {
-        ops.iter().filter(|o| o.0 == l).map(|o| o.1).sum::<f64>() / ops.iter().filter(|o| o.0 == l).count() as f64
+    // A label without a run (the quick run has no no-op round) has no row: a mean of
+    // nothing would be NaN.
+    let row = |label: &str| {
+        let mine: Vec<_> = runs.iter().filter(|r| r.label == label).collect();
+        if mine.is_empty() {
+            return None;
+        }
+        Some(ThroughputRow {
+            ops_per_s: mine.iter().map(|r| r.ops_per_s).sum::<f64>() / mine.len() as f64,
+            // The run with the worse p99 stands for the label (the conservative choice).
+            latency_ms: mine
+                .iter()
+                .map(|r| r.latency_ms)
+                .fold(Summary::default(), |acc, s| if s.p99 > acc.p99 { s } else { acc }),
+            failed: mine.iter().map(|r| r.failed).sum(),
+            rotations: mine.iter().map(|r| r.rotations).sum(),
+            runs: mine.len(),
+        })
     };
-    out.insert("ratio".to_owned(), json!(mean("A") / mean("static")));
-    Ok(Value::Object(out))
+    let (static_password, noop, a) = (row("static"), row("noop"), row("A"));
+    let ratio = match (&a, &static_password) {
+        (Some(a), Some(s)) => Some(a.ops_per_s / s.ops_per_s),
+        _ => None,
+    };
+    Ok(Throughput {
+        static_password,
+        noop,
+        a,
+        ratio,
+    })
 }
 
 /// Figure 5: AUTH commands the server runs per new connection.
-async fn auths_per_connection(server: &Server) -> Result<Value, AnyError> {
-    let mut out = serde_json::Map::new();
-    for variant in [
+async fn auths_per_connection(server: &Server) -> Result<AuthsPerConnection, AnyError> {
+    let a = auths_per_new_connection(
+        server,
         Variant::A {
             spread: redis_entraid::DEFAULT_REAUTH_SPREAD,
         },
-        Variant::B,
-    ] {
-        let gate = Gate::ungated(Duration::from_secs(3600));
-        let provider = variant.provider(&gate)?;
-        gate.wait_first_token().await;
-        let config = provider.configure(AsyncConnectionConfig::new());
-        let base = server.auth_calls()?;
-        let connections = connect_many(server, &config, 20).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let per = (server.auth_calls()? - base) as f64 / 20.0;
-        eprintln!("  {}: {per} AUTHs per new connection", variant.name());
-        out.insert(variant.name(), json!(per));
-        drop(connections);
-    }
-    let per = supervised::auths_per_manager(server).await?;
-    eprintln!("  A-manager: {per} AUTHs per new connection");
-    out.insert("A_manager".into(), json!(per));
-    Ok(Value::Object(out))
+    )
+    .await?;
+    let b = auths_per_new_connection(server, Variant::B).await?;
+    let a_manager = supervised::auths_per_manager(server).await?;
+    eprintln!("  A-manager: {a_manager} AUTHs per new connection");
+    Ok(AuthsPerConnection { a, a_manager, b })
+}
+
+/// Figure 5 for one variant with redis's own connections.
+async fn auths_per_new_connection(server: &Server, variant: Variant) -> Result<f64, AnyError> {
+    let gate = Gate::ungated(Duration::from_secs(3600));
+    let provider = variant.provider(&gate)?;
+    gate.wait_first_token().await;
+    let config = provider.configure(AsyncConnectionConfig::new());
+    let base = server.auth_calls()?;
+    let connections = connect_many(server, &config, 20).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per = (server.auth_calls()? - base) as f64 / 20.0;
+    eprintln!("  {}: {per} AUTHs per new connection", variant.name());
+    drop(connections);
+    Ok(per)
 }
 
 /// Figure 6: identity-provider calls in a window, for 60-second and 1-hour tokens.
-async fn idp_calls(plan: &Plan) -> Result<Value, AnyError> {
-    let mut out = serde_json::Map::new();
-    for lifetime in [60u64, 3600] {
-        for variant in [
-            Variant::A {
-                spread: redis_entraid::DEFAULT_REAUTH_SPREAD,
-            },
-            Variant::B,
-        ] {
-            let gate = Gate::ungated(Duration::from_secs(lifetime));
-            let provider = variant.provider(&gate)?;
-            tokio::time::sleep(Duration::from_secs(plan.idp_window_secs)).await;
-            let calls = gate.calls();
-            eprintln!(
-                "  {} with {lifetime} s tokens: {calls} calls in {} s",
-                variant.name(),
-                plan.idp_window_secs
-            );
-            out.insert(format!("{}_{lifetime}s", variant.name()), json!(calls));
-            drop(provider);
-        }
-    }
-    out.insert("window_s".into(), json!(plan.idp_window_secs));
-    Ok(Value::Object(out))
+async fn idp_calls(plan: &Plan) -> Result<IdpCalls, AnyError> {
+    let a = || Variant::A {
+        spread: redis_entraid::DEFAULT_REAUTH_SPREAD,
+    };
+    let window = plan.idp_window_secs;
+    Ok(IdpCalls {
+        a_60s: idp_calls_in(a(), 60, window).await?,
+        b_60s: idp_calls_in(Variant::B, 60, window).await?,
+        a_3600s: idp_calls_in(a(), 3600, window).await?,
+        b_3600s: idp_calls_in(Variant::B, 3600, window).await?,
+        window_s: window,
+    })
+}
+
+/// Figure 6 for one variant: its identity-provider calls in `window` seconds of tokens that
+/// live `lifetime` seconds.
+async fn idp_calls_in(variant: Variant, lifetime: u64, window: u64) -> Result<u64, AnyError> {
+    let gate = Gate::ungated(Duration::from_secs(lifetime));
+    let provider = variant.provider(&gate)?;
+    tokio::time::sleep(Duration::from_secs(window)).await;
+    let calls = gate.calls();
+    eprintln!(
+        "  {} with {lifetime} s tokens: {calls} calls in {window} s",
+        variant.name()
+    );
+    drop(provider);
+    Ok(calls)
 }

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionLike;
-use serde_json::{Value, json};
 
 use crate::AnyError;
 use crate::fake::{Gate, Provider, Variant};
+use crate::report::{Stall, StallRow};
 use crate::server::Server;
 
 /// The three ways of holding a connection this figure compares.
@@ -93,74 +93,79 @@ impl Handle {
 /// rotation is released 100 ms into the sleep. Then: commands that failed after the stall,
 /// and how many connections still re-authenticate at the next rotation (the others, Azure
 /// would cut at their token's expiry).
-pub(crate) async fn stall(server: &Server, n: usize) -> Result<Value, AnyError> {
-    let mut out = serde_json::Map::new();
-    for kind in Kind::ALL {
-        let gate = Gate::gated();
-        let provider = kind.provider(&gate)?;
-        gate.wait_first_token().await;
-        let mut handles = Vec::with_capacity(n);
-        for _ in 0..n {
-            handles.push(Handle::open(kind, server, &provider).await?);
-        }
-        gate.wait_blocked().await;
-        let started = Instant::now();
-        let failed_after = Arc::new(AtomicU64::new(0));
-        let failed_during = Arc::new(AtomicU64::new(0));
-        let stall_end = started + Duration::from_millis(1500);
-        // Commands still waiting when the stall ends get their reply within a moment.
-        let settled = stall_end + Duration::from_millis(600);
-        let end = started + Duration::from_secs(6);
-        let load: Vec<_> = handles
-            .iter()
-            .cloned()
-            .map(|mut handle| {
-                let (after, during) = (failed_after.clone(), failed_during.clone());
-                tokio::spawn(async move {
-                    let mut i = 0u64;
-                    while Instant::now() < end {
-                        i += 1;
-                        if handle.set(i).await.is_err() {
-                            let counter = if Instant::now() > settled { &after } else { &during };
-                            counter.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                })
-            })
-            .collect();
-        let port = server.port;
-        let sleeper = std::thread::spawn(move || {
-            let _: redis::RedisResult<()> = Server::attach(port)
-                .try_admin()
-                .and_then(|mut c| redis::cmd("DEBUG").arg("SLEEP").arg(1.5).query(&mut c));
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        gate.release();
-        for task in load {
-            task.await?;
-        }
-        let _ = sleeper.join();
-        // The next rotation: which connections still re-authenticate?
-        gate.wait_blocked().await;
-        let base = server.auth_calls()?;
-        gate.release();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let reauthenticated = (server.auth_calls()? - base).min(n as u64);
-        let row = json!({
-            "n": n,
-            "failed_during_stall": failed_during.load(Ordering::Relaxed),
-            "failed_after_stall": failed_after.load(Ordering::Relaxed),
-            "still_reauthenticating": reauthenticated,
-            "would_be_cut": n as u64 - reauthenticated,
-        });
-        eprintln!("  {}: {row}", kind.name());
-        out.insert(kind.name().to_owned(), row);
-        drop(handles);
-        drop(provider);
+pub(crate) async fn stall(server: &Server, n: usize) -> Result<Stall, AnyError> {
+    Ok(Stall {
+        a_manager: stall_row(server, Kind::AManager, n).await?,
+        a_redis: stall_row(server, Kind::ARedis, n).await?,
+        b_redis: stall_row(server, Kind::BRedis, n).await?,
+    })
+}
+
+/// Figure 8 for `n` connections of one kind.
+async fn stall_row(server: &Server, kind: Kind, n: usize) -> Result<StallRow, AnyError> {
+    let gate = Gate::gated();
+    let provider = kind.provider(&gate)?;
+    gate.wait_first_token().await;
+    let mut handles = Vec::with_capacity(n);
+    for _ in 0..n {
+        handles.push(Handle::open(kind, server, &provider).await?);
     }
-    Ok(Value::Object(out))
+    gate.wait_blocked().await;
+    let started = Instant::now();
+    let failed_after = Arc::new(AtomicU64::new(0));
+    let failed_during = Arc::new(AtomicU64::new(0));
+    let stall_end = started + Duration::from_millis(1500);
+    // Commands still waiting when the stall ends get their reply within a moment.
+    let settled = stall_end + Duration::from_millis(600);
+    let end = started + Duration::from_secs(6);
+    let load: Vec<_> = handles
+        .iter()
+        .cloned()
+        .map(|mut handle| {
+            let (after, during) = (failed_after.clone(), failed_during.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while Instant::now() < end {
+                    i += 1;
+                    if handle.set(i).await.is_err() {
+                        let counter = if Instant::now() > settled { &after } else { &during };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+        .collect();
+    let port = server.port;
+    let sleeper = std::thread::spawn(move || {
+        let _: redis::RedisResult<()> = Server::attach(port)
+            .try_admin()
+            .and_then(|mut c| redis::cmd("DEBUG").arg("SLEEP").arg(1.5).query(&mut c));
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.release();
+    for task in load {
+        task.await?;
+    }
+    let _ = sleeper.join();
+    // The next rotation: which connections still re-authenticate?
+    gate.wait_blocked().await;
+    let base = server.auth_calls()?;
+    gate.release();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reauthenticated = (server.auth_calls()? - base).min(n as u64);
+    let row = StallRow {
+        n,
+        failed_during_stall: failed_during.load(Ordering::Relaxed),
+        failed_after_stall: failed_after.load(Ordering::Relaxed),
+        still_reauthenticating: reauthenticated,
+        would_be_cut: n as u64 - reauthenticated,
+    };
+    eprintln!("  {}: {row:?}", kind.name());
+    drop(handles);
+    drop(provider);
+    Ok(row)
 }
 
 /// Figure 5 for the supervised manager: AUTHs the server runs per new connection.
