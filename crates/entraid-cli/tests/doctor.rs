@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use entraid_emulator::{Emulator, EmulatorConfig, Principals};
+use entraid_emulator::{Emulator, EmulatorConfig, Faults, Principals};
 use serde_json::Value;
 
 /// A service principal the token service knows but the cache has no access policy for.
@@ -228,9 +228,7 @@ async fn a_principal_without_an_access_policy_gets_wrongpass_and_the_assignment_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_service_that_does_not_answer_is_named_within_the_timeout() {
     let emulator = emulator().await;
-    emulator
-        .set_faults(&serde_json::json!({"stop_answering": true}))
-        .unwrap();
+    emulator.set_faults(Faults::new().stop_answering(true)).unwrap();
     let started = std::time::Instant::now();
     let output = entraid(environment(&emulator, &[]), &["doctor", "--timeout", "1.5"]).await;
     let text = stdout(&output);

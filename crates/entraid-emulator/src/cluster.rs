@@ -92,13 +92,42 @@ pub(crate) enum Reply {
 }
 
 impl Reply {
-    fn text(self) -> Result<String, String> {
+    fn text(self) -> Result<String, NodeError> {
         match self {
             Reply::Simple(s) => Ok(s),
             Reply::Bulk(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
-            other => Err(format!("unexpected reply {other:?}")),
+            other => Err(NodeError::UnexpectedReply(other)),
         }
     }
+}
+
+/// Why talking to a node failed, or what it does not agree on yet.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NodeError {
+    #[error("node on port {port}: {source}")]
+    Connect { port: u16, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("unexpected reply {0:?}")]
+    UnexpectedReply(Reply),
+    /// A command that must answer `+OK` did not. `command` is the command as sent,
+    /// unless it is `AUTH`: then only its name (the rest holds a token).
+    #[error("{command}: {reply:?}")]
+    NotOk { command: String, reply: Reply },
+    #[error("cluster_state is not ok yet")]
+    StateNotOk,
+    #[error("node {id} not known yet")]
+    Unknown { id: String },
+    #[error("node {id} is at {address}, not {announced}")]
+    Elsewhere {
+        id: String,
+        address: String,
+        announced: String,
+    },
+    #[error("node {id} is {flags}")]
+    Flagged { id: String, flags: String },
+    #[error("node {id} is not connected")]
+    NotConnected { id: String },
 }
 
 /// Sends one command and reads its reply.
@@ -136,25 +165,30 @@ where
 }
 
 /// Sends a command that must answer `+OK`.
-async fn ok<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut BufReader<S>, args: &[&[u8]]) -> Result<(), String> {
-    match command(stream, args).await {
-        Ok(Reply::Simple(s)) if s == "OK" => Ok(()),
-        Ok(other) => Err(format!("{}: {other:?}", String::from_utf8_lossy(&args.join(&b' ')))),
-        Err(e) => Err(e.to_string()),
+async fn ok<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut BufReader<S>, args: &[&[u8]]) -> Result<(), NodeError> {
+    match command(stream, args).await? {
+        Reply::Simple(s) if s == "OK" => Ok(()),
+        reply => {
+            let command = match args.first() {
+                Some(name) if name.eq_ignore_ascii_case(b"AUTH") => "AUTH".to_owned(),
+                _ => String::from_utf8_lossy(&args.join(&b' ')).into_owned(),
+            };
+            Err(NodeError::NotOk { command, reply })
+        }
     }
 }
 
-async fn connect(port: u16) -> Result<BufReader<TcpStream>, String> {
+async fn connect(port: u16) -> Result<BufReader<TcpStream>, NodeError> {
     TcpStream::connect(("127.0.0.1", port))
         .await
         .map(BufReader::new)
-        .map_err(|e| format!("node on port {port}: {e}"))
+        .map_err(|source| NodeError::Connect { port, source })
 }
 
 /// Gives every node its slots and a distinct config epoch, introduces them to the first,
 /// and waits until each agrees on the cluster. Returns the node ids, in order.
 pub(crate) async fn form(members: &[Member]) -> Result<Vec<String>, EmulatorError> {
-    let fail = |why: String| EmulatorError::Redis(format!("forming the cluster: {why}"));
+    let fail = |why: NodeError| EmulatorError::Redis(format!("forming the cluster: {why}"));
     let mut ids = Vec::with_capacity(members.len());
     for (i, member) in members.iter().enumerate() {
         let mut node = connect(member.upstream_port).await.map_err(fail)?;
@@ -178,7 +212,7 @@ pub(crate) async fn form(members: &[Member]) -> Result<Vec<String>, EmulatorErro
         .map_err(fail)?;
         let id = command(&mut node, &[b"CLUSTER", b"MYID"])
             .await
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.into()))?
             .text()
             .map_err(fail)?;
         ids.push(id);
@@ -215,7 +249,9 @@ pub(crate) async fn form(members: &[Member]) -> Result<Vec<String>, EmulatorErro
             return Ok(ids);
         }
         if Instant::now() > deadline {
-            return Err(fail(format!("not formed within {FORM_TIMEOUT:?}: {last}")));
+            return Err(EmulatorError::Redis(format!(
+                "forming the cluster: not formed within {FORM_TIMEOUT:?}: {last}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -223,41 +259,42 @@ pub(crate) async fn form(members: &[Member]) -> Result<Vec<String>, EmulatorErro
 
 /// `Ok` when the node at the other end of `stream` says `cluster_state:ok` and knows every
 /// member, connected, at its announced (gateway) address.
-pub(crate) async fn agrees<S>(stream: &mut BufReader<S>, members: &[Member], ids: &[String]) -> Result<(), String>
+pub(crate) async fn agrees<S>(stream: &mut BufReader<S>, members: &[Member], ids: &[String]) -> Result<(), NodeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let info = command(stream, &[b"CLUSTER", b"INFO"])
-        .await
-        .map_err(|e| e.to_string())?
-        .text()?;
+    let info = command(stream, &[b"CLUSTER", b"INFO"]).await?.text()?;
     if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
-        return Err("cluster_state is not ok yet".to_owned());
+        return Err(NodeError::StateNotOk);
     }
-    let nodes = command(stream, &[b"CLUSTER", b"NODES"])
-        .await
-        .map_err(|e| e.to_string())?
-        .text()?;
+    let nodes = command(stream, &[b"CLUSTER", b"NODES"]).await?.text()?;
     for (member, id) in members.iter().zip(ids) {
         let line = nodes
             .lines()
             .find(|l| l.split(' ').next() == Some(id))
-            .ok_or_else(|| format!("node {id} not known yet"))?;
+            .ok_or_else(|| NodeError::Unknown { id: id.clone() })?;
         let fields: Vec<&str> = line.split(' ').collect();
         let address = fields.get(1).copied().unwrap_or_default();
         // `ip:port@cport[,hostname]`.
         if address.split(',').next() != Some(member.announced().as_str()) {
-            return Err(format!("node {id} is at {address}, not {}", member.announced()));
+            return Err(NodeError::Elsewhere {
+                id: id.clone(),
+                address: address.to_owned(),
+                announced: member.announced(),
+            });
         }
         let flags = fields.get(2).copied().unwrap_or_default();
         if flags
             .split(',')
             .any(|f| matches!(f, "handshake" | "fail" | "fail?" | "noaddr"))
         {
-            return Err(format!("node {id} is {flags}"));
+            return Err(NodeError::Flagged {
+                id: id.clone(),
+                flags: flags.to_owned(),
+            });
         }
         if fields.get(7) != Some(&"connected") {
-            return Err(format!("node {id} is not connected"));
+            return Err(NodeError::NotConnected { id: id.clone() });
         }
     }
     Ok(())
@@ -300,7 +337,7 @@ pub(crate) async fn check_gateway(
                 let _ = command(&mut stream, &[b"QUIT"]).await;
                 return Ok(());
             }
-            Err(why) if Instant::now() > deadline => return Err(fail(why)),
+            Err(why) if Instant::now() > deadline => return Err(fail(why.to_string())),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }

@@ -1,14 +1,130 @@
-//! Fault injection for the token service, driven over the admin endpoint.
+//! Fault injection: [`Faults`], the change a caller asks for (through
+//! [`Emulator::set_faults`](crate::Emulator::set_faults) or the admin endpoint's
+//! `POST /faults`), and the state the token service and the gateway read.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// What the next requests should suffer.
+/// A change to the faults the emulator injects, as
+/// [`Emulator::set_faults`](crate::Emulator::set_faults) takes it, and as the admin
+/// endpoint's `POST /faults` takes it in JSON (`{"fail_next": 3, "status": 503}`, the
+/// fields named as the methods, latency as `latency_ms`). Each setting given replaces the
+/// current one; the others stay as they are. [`Faults::reset`] clears every fault first.
+///
+/// ```
+/// use std::time::Duration;
+/// use entraid_emulator::Faults;
+///
+/// // The next 3 token requests fail with 429 and `Retry-After: 2`.
+/// let throttled = Faults::new().fail_next(3).status(429).retry_after(Some(2));
+/// // Every answer of the token service a second late, nothing else changed.
+/// let slow = Faults::new().latency(Duration::from_secs(1));
+/// // Back to normal, then refuse the gateway's next re-authentication.
+/// let one_refusal = Faults::reset().fail_reauth(1);
+/// # let _ = (throttled, slow, one_refusal);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use = "a change does nothing until it is given to Emulator::set_faults"]
+pub struct Faults {
+    reset: bool,
+    fail_next: Option<u32>,
+    status: Option<u16>,
+    retry_after: Option<Option<u64>>,
+    aadsts: Option<Option<u64>>,
+    latency: Option<Duration>,
+    stop_answering: Option<bool>,
+    fail_reauth: Option<u32>,
+}
+
+impl Faults {
+    /// A change that changes nothing yet: add settings to it.
+    pub fn new() -> Faults {
+        Faults::default()
+    }
+
+    /// A change that clears every fault (then applies the settings added to it).
+    pub fn reset() -> Faults {
+        Faults {
+            reset: true,
+            ..Faults::default()
+        }
+    }
+
+    /// Fail this many of the next token requests (0: none).
+    pub fn fail_next(mut self, requests: u32) -> Faults {
+        self.fail_next = Some(requests);
+        self
+    }
+
+    /// The HTTP status of those failures, 400 to 599 (500 unless given).
+    pub fn status(mut self, status: u16) -> Faults {
+        self.status = Some(status);
+        self
+    }
+
+    /// The `Retry-After` of those failures, in seconds; `None`: no such header.
+    pub fn retry_after(mut self, seconds: Option<u64>) -> Faults {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// The `AADSTS` code in those failures' bodies (for 400/401); `None`: Entra's
+    /// "temporarily unavailable" (50001).
+    pub fn aadsts(mut self, code: Option<u64>) -> Faults {
+        self.aadsts = Some(code);
+        self
+    }
+
+    /// Delay every answer of the token service by this much (zero: none).
+    pub fn latency(mut self, latency: Duration) -> Faults {
+        self.latency = Some(latency);
+        self
+    }
+
+    /// Accept token requests but never answer them (`true`), or answer again (`false`).
+    pub fn stop_answering(mut self, stop: bool) -> Faults {
+        self.stop_answering = Some(stop);
+        self
+    }
+
+    /// Refuse this many of the gateway's next re-authentications (an `AUTH` on a
+    /// connection that is already authenticated), as if the token were bad: the client
+    /// gets `WRONGPASS` and the connection's deadline does not move.
+    pub fn fail_reauth(mut self, reauthentications: u32) -> Faults {
+        self.fail_reauth = Some(reauthentications);
+        self
+    }
+}
+
+/// Why a fault setting was refused; nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FaultsError {
+    /// The failure status is not an HTTP error status.
+    #[error("status {status} is not an HTTP error status: give one from 400 to 599 (500 when none is given)")]
+    Status {
+        /// The status given.
+        status: u64,
+    },
+    /// A count (`fail_next`, `fail_reauth`) does not fit in 32 bits.
+    #[error("{field} {value} is too large: give at most {max}", max = u32::MAX)]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// The value given.
+        value: u64,
+    },
+    /// The admin endpoint's request body is not a JSON object.
+    #[error("the body must be a JSON object, e.g. {{\"fail_next\": 3, \"status\": 503}} or {{\"reset\": true}}")]
+    NotAnObject,
+}
+
+/// The faults in force.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Faults {
+pub(crate) struct Active {
     /// Fail this many of the next token requests.
     pub(crate) fail_next: u32,
-    /// With this HTTP status (default 500).
+    /// With this HTTP status (0: none given, 500).
     pub(crate) status: u16,
     /// With this `Retry-After` (seconds), if any.
     pub(crate) retry_after: Option<u64>,
@@ -18,9 +134,7 @@ pub(crate) struct Faults {
     pub(crate) latency: Duration,
     /// Accept connections but never answer.
     pub(crate) stop_answering: bool,
-    /// Refuse this many of the gateway's next re-authentications (an `AUTH` on a
-    /// connection that is already authenticated), as if the token were bad: the server
-    /// answers `WRONGPASS` and the connection's deadline does not move.
+    /// Refuse this many of the gateway's next re-authentications.
     pub(crate) fail_reauth: u32,
 }
 
@@ -35,11 +149,12 @@ pub(crate) enum Planned {
     Hang,
 }
 
+/// The faults in force, shared by the token service, the gateways and the admin endpoint.
 #[derive(Debug, Default)]
-pub(crate) struct FaultState(Mutex<Faults>);
+pub(crate) struct FaultState(Mutex<Active>);
 
 impl FaultState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Faults> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Active> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -71,38 +186,67 @@ impl FaultState {
         fail
     }
 
-    /// Applies an admin request body: any of `fail_next`, `status`, `retry_after`,
-    /// `aadsts`, `latency_ms`, `stop_answering`, `fail_reauth`; `{"reset": true}` clears everything.
-    pub(crate) fn apply(&self, body: &serde_json::Value) -> Result<Faults, String> {
+    /// Applies a change, all of it or (when a setting is refused) none of it; returns the
+    /// faults now in force.
+    pub(crate) fn apply(&self, change: &Faults) -> Result<Active, FaultsError> {
+        if let Some(status) = change.status
+            && !(400..=599).contains(&status)
+        {
+            return Err(FaultsError::Status { status: status.into() });
+        }
         let mut f = self.lock();
-        if body.get("reset").and_then(serde_json::Value::as_bool) == Some(true) {
-            *f = Faults::default();
+        if change.reset {
+            *f = Active::default();
         }
-        let number = |k: &str| body.get(k).and_then(serde_json::Value::as_u64);
-        if let Some(n) = number("fail_next") {
-            f.fail_next = u32::try_from(n).map_err(|_| "fail_next is too large".to_owned())?;
+        if let Some(n) = change.fail_next {
+            f.fail_next = n;
         }
-        if let Some(n) = number("fail_reauth") {
-            f.fail_reauth = u32::try_from(n).map_err(|_| "fail_reauth is too large".to_owned())?;
+        if let Some(n) = change.fail_reauth {
+            f.fail_reauth = n;
         }
-        if let Some(s) = number("status") {
-            if !(400..=599).contains(&s) {
-                return Err(format!("status {s} is not an HTTP error status (400-599)"));
-            }
-            f.status = s as u16;
+        if let Some(status) = change.status {
+            f.status = status;
         }
-        if body.get("retry_after").is_some() {
-            f.retry_after = number("retry_after");
+        if let Some(retry_after) = change.retry_after {
+            f.retry_after = retry_after;
         }
-        if body.get("aadsts").is_some() {
-            f.aadsts = number("aadsts");
+        if let Some(aadsts) = change.aadsts {
+            f.aadsts = aadsts;
         }
-        if let Some(ms) = number("latency_ms") {
-            f.latency = Duration::from_millis(ms);
+        if let Some(latency) = change.latency {
+            f.latency = latency;
         }
-        if let Some(stop) = body.get("stop_answering").and_then(serde_json::Value::as_bool) {
+        if let Some(stop) = change.stop_answering {
             f.stop_answering = stop;
         }
         Ok(f.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_keeps_what_it_does_not_name_and_reset_clears_first() {
+        let state = FaultState::default();
+        state
+            .apply(&Faults::new().fail_next(2).status(503).retry_after(Some(4)))
+            .unwrap();
+        let active = state.apply(&Faults::new().fail_reauth(1)).unwrap();
+        assert_eq!((active.fail_next, active.status, active.retry_after), (2, 503, Some(4)));
+        assert_eq!(active.fail_reauth, 1);
+        let active = state.apply(&Faults::reset().stop_answering(true)).unwrap();
+        assert_eq!((active.fail_next, active.status, active.fail_reauth), (0, 0, 0));
+        assert!(active.stop_answering);
+    }
+
+    #[test]
+    fn a_refused_change_changes_nothing() {
+        let state = FaultState::default();
+        let refused = state.apply(&Faults::reset().fail_next(3).status(200));
+        assert_eq!(refused.unwrap_err(), FaultsError::Status { status: 200 });
+        let active = state.apply(&Faults::new()).unwrap();
+        assert_eq!(active.fail_next, 0);
     }
 }

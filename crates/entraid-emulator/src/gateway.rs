@@ -41,6 +41,7 @@ use tokio::sync::{Mutex, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::access_token;
 use crate::resp::{CommandReader, encode_command};
 use crate::serve::{Shutdown, serve_connections};
 use crate::stats::GatewayStats;
@@ -429,7 +430,7 @@ impl Session {
             return false;
         }
         let token = String::from_utf8_lossy(token);
-        match service.validate_access_token(user, &token) {
+        match access_token::validate(&service.signer, &service.principals, user, &token) {
             Ok(exp) => {
                 // The connection lives until the instant `exp` names.
                 let left = (UNIX_EPOCH + Duration::from_secs(exp))
@@ -458,7 +459,7 @@ impl Session {
             }
             Err(why) => {
                 stats.bump(|s| &s.auth_failures);
-                tracing::info!(connection = self.id, user, why, "AUTH refused");
+                tracing::info!(connection = self.id, user, %why, "AUTH refused");
                 false
             }
         }
@@ -535,7 +536,7 @@ mod tests {
     /// `AUTH <oid> <token>` with a valid token for the default service principal.
     fn auth_command(service: &TokenService) -> Vec<u8> {
         let principal = &service.principals.service_principals[0];
-        let (token, _, _) = service.issue(&principal.object_id, &principal.client_id).unwrap();
+        let token = service.issue(&principal.object_id, &principal.client_id).unwrap().token;
         encode_command(&[
             b"AUTH".to_vec(),
             principal.object_id.as_bytes().to_vec(),

@@ -1,5 +1,8 @@
-//! RS256 JSON Web Tokens: signing issued tokens, verifying them at the gateway, and
-//! verifying client assertions against a registered certificate.
+//! RS256 JSON Web Tokens and the token-signing key. [`SigningKey`] is made here at each
+//! start (an RSA key from `pki.rs`'s generator, `Emulator::start` makes it); the token
+//! service signs the tokens it issues with it and publishes it in its JWKS, and the
+//! gateway verifies presented tokens with it (`access_token.rs`). [`verify_rs256`] also
+//! verifies client assertions against a registered certificate.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -55,7 +58,7 @@ impl SigningKey {
     }
 
     /// Checks the signature and returns the claims.
-    pub(crate) fn verify(&self, jwt: &str) -> Result<Value, String> {
+    pub(crate) fn verify(&self, jwt: &str) -> Result<Value, JwtError> {
         verify_rs256(&self.key, jwt)
     }
 
@@ -74,27 +77,45 @@ impl SigningKey {
     }
 }
 
+/// Why a JWT was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JwtError {
+    #[error("not a JWT (expected three dot-separated parts)")]
+    NotAJwt,
+    #[error("the JWT header is not base64url JSON")]
+    Header,
+    #[error("the JWT is not signed with RS256")]
+    NotRs256,
+    #[error("the JWT signature is not base64url")]
+    SignatureEncoding,
+    #[error("the JWT signature does not verify")]
+    BadSignature,
+    #[error("the JWT payload is not base64url JSON")]
+    Payload,
+    /// OpenSSL could not run the verification.
+    #[error("{0}")]
+    Crypto(#[from] openssl::error::ErrorStack),
+}
+
 /// Verifies an RS256 JWT with `key` and returns its claims; the error says what failed.
-pub(crate) fn verify_rs256<T: HasPublic>(key: &PKeyRef<T>, jwt: &str) -> Result<Value, String> {
+pub(crate) fn verify_rs256<T: HasPublic>(key: &PKeyRef<T>, jwt: &str) -> Result<Value, JwtError> {
     let parts: Vec<&str> = jwt.trim().split('.').collect();
     let [header, payload, signature] = parts.as_slice() else {
-        return Err("not a JWT (expected three dot-separated parts)".into());
+        return Err(JwtError::NotAJwt);
     };
-    let header: Value = decode_json(header).ok_or("the JWT header is not base64url JSON")?;
+    let header: Value = decode_json(header).ok_or(JwtError::Header)?;
     if header.get("alg").and_then(Value::as_str) != Some("RS256") {
-        return Err("the JWT is not signed with RS256".into());
+        return Err(JwtError::NotRs256);
     }
     let signature = URL_SAFE_NO_PAD
         .decode(signature)
-        .map_err(|_| "the JWT signature is not base64url")?;
-    let mut verifier = Verifier::new(MessageDigest::sha256(), key).map_err(|e| e.to_string())?;
-    verifier
-        .update(format!("{}.{}", parts[0], parts[1]).as_bytes())
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| JwtError::SignatureEncoding)?;
+    let mut verifier = Verifier::new(MessageDigest::sha256(), key)?;
+    verifier.update(format!("{}.{}", parts[0], parts[1]).as_bytes())?;
     if !verifier.verify(&signature).unwrap_or(false) {
-        return Err("the JWT signature does not verify".into());
+        return Err(JwtError::BadSignature);
     }
-    decode_json(payload).ok_or_else(|| "the JWT payload is not base64url JSON".into())
+    decode_json(payload).ok_or(JwtError::Payload)
 }
 
 fn decode_json(part: &str) -> Option<Value> {

@@ -9,7 +9,7 @@
 //! - **Gateway** (TLS): in front of a real redis-server, accepts `AUTH <oid> <token>` for
 //!   valid tokens only and closes a connection when its token expires, as AMR does.
 //! - **Admin** (plain HTTP, loopback): `POST /faults` to fail, slow down or stop the token
-//!   service; `GET /stats`.
+//!   service (from Rust: [`Emulator::set_faults`] with a [`Faults`] change); `GET /stats`.
 //! - **Cluster mode** ([`EmulatorConfig::cluster_nodes`], `--cluster N`): N redis-server
 //!   nodes in cluster mode, one gateway each, every node announcing its gateway's address,
 //!   as Azure Managed Redis's OSS cluster policy exposes every shard on its own endpoint.
@@ -28,9 +28,12 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod access_token;
+mod admin;
 mod cluster;
 mod faults;
 mod gateway;
+mod http;
 mod jwt;
 mod pki;
 mod principals;
@@ -45,6 +48,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use faults::{Faults, FaultsError};
 pub use pki::Pki;
 pub use principals::{ManagedIdentity, Principals, ServicePrincipal};
 pub use stats::Stats;
@@ -55,13 +59,8 @@ use crate::faults::FaultState;
 use crate::jwt::SigningKey;
 use crate::private_dir::PrivateDir;
 use crate::redis_process::RedisProcess;
-use crate::serve::{Shutdown, serve_connections};
+use crate::serve::Shutdown;
 use crate::token_service::TokenService;
-
-/// How long the token service and the admin endpoint wait for a request's headers (a
-/// client trickling them would hold its connection forever). hyper's own default once it
-/// has a timer; it also closes a keep-alive connection idle this long, as servers do.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the emulator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -385,14 +384,14 @@ impl Emulator {
             auth: config.auth_timeout,
         };
         let mut tasks = vec![
-            tokio::spawn(serve_https(
+            tokio::spawn(token_service::serve(
                 token_listener,
                 tls.clone(),
                 service.clone(),
                 config.handshake_timeout,
                 shutdown.clone(),
             )),
-            tokio::spawn(serve_admin(admin_listener, service.clone(), shutdown.clone())),
+            tokio::spawn(admin::serve(admin_listener, service.clone(), shutdown.clone())),
         ];
         for (listener, node) in gateway_listeners.into_iter().zip(&nodes) {
             let stats = GatewayStats {
@@ -431,8 +430,8 @@ impl Emulator {
     /// Checks the cluster through every gateway, with a token of its own, then sets the
     /// counters back to zero: those connections were the emulator's, not a client's.
     async fn check_cluster(&self, members: &[cluster::Member], ids: &[String]) -> Result<(), EmulatorError> {
-        const OID: &str = token_service::READINESS_OID;
-        let (token, _, _) = self.service.issue(OID, OID).map_err(EmulatorError::Crypto)?;
+        const OID: &str = access_token::READINESS_OID;
+        let token = self.service.issue(OID, OID)?.token;
         let tls = self.pki.rustls_client_config()?;
         for &member in members {
             cluster::check_gateway(member, members, ids, tls.clone(), OID, &token).await?;
@@ -526,9 +525,19 @@ impl Emulator {
         &self.service.stats
     }
 
-    /// Sets faults as the admin endpoint does (`{"fail_next": 3, "status": 500}` …).
-    pub fn set_faults(&self, faults: &serde_json::Value) -> Result<(), String> {
-        self.service.faults.apply(faults).map(drop)
+    /// Changes the injected faults (as the admin endpoint's `POST /faults` does): the
+    /// settings `faults` gives replace the current ones, the others stay. A refused change
+    /// changes nothing.
+    ///
+    /// ```no_run
+    /// # async fn run(emulator: &entraid_emulator::Emulator) -> Result<(), entraid_emulator::FaultsError> {
+    /// use entraid_emulator::Faults;
+    /// emulator.set_faults(Faults::new().fail_next(3).status(503))?;
+    /// emulator.set_faults(Faults::reset())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_faults(&self, faults: Faults) -> Result<(), FaultsError> {
+        self.service.faults.apply(&faults).map(drop)
     }
 
     /// Stops every listener and closes every connection (each gets a few seconds to say
@@ -561,95 +570,5 @@ impl Drop for Emulator {
         for task in &self.tasks {
             task.abort();
         }
-    }
-}
-
-async fn serve_https(
-    listener: tokio::net::TcpListener,
-    tls: tokio_rustls::TlsAcceptor,
-    service: Arc<TokenService>,
-    handshake_timeout: Duration,
-    shutdown: Shutdown,
-) {
-    serve_connections(
-        listener,
-        "token service",
-        shutdown,
-        move |socket, peer, mut shutdown| {
-            let tls = tls.clone();
-            let service = service.clone();
-            async move {
-                let accepted = tokio::select! {
-                    accepted = tokio::time::timeout(handshake_timeout, tls.accept(socket)) => accepted,
-                    () = shutdown.wait() => return,
-                };
-                let Ok(Ok(stream)) = accepted else {
-                    tracing::debug!(%peer, "token service: TLS handshake failed or timed out");
-                    return;
-                };
-                let handler = hyper::service::service_fn(move |request| service.clone().handle(request));
-                serve_http(hyper_util::rt::TokioIo::new(stream), handler, shutdown).await;
-            }
-        },
-    )
-    .await;
-}
-
-async fn serve_admin(listener: tokio::net::TcpListener, service: Arc<TokenService>, shutdown: Shutdown) {
-    serve_connections(listener, "admin", shutdown, move |socket, _, shutdown| {
-        let service = service.clone();
-        async move {
-            let handler = hyper::service::service_fn(move |request| token_service::admin(service.clone(), request));
-            serve_http(hyper_util::rt::TokioIo::new(socket), handler, shutdown).await;
-        }
-    })
-    .await;
-}
-
-/// One HTTP/1.1 connection, with a timeout on the request headers, until it ends or the
-/// emulator stops. (Bodies are bounded in size and time by the token service.)
-async fn serve_http<I, S>(io: I, handler: S, mut shutdown: Shutdown)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
-    S::Future: Send + 'static,
-    S::ResBody: 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    let connection = builder.serve_connection(io, handler);
-    tokio::select! {
-        _ = connection => {}
-        () = shutdown.wait() => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn http_headers_that_never_finish_are_cut_at_the_header_timeout() {
-        let (mut client, server) = tokio::io::duplex(4096);
-        let (_stop, shutdown) = Shutdown::new();
-        let handler = hyper::service::service_fn(|_request| async {
-            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
-        });
-        let serving = tokio::spawn(serve_http(hyper_util::rt::TokioIo::new(server), handler, shutdown));
-        let started = tokio::time::Instant::now();
-        client
-            .write_all(b"POST /faults HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-            .await
-            .unwrap();
-        let mut rest = Vec::new();
-        let closed = tokio::time::timeout(Duration::from_secs(600), client.read_to_end(&mut rest)).await;
-        assert!(closed.is_ok(), "the connection was closed");
-        serving.await.unwrap();
-        assert_eq!(started.elapsed(), HEADER_TIMEOUT);
     }
 }

@@ -1,5 +1,7 @@
-//! A throwaway certificate authority, a server certificate for 127.0.0.1 and localhost,
-//! and the token-signing key: all made fresh at each start.
+//! A throwaway certificate authority and a server certificate for 127.0.0.1 and
+//! localhost, made fresh at each start, for the TLS of the token service and the gateways;
+//! and `rsa_key`, the RSA key generator they share with the token-signing key (which is
+//! `jwt.rs`'s `SigningKey`).
 
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -30,6 +32,7 @@ fn err(what: &'static str) -> impl Fn(openssl::error::ErrorStack) -> EmulatorErr
     move |e| EmulatorError::Crypto(format!("{what}: {e}"))
 }
 
+/// A fresh 2048-bit RSA key: the CA's, the server's, and the token-signing key's.
 pub(crate) fn rsa_key() -> Result<PKey<Private>, EmulatorError> {
     let rsa = Rsa::generate(2048).map_err(err("generating an RSA key"))?;
     PKey::from_rsa(rsa).map_err(err("wrapping the RSA key"))

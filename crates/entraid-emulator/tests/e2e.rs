@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use entraid_azure::{AzureIdentityProvider, ManagedIdentityId};
-use entraid_emulator::Principals;
+use entraid_emulator::{Faults, Principals};
 use entraid_identity::{IdentityError, IdentityProvider, Token};
 use redis::aio::ConnectionManagerConfig;
 use redis::{AsyncConnectionConfig, PushKind, TlsCertificates};
@@ -156,7 +156,7 @@ async fn a_token_service_outage_inside_the_token_life_changes_nothing() {
     let running = tokio::spawn(load(connection, 8, Duration::from_secs(13)));
     tokio::time::sleep(Duration::from_secs(6)).await;
     emulator
-        .set_faults(&serde_json::json!({"fail_next": 100000, "status": 503}))
+        .set_faults(Faults::new().fail_next(100_000).status(503))
         .unwrap();
     let issued_before = stat(&emulator, "tokens_issued");
     tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -169,7 +169,7 @@ async fn a_token_service_outage_inside_the_token_life_changes_nothing() {
         stat(&emulator, "token_requests_refused") >= 2,
         "the refresh was attempted and refused"
     );
-    emulator.set_faults(&serde_json::json!({"reset": true})).unwrap();
+    emulator.set_faults(Faults::reset()).unwrap();
     let (ok, failed, errors) = running.await.unwrap();
     eprintln!(
         "e2e outage: {ok} ok, {failed} failed, stats {}",

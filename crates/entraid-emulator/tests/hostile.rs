@@ -1,8 +1,8 @@
 //! Hostile clients against the emulator: oversized and malformed commands before `AUTH`,
 //! garbage, slowloris, a thousand silent connections, oversized HTTP bodies, accept
 //! errors; a predictable CA path; connections left behind by `stop()` or by a dead
-//! upstream. Honest clients must keep working through all of it. Everything is on
-//! 127.0.0.1.
+//! upstream; bad command-line arguments. Honest clients must keep working through all of
+//! it. Everything is on 127.0.0.1.
 
 use std::io::{BufRead as _, Read as _};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -626,4 +626,59 @@ async fn garbage_slowloris_and_stalled_handshakes_are_cut_while_honest_clients_g
     let rounds = honest.await.unwrap();
     assert!(rounds >= 2, "honest clients kept working: {rounds} rounds");
     Arc::try_unwrap(emulator).unwrap().stop().await;
+}
+
+#[test]
+fn the_binary_answers_help_and_refuses_bad_arguments_with_a_usage_error() {
+    let _serial = SERIAL.blocking_lock();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_entraid-emulator"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let help = run(&["--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert_eq!(help.status.code(), Some(0), "{text}");
+    assert!(text.contains("Usage: entraid-emulator [OPTIONS]"), "{text}");
+    for flag in [
+        "--token-lifetime <DURATION>",
+        "--env-file <PATH>",
+        "--redis-server <PATH>",
+        "--upstream <HOST:PORT>",
+        "--token-port <N>",
+        "--redis-port <N>",
+        "--principals <FILE>",
+        "--cluster <N>",
+        "--help",
+        "--version",
+    ] {
+        assert!(text.contains(flag), "{flag}: {text}");
+    }
+    let refused = [
+        (&["--bogus"][..], "unexpected argument '--bogus'"),
+        (&["--token-lifetime", "25h"][..], "must be between 1s and 24h"),
+        (&["--token-lifetime", "10"][..], "use a number with ms, s, m or h"),
+        (&["--cluster", "2"][..], "a Redis cluster needs at least 3 nodes"),
+        // Refused by the library rather than the parser, with the same exit status.
+        (&["--cluster", "65"][..], "a cluster has 3 to 64 nodes"),
+        (&["--token-port", "x"][..], "invalid value 'x' for '--token-port <N>'"),
+        (
+            &["--upstream", "127.0.0.1:1", "--redis-server", "redis-server"][..],
+            "cannot be used with",
+        ),
+    ];
+    let bogus = run(&["--bogus"]);
+    assert!(
+        String::from_utf8_lossy(&bogus.stderr).contains("Usage: entraid-emulator [OPTIONS]"),
+        "an unknown flag shows the usage"
+    );
+    for (args, says) in refused {
+        let output = run(args);
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {error}");
+        assert!(error.contains(says), "{args:?}: {error}");
+        assert!(error.contains("--help"), "{args:?}: where to read more: {error}");
+        assert!(output.stdout.is_empty(), "{args:?}: nothing started");
+    }
 }

@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use entraid_emulator::Faults;
 use redis::AsyncCommands;
 use redis_entraid::aio::ConnectionManager;
 use redis_entraid::metrics::MetricsReporter;
@@ -93,9 +94,7 @@ async fn counters_move_across_a_rotation_and_a_failed_refresh() {
     );
 
     // Failed refreshes: the failure counter moves, the token is still valid.
-    emulator
-        .set_faults(&serde_json::json!({"fail_next": 3, "status": 503}))
-        .unwrap();
+    emulator.set_faults(Faults::new().fail_next(3).status(503)).unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let failed = scrape(port).await;
     assert!(failure(&failed).unwrap() >= 1.0, "{failed}");

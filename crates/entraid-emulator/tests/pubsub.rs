@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use entraid_emulator::Faults;
 use entraid_identity::IdentityProvider;
 use redis_entraid::aio::{ConnectionManager, ConnectionManagerConfig, PubSub, PubSubStream};
 use redis_entraid::{EntraIdCredentialsProvider, TokenManagerConfig};
@@ -105,9 +106,7 @@ async fn every_message_across_rotations(
     let renewal = next_renewal(&provider).await;
     let pubsub = subscriber(&emulator, &provider, resp3).await;
     if trouble == Trouble::RefusedReauth {
-        emulator
-            .set_faults(&serde_json::json!({"fail_reauth": 1_000_000}))
-            .unwrap();
+        emulator.set_faults(Faults::new().fail_reauth(1_000_000)).unwrap();
     }
     let stats = pubsub.stats();
     let (sink, mut stream) = pubsub.split();

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
+use entraid_emulator::Faults;
 use redis::aio::ConnectionManagerConfig as RedisManagerConfig;
 use redis::{AsyncConnectionConfig, PushKind, RedisResult};
 use redis_entraid::TokenManagerConfig;
@@ -88,9 +89,7 @@ async fn refused_reauthentications_replace_the_connection_before_its_token_expir
     let manager = ConnectionManager::new(tls_client(&emulator, false), provider.clone())
         .await
         .unwrap();
-    emulator
-        .set_faults(&serde_json::json!({"fail_reauth": 1_000_000}))
-        .unwrap();
+    emulator.set_faults(Faults::new().fail_reauth(1_000_000)).unwrap();
     // Samples the provider's health while the AUTHs are refused.
     let sampler = {
         let provider = provider.clone();
@@ -241,9 +240,7 @@ async fn resp3_subscriptions_keep_receiving_across_replacements() {
     let mut publisher = ConnectionManager::new(tls_client(&emulator, false), provider.clone())
         .await
         .unwrap();
-    emulator
-        .set_faults(&serde_json::json!({"fail_reauth": 1_000_000}))
-        .unwrap();
+    emulator.set_faults(Faults::new().fail_reauth(1_000_000)).unwrap();
     let sent = 14_000 / 20;
     for i in 0..sent {
         let _: u64 = redis::cmd("PUBLISH")
@@ -346,7 +343,7 @@ async fn a_redis_connection_whose_reauthentication_ended_is_counted_once() {
     while stat(&emulator, "reauthentications") == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    emulator.set_faults(&serde_json::json!({"fail_reauth": 1})).unwrap();
+    emulator.set_faults(Faults::new().fail_reauth(1)).unwrap();
     assert_eq!(provider.lost_reauthentications(), 0);
     tokio::time::sleep_until(renewal + Duration::from_millis(800)).await;
     assert_eq!(provider.lost_reauthentications(), 1);

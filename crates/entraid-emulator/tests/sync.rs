@@ -5,7 +5,7 @@
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use entraid_emulator::{Emulator, EmulatorConfig};
+use entraid_emulator::{Emulator, EmulatorConfig, Faults};
 use redis::{Commands, RedisResult};
 use redis_entraid::{Connection, EntraIdCredentialsProvider, RetryPolicy, TokenManagerConfig};
 
@@ -56,8 +56,8 @@ impl Harness {
         stat(self.emulator(), name)
     }
 
-    fn faults(&self, faults: serde_json::Value) {
-        self.emulator().set_faults(&faults).unwrap();
+    fn faults(&self, faults: Faults) {
+        self.emulator().set_faults(faults).unwrap();
     }
 }
 
@@ -127,7 +127,7 @@ fn refused_reauthentications_replace_a_sync_connection_before_its_token_expires(
     let harness = Harness::start(Duration::from_secs(4));
     let provider = harness.provider(TokenManagerConfig::default());
     let mut connection = harness.connection(&provider);
-    harness.faults(serde_json::json!({"fail_reauth": 1_000_000}));
+    harness.faults(Faults::new().fail_reauth(1_000_000));
     let (ok, failed, errors) = load(&mut connection, Duration::from_secs(10));
     eprintln!(
         "sync refused AUTH: {ok} ok, {failed} failed, emulator {}",
@@ -176,7 +176,7 @@ fn a_sync_connection_fails_fast_without_a_token_and_recovers_by_itself() {
     });
     let mut connection = harness.connection(&provider);
     let token = provider.current_token().unwrap();
-    harness.faults(serde_json::json!({"stop_answering": true}));
+    harness.faults(Faults::new().stop_answering(true));
     thread::sleep(token.expires_at().duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_secs(2));
     let started = Instant::now();
     let error = connection.get::<_, Option<u64>>("x").unwrap_err();
@@ -186,7 +186,7 @@ fn a_sync_connection_fails_fast_without_a_token_and_recovers_by_itself() {
         started.elapsed()
     );
     assert!(error.to_string().contains("no valid Entra ID token"), "{error}");
-    harness.faults(serde_json::json!({"reset": true}));
+    harness.faults(Faults::reset());
     let back = Instant::now();
     while provider.current_token().is_none() {
         assert!(back.elapsed() < Duration::from_secs(10), "a token within 10 s");

@@ -5,28 +5,87 @@
 //!                  [--token-port N] [--redis-port N] [--principals FILE] [--cluster N]
 //! ```
 //! Prints `KEY=value` lines (and writes them to `--env-file`), then `READY`. Ctrl-C or
-//! SIGTERM stops everything.
+//! SIGTERM stops everything. Exit codes: 0 after a stop, 1 when it cannot start, 2 for a
+//! usage error (`--help` prints every flag).
 //!
 //! `--cluster N` (3 to 64): N redis-server nodes in cluster mode, one TLS gateway each
 //! (on `--redis-port`, `+1`, … when given); `REDIS_CLUSTER_NODES` lists the gateways, and
 //! `READY` comes once the cluster is `cluster_state:ok` through every one of them.
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
 use entraid_emulator::{Emulator, EmulatorConfig, EmulatorError, Principals, Upstream};
 
-const USAGE: &str = "usage: entraid-emulator [--token-lifetime 60s] [--env-file PATH] \
-[--redis-server PATH | --upstream HOST:PORT] [--token-port N] [--redis-port N] [--principals FILE] [--cluster N]";
+/// A local Entra ID token service and Azure Managed Redis TLS gateway, for development,
+/// demos and tests without Azure. Everything listens on 127.0.0.1. Prints the environment
+/// a client needs as KEY=value lines, then READY; Ctrl-C or SIGTERM stops everything.
+#[derive(Debug, Parser)]
+#[command(name = "entraid-emulator", version)]
+struct Cli {
+    /// Lifetime of issued tokens: a number with ms, s, m or h, from 1s to 24h.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = token_lifetime)]
+    token_lifetime: Duration,
+    /// Also write the KEY=value lines to this file.
+    #[arg(long, value_name = "PATH")]
+    env_file: Option<PathBuf>,
+    /// The redis-server binary to start [default: redis-server, found on PATH].
+    #[arg(long, value_name = "PATH")]
+    redis_server: Option<String>,
+    /// Front a running Redis at HOST:PORT instead of starting one. Its default user must
+    /// accept any password: the gateway does the authentication.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "redis_server")]
+    upstream: Option<String>,
+    /// Port of the token service [default: a free one].
+    #[arg(long, value_name = "N")]
+    token_port: Option<u16>,
+    /// Port of the Redis gateway (in cluster mode the first one's; the others follow)
+    /// [default: a free one].
+    #[arg(long, value_name = "N")]
+    redis_port: Option<u16>,
+    /// Who may sign in, from a JSON file (tenant_id, service_principals,
+    /// managed_identities) [default: a generated tenant, service principal and
+    /// system-assigned managed identity].
+    #[arg(long, value_name = "FILE", value_parser = principals_file)]
+    principals: Option<Principals>,
+    /// Cluster mode: N redis-server nodes (3 to 64, Redis 7.0 or later), one TLS gateway
+    /// each.
+    #[arg(long, value_name = "N", value_parser = cluster_nodes)]
+    cluster: Option<usize>,
+}
+
+impl Cli {
+    fn config(self) -> EmulatorConfig {
+        EmulatorConfig {
+            token_lifetime: self.token_lifetime,
+            token_port: self.token_port,
+            redis_port: self.redis_port,
+            upstream: match (self.upstream, self.redis_server) {
+                (Some(address), _) => Upstream::Existing(address),
+                (None, binary) => Upstream::Start(binary.unwrap_or_else(|| "redis-server".to_owned())),
+            },
+            principals: self.principals,
+            cluster_nodes: self.cluster,
+            ..EmulatorConfig::default()
+        }
+    }
+}
+
+/// Why a `--token-lifetime` was refused.
+#[derive(Debug, thiserror::Error)]
+enum LifetimeError {
+    #[error("use a number with ms, s, m or h, e.g. 60s")]
+    Format,
+    #[error("must be between 1s and 24h")]
+    Range,
+}
 
 /// `500ms`, `20s`, `5m`, `1h`: between 1 s and 24 h.
-fn parse_duration(text: &str) -> Result<Duration, EmulatorError> {
-    let bad = || {
-        EmulatorError::Usage(format!(
-            "--token-lifetime {text:?}: use a number with ms, s, m or h, e.g. 60s"
-        ))
-    };
+fn token_lifetime(text: &str) -> Result<Duration, LifetimeError> {
+    let bad = || LifetimeError::Format;
     let (number, unit) = text
         .trim()
         .split_at(text.trim().find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
@@ -39,99 +98,60 @@ fn parse_duration(text: &str) -> Result<Duration, EmulatorError> {
         _ => return Err(bad()),
     };
     if duration < Duration::from_secs(1) || duration > Duration::from_secs(24 * 3600) {
-        return Err(EmulatorError::Usage(format!(
-            "--token-lifetime {text}: must be between 1s and 24h"
-        )));
+        return Err(LifetimeError::Range);
     }
     Ok(duration)
 }
 
-struct Args {
-    config: EmulatorConfig,
-    env_file: Option<std::path::PathBuf>,
+/// Why `--cluster` was refused (the library checks the upper bound).
+#[derive(Debug, thiserror::Error)]
+enum ClusterError {
+    #[error("give a number of nodes, 3 or more")]
+    NotANumber,
+    #[error("a Redis cluster needs at least 3 nodes")]
+    TooFew,
 }
 
-fn parse_args(args: &[String]) -> Result<Args, EmulatorError> {
-    let mut config = EmulatorConfig::default();
-    let mut env_file = None;
-    let mut it = args.iter();
-    let mut redis_server = None;
-    let mut upstream = None;
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| EmulatorError::Usage(format!("{name} needs a value\n{USAGE}")))
-        };
-        let port = |v: String, name: &str| {
-            v.parse::<u16>()
-                .map_err(|_| EmulatorError::Usage(format!("{name} {v:?} is not a port number")))
-        };
-        match flag.as_str() {
-            "--token-lifetime" => config.token_lifetime = parse_duration(&value("--token-lifetime")?)?,
-            "--env-file" => env_file = Some(value("--env-file")?.into()),
-            "--redis-server" => redis_server = Some(value("--redis-server")?),
-            "--upstream" => upstream = Some(value("--upstream")?),
-            "--token-port" => config.token_port = Some(port(value("--token-port")?, "--token-port")?),
-            "--redis-port" => config.redis_port = Some(port(value("--redis-port")?, "--redis-port")?),
-            "--principals" => {
-                let path = value("--principals")?;
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| EmulatorError::Principals(format!("cannot read {path}: {e}")))?;
-                config.principals = Some(Principals::from_json(&text)?);
-            }
-            "--cluster" => {
-                let v = value("--cluster")?;
-                let n = v
-                    .parse::<usize>()
-                    .map_err(|_| EmulatorError::Usage(format!("--cluster {v:?}: a number of nodes, 3 or more")))?;
-                if n < 3 {
-                    return Err(EmulatorError::Usage(format!(
-                        "--cluster {n}: a Redis cluster needs at least 3 nodes"
-                    )));
-                }
-                config.cluster_nodes = Some(n);
-            }
-            "-h" | "--help" => return Err(EmulatorError::Usage(USAGE.to_owned())),
-            other => return Err(EmulatorError::Usage(format!("unknown argument {other:?}\n{USAGE}"))),
-        }
+/// A number of cluster nodes, at least 3.
+fn cluster_nodes(text: &str) -> Result<usize, ClusterError> {
+    let n = text.parse::<usize>().map_err(|_| ClusterError::NotANumber)?;
+    if n < 3 {
+        return Err(ClusterError::TooFew);
     }
-    config.upstream = match (redis_server, upstream) {
-        (Some(_), Some(_)) => {
-            return Err(EmulatorError::Usage(
-                "give --redis-server or --upstream, not both".to_owned(),
-            ));
-        }
-        (Some(path), None) => Upstream::Start(path),
-        (None, Some(address)) => Upstream::Existing(address),
-        (None, None) => Upstream::Start("redis-server".to_owned()),
-    };
-    Ok(Args { config, env_file })
+    Ok(n)
+}
+
+/// Reads and checks a principals file.
+fn principals_file(path: &str) -> Result<Principals, EmulatorError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| EmulatorError::Principals(format!("cannot read {path}: {e}")))?;
+    Principals::from_json(&text)
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Help, version and usage errors exit here (0, 0 and 2).
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args = match parse_args(&args) {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("{e}");
+    let env_file = cli.env_file.clone();
+    let emulator = match Emulator::start(cli.config()).await {
+        Ok(emulator) => emulator,
+        // Flags that parse but do not fit together (`--cluster 65`, `--redis-port` too
+        // high for the cluster's gateways): a usage error too.
+        Err(e @ EmulatorError::Usage(_)) => {
+            eprintln!("entraid-emulator: {e}\n\nFor more information, try '--help'.");
             return ExitCode::from(2);
         }
-    };
-    let emulator = match Emulator::start(args.config).await {
-        Ok(emulator) => emulator,
         Err(e) => {
             eprintln!("entraid-emulator: {e}");
             return ExitCode::FAILURE;
         }
     };
     let lines: String = emulator.env().iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    if let Some(path) = &args.env_file
+    if let Some(path) = &env_file
         && let Err(e) = std::fs::write(path, &lines)
     {
         eprintln!("entraid-emulator: cannot write {}: {e}", path.display());
@@ -162,49 +182,68 @@ async fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory as _;
+
     use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("entraid-emulator").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1500ms").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(token_lifetime("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(token_lifetime("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(token_lifetime("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(token_lifetime("24h").unwrap(), Duration::from_secs(86400));
         for bad in ["", "s", "10", "10x", "500ms", "25h", "-1s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+            assert!(token_lifetime(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn arguments() {
-        let args: Vec<String> = [
+        let parsed = parse(&[
             "--token-lifetime",
             "20s",
             "--redis-port",
             "7000",
             "--upstream",
             "127.0.0.1:6379",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let parsed = parse_args(&args).unwrap();
-        assert_eq!(parsed.config.token_lifetime, Duration::from_secs(20));
-        assert_eq!(parsed.config.redis_port, Some(7000));
-        assert!(matches!(parsed.config.upstream, Upstream::Existing(ref a) if a == "127.0.0.1:6379"));
-        let both: Vec<String> = ["--upstream", "a:1", "--redis-server", "x"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert!(parse_args(&both).is_err());
-        assert!(parse_args(&["--bogus".to_string()]).is_err());
-        let cluster = |n: &str| parse_args(&["--cluster".to_string(), n.to_string()]);
-        assert_eq!(cluster("3").unwrap().config.cluster_nodes, Some(3));
-        assert_eq!(cluster("6").unwrap().config.cluster_nodes, Some(6));
+        ])
+        .unwrap();
+        assert_eq!(parsed.env_file, None);
+        let config = parsed.config();
+        assert_eq!(config.token_lifetime, Duration::from_secs(20));
+        assert_eq!(config.redis_port, Some(7000));
+        assert!(matches!(config.upstream, Upstream::Existing(ref a) if a == "127.0.0.1:6379"));
+        let both = parse(&["--upstream", "a:1", "--redis-server", "x"]).unwrap_err();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert_eq!(
+            parse(&["--bogus"]).unwrap_err().kind(),
+            clap::error::ErrorKind::UnknownArgument
+        );
+        let cluster = |n: &str| parse(&["--cluster", n]).map(|cli| cli.config().cluster_nodes);
+        assert_eq!(cluster("3").unwrap(), Some(3));
+        assert_eq!(cluster("6").unwrap(), Some(6));
         for bad in ["2", "0", "x", "-3"] {
             assert!(cluster(bad).is_err(), "{bad}");
         }
-        assert_eq!(parse_args(&[]).unwrap().config.cluster_nodes, None);
-        assert!(parse_args(&["--token-port".to_string(), "x".to_string()]).is_err());
+        let defaults = parse(&[]).unwrap().config();
+        assert_eq!(defaults.cluster_nodes, None);
+        assert_eq!(defaults.token_lifetime, Duration::from_secs(60));
+        assert!(matches!(defaults.upstream, Upstream::Start(ref b) if b == "redis-server"));
+        assert!(matches!(
+            parse(&["--redis-server", "/opt/redis-server"]).unwrap().config().upstream,
+            Upstream::Start(ref b) if b == "/opt/redis-server"
+        ));
+        assert!(parse(&["--token-port", "x"]).is_err());
+        assert!(parse(&["--token-lifetime", "25h"]).is_err());
+        assert!(parse(&["--principals", "/nonexistent/principals.json"]).is_err());
     }
 }

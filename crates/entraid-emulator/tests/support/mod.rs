@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use entraid_azure::AzureIdentityProvider;
-use entraid_emulator::{Emulator, EmulatorConfig, Principals};
+use entraid_emulator::{Emulator, EmulatorConfig, Faults, Principals};
 use entraid_identity::IdentityProvider;
 use redis::{AsyncConnectionConfig, RedisResult, TlsCertificates};
 use redis_entraid::{EntraIdCredentialsProvider, RetryPolicy, TokenManagerConfig};
@@ -114,9 +114,7 @@ pub(crate) fn quick_retries() -> TokenManagerConfig {
 /// brings it back; returns once a new token is out.
 pub(crate) async fn outage_longer_than_a_token(emulator: &Emulator, provider: &EntraIdCredentialsProvider) {
     let token = provider.token().await.unwrap();
-    emulator
-        .set_faults(&serde_json::json!({"stop_answering": true}))
-        .unwrap();
+    emulator.set_faults(Faults::new().stop_answering(true)).unwrap();
     let expired = token.expires_at().duration_since(SystemTime::now()).unwrap_or_default();
     tokio::time::sleep(expired + Duration::from_secs(4)).await;
     assert!(
@@ -126,7 +124,7 @@ pub(crate) async fn outage_longer_than_a_token(emulator: &Emulator, provider: &E
 }
 
 pub(crate) async fn back_after_outage(emulator: &Emulator, provider: &EntraIdCredentialsProvider) {
-    emulator.set_faults(&serde_json::json!({"reset": true})).unwrap();
+    emulator.set_faults(Faults::reset()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), async {
         while provider.current_token().is_none() {
             tokio::time::sleep(Duration::from_millis(50)).await;
