@@ -407,13 +407,18 @@ async fn a_stall_on_one_node_during_a_rotation() {
         "one cut per lost re-authentication"
     );
     assert!(lost <= 1, "only the stalled node's connection of that client: {lost}");
-    // The cluster client retries what was in flight on the cut connection on a new one:
-    // only commands sent during the stall failed (timed out).
+    // Commands fail during the stall (timed out) and, at worst, at the documented cut:
+    // the cluster client usually retries what was in flight on a new connection, but a
+    // command caught on the cut connection may fail (seen under CPU load). Never anywhere
+    // else.
     if let Some(last) = timed_report.last_failure_at {
+        let at_the_cut =
+            cut_at.is_some_and(|cut| last >= cut - Duration::from_millis(500) && last <= cut + Duration::from_secs(1));
         assert!(
-            last <= stall_end + Duration::from_millis(700),
-            "a command failed {:?} after the stall: {:?}",
+            last <= stall_end + Duration::from_millis(700) || at_the_cut,
+            "a command failed {:?} after the stall, not at the cut ({:?}): {:?}",
             last - stall_end,
+            since(cut_at),
             timed_report.first_errors
         );
     }
