@@ -132,11 +132,40 @@ impl ConnectionPolicy {
     }
 }
 
+/// Why the machine asks for a new connection: drivers count, log and trace by it
+/// instead of working it out from the machine's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectReason {
+    /// No connection has been in use yet.
+    First,
+    /// The connection in use was lost or closed (or the last attempt failed): commands
+    /// wait for this one.
+    Reconnect,
+    /// The connection in use could not re-authenticate before the replace margin: this
+    /// one, on the newest token, takes over make-before-break.
+    Replacement,
+    /// A renewal under [`Renewal::Replace`]: the connection in use cannot send `AUTH`
+    /// (a RESP2 subscriber), so this one, on the new token, takes over.
+    RenewalSwap,
+}
+
+impl ConnectReason {
+    /// Whether a connection in use stays in use until this one takes over.
+    pub fn takes_over(self) -> bool {
+        match self {
+            ConnectReason::Replacement | ConnectReason::RenewalSwap => true,
+            ConnectReason::First | ConnectReason::Reconnect => false,
+        }
+    }
+}
+
 /// What the machine asks its driver to do. Drain with
 /// [`ConnectionStateMachine::poll_output`] until [`ConnectionOutput::Timeout`] or
 /// [`ConnectionOutput::Idle`].
+///
+/// A protocol between this crate and its drivers: not `non_exhaustive`, so a driver
+/// matches every output and a new one does not compile until each driver handles it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum ConnectionOutput {
     /// Open a connection authenticated, in its handshake, with the token of
     /// `generation` (always the newest), within `timeout`; report with
@@ -149,6 +178,8 @@ pub enum ConnectionOutput {
         generation: Generation,
         /// Give up after this long.
         timeout: Duration,
+        /// Why.
+        reason: ConnectReason,
     },
     /// Route new commands to this connection from now on.
     Use(ConnectionId),
@@ -269,7 +300,7 @@ struct Retired {
 /// loop {
 ///     loop {
 ///         match sm.poll_output() {
-///             Connect { id, generation, timeout } => open a connection with the newest token
+///             Connect { id, generation, timeout, reason } => open a connection with the newest token
 ///             Use(id)                 => route new commands to connection id
 ///             SendAuth { id, generation, timeout } => send AUTH with the newest token on id
 ///             Retire(id)              => no new commands on id; it closes when idle
@@ -306,6 +337,8 @@ pub struct ConnectionStateMachine {
     now: Option<Instant>,
     next_generation: u64,
     next_connection: u64,
+    /// Whether a connection has been in use yet (a later connect is a reconnect).
+    ever_used: bool,
     latest: Option<TokenInfo>,
     active: Option<Active>,
     connecting: Option<Connecting>,
@@ -336,6 +369,7 @@ impl ConnectionStateMachine {
             now: None,
             next_generation: 0,
             next_connection: 0,
+            ever_used: false,
             latest: None,
             active: None,
             connecting: None,
@@ -413,6 +447,7 @@ impl ConnectionStateMachine {
             auth: if newer { Auth::Due(now) } else { Auth::UpToDate },
             auth_failures: 0,
         });
+        self.ever_used = true;
         self.outputs.push_back(ConnectionOutput::Use(id));
         self.process(now);
     }
@@ -526,13 +561,6 @@ impl ConnectionStateMachine {
         self.active.as_ref().map_or(0, |a| a.auth_failures)
     }
 
-    /// Whether the connection in use holds an older token than the newest one.
-    pub fn is_behind(&self) -> bool {
-        self.active
-            .as_ref()
-            .is_some_and(|a| self.newer_than(a.in_force.generation))
-    }
-
     fn observe(&mut self, now: Instant) -> Instant {
         let now = self.now.map_or(now, |seen| seen.max(now));
         self.now = Some(now);
@@ -636,18 +664,28 @@ impl ConnectionStateMachine {
                             "re-authentication did not succeed in time: replacing the connection before its token expires"
                         );
                     }
-                    self.start_connect(now);
+                    let reason = if renew_by_replacing {
+                        ConnectReason::RenewalSwap
+                    } else {
+                        ConnectReason::Replacement
+                    };
+                    self.start_connect(now, reason);
                 }
             }
         }
 
         let may_connect = self.reconnect_at.is_none_or(|at| at <= now);
         if self.active.is_none() && self.connecting.is_none() && may_connect && latest.is_some() {
-            self.start_connect(now);
+            let reason = if self.ever_used {
+                ConnectReason::Reconnect
+            } else {
+                ConnectReason::First
+            };
+            self.start_connect(now, reason);
         }
     }
 
-    fn start_connect(&mut self, now: Instant) {
+    fn start_connect(&mut self, now: Instant, reason: ConnectReason) {
         let Some(token) = self.usable_latest(now) else { return };
         let id = ConnectionId(self.next_connection);
         self.next_connection += 1;
@@ -661,6 +699,7 @@ impl ConnectionStateMachine {
             id,
             generation: token.generation,
             timeout,
+            reason,
         });
     }
 

@@ -57,8 +57,8 @@ mod tokio_driver;
 
 pub use config::{ConfigError, DEFAULT_REFRESH_JITTER, IsRetryable, RetryPolicy, TokenManagerConfig};
 pub use connection::{
-    Availability, ConnectionId, ConnectionOutput, ConnectionPolicy, ConnectionPolicyError, ConnectionStateMachine,
-    Generation, Renewal,
+    Availability, ConnectReason, ConnectionId, ConnectionOutput, ConnectionPolicy, ConnectionPolicyError,
+    ConnectionStateMachine, Generation, Renewal,
 };
 pub use error::{StartError, TokenManagerError};
 pub use spread::RenewalSpread;

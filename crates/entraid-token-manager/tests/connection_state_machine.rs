@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use entraid_test_support::FakeClock;
 use entraid_token_manager::{
-    Availability, ConnectionId, ConnectionOutput as Out, ConnectionPolicy, ConnectionPolicyError,
+    Availability, ConnectReason, ConnectionId, ConnectionOutput as Out, ConnectionPolicy, ConnectionPolicyError,
     ConnectionStateMachine, Generation, Renewal,
 };
 
@@ -27,6 +27,14 @@ fn drain(sm: &mut ConnectionStateMachine) -> (Vec<Out>, Option<Instant>) {
             other => outputs.push(other),
         }
     }
+}
+
+/// The reason of the first `Connect` in `outputs`.
+fn connect_reason(outputs: &[Out]) -> Option<ConnectReason> {
+    outputs.iter().find_map(|o| match o {
+        Out::Connect { reason, .. } => Some(*reason),
+        _ => None,
+    })
 }
 
 fn connect_id(outputs: &[Out]) -> ConnectionId {
@@ -101,7 +109,8 @@ fn the_first_token_opens_one_connection_authenticated_in_its_handshake() {
         vec![Out::Connect {
             id: connect_id(&outputs),
             generation,
-            timeout: 5 * S
+            timeout: 5 * S,
+            reason: ConnectReason::First,
         }]
     );
     // Nothing else while it connects: one connection, one AUTH.
@@ -124,10 +133,8 @@ fn a_renewal_is_sent_once_after_a_spread_delay_within_a_tenth_of_the_time_left()
         sent_at - renewal_at
     );
     assert_eq!(timeout, 5 * S);
-    assert!(sm.is_behind());
     let now = clock.advance(3 * MS);
     sm.handle_auth_result(now, id, generation, true);
-    assert!(!sm.is_behind());
     // Nothing more until the new token's own margins: no replacement.
     let (outputs, next) = drain(&mut sm);
     assert!(outputs.is_empty(), "{outputs:?}");
@@ -172,6 +179,7 @@ fn a_failed_auth_is_retried_with_backoff_then_the_connection_is_replaced_make_be
             continue;
         }
         if outputs.iter().any(|o| matches!(o, Out::Connect { .. })) {
+            assert_eq!(connect_reason(&outputs), Some(ConnectReason::Replacement));
             break connect_id(&outputs);
         }
         let now = clock.set(next.unwrap());
@@ -190,7 +198,6 @@ fn a_failed_auth_is_retried_with_backoff_then_the_connection_is_replaced_make_be
     let (outputs, next) = drain(&mut sm);
     assert_eq!(outputs, vec![Out::Retire(old), Out::Use(replacement)]);
     assert_eq!(sm.availability(), Availability::Connected(replacement));
-    assert!(!sm.is_behind());
     // If its commands keep it open, it is closed 1.5 s before its token expires.
     assert_eq!(next, Some(t0 + 60 * S - 1500 * MS));
     let now = clock.set(next.unwrap());
@@ -225,7 +232,6 @@ fn a_late_auth_success_after_its_timeout_still_counts() {
     drain(&mut sm);
     // The server was stalled: the reply to the first AUTH comes now.
     sm.handle_auth_result(clock.advance(10 * MS), id, generation, true);
-    assert!(!sm.is_behind());
     let (outputs, _) = drain(&mut sm);
     assert!(outputs.is_empty(), "{outputs:?}");
     // And no replacement at the margin.
@@ -255,7 +261,9 @@ fn a_lost_connection_reconnects_at_once_then_backs_off_while_attempts_fail() {
     let (mut clock, mut sm, id) = connected();
     let now = clock.advance(S);
     sm.handle_connection_lost(now, id);
-    let first = connect_id(&drain(&mut sm).0);
+    let outputs = drain(&mut sm).0;
+    assert_eq!(connect_reason(&outputs), Some(ConnectReason::Reconnect));
+    let first = connect_id(&outputs);
     assert_eq!(sm.availability(), Availability::Connecting);
     let mut failed_at = clock.advance(20 * MS);
     sm.handle_connect_failed(failed_at, first);
@@ -441,7 +449,15 @@ fn with_replace_renewal_a_new_connection_takes_over_after_the_spread_and_no_auth
     let (opened_at, (new, connect_generation)) = run_until(&mut clock, &mut sm, 10 * S, |outputs| {
         outputs_seen.extend_from_slice(outputs);
         outputs.iter().find_map(|o| match o {
-            Out::Connect { id, generation, .. } => Some((*id, *generation)),
+            Out::Connect {
+                id,
+                generation,
+                reason,
+                ..
+            } => {
+                assert_eq!(*reason, ConnectReason::RenewalSwap);
+                Some((*id, *generation))
+            }
             _ => None,
         })
     });
@@ -455,7 +471,6 @@ fn with_replace_renewal_a_new_connection_takes_over_after_the_spread_and_no_auth
     sm.handle_connected(now, new);
     let (outputs, _) = drain(&mut sm);
     assert_eq!(outputs, vec![Out::Retire(old), Out::Use(new)]);
-    assert!(!sm.is_behind());
     // The retired one is closed before its token expires if its driver has not dropped it.
     let (closed_at, ()) = run_until(&mut clock, &mut sm, 20 * S, |outputs| {
         outputs.contains(&Out::Close(old)).then_some(())
