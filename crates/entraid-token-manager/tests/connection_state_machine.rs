@@ -450,10 +450,7 @@ fn with_replace_renewal_a_new_connection_takes_over_after_the_spread_and_no_auth
         outputs_seen.extend_from_slice(outputs);
         outputs.iter().find_map(|o| match o {
             Out::Connect {
-                id,
-                generation,
-                reason,
-                ..
+                id, generation, reason, ..
             } => {
                 assert_eq!(*reason, ConnectReason::RenewalSwap);
                 Some((*id, *generation))

@@ -1,75 +1,26 @@
 //! [`Connection`]: a synchronous connection that stays authenticated, driven by the same
-//! per-connection state machine as the async manager, one step before each command.
+//! per-connection state machine as the async types, one step before each command.
+//!
+//! Not a [`Transport`](crate::aio) of the async supervisor: it has no task to run one in
+//! (it works outside any runtime, and between two calls nothing may touch the socket),
+//! so it drives the machine inline, and shares everything else with the supervisor: the
+//! configuration, the token feed, the errors callers get and the client it opens.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use entraid_token_manager::{
-    Availability, ConnectionId, ConnectionOutput, ConnectionPolicy, ConnectionStateMachine, TokenManager,
+    Availability, ConnectReason, ConnectionId, ConnectionOutput, ConnectionStateMachine, Renewal, TokenManager,
     TokenManagerError,
 };
 use redis::{ErrorKind, RedisError, RedisResult, Value};
 
 use crate::EntraIdCredentialsProvider;
+use crate::connection_config::{ConnectionConfig, ConnectionType};
 use crate::health::GaugeShare;
-use crate::plaintext_check::refuse_plaintext_to_azure;
 use crate::provider::ManagerHandle;
-use crate::token_feed::{TokenFeed, no_token_error, state_machine};
-
-/// How a [`Connection`] connects, times out and re-authenticates.
-#[derive(Debug, Clone)]
-pub struct ConnectionConfig {
-    policy: ConnectionPolicy,
-    response_timeout: Option<Duration>,
-    allow_plaintext_to_azure: bool,
-}
-
-impl Default for ConnectionConfig {
-    fn default() -> Self {
-        ConnectionConfig {
-            policy: ConnectionPolicy {
-                // One connection, one thread: nothing to spread.
-                reauth_spread: Duration::ZERO,
-                ..ConnectionPolicy::default()
-            },
-            response_timeout: None,
-            allow_plaintext_to_azure: false,
-        }
-    }
-}
-
-impl ConnectionConfig {
-    /// The defaults: no read timeout for commands (as `redis::Connection`), 5 s to
-    /// connect, 5 s per re-authentication `AUTH`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// How long a command waits for its reply; `None` waits for ever.
-    pub fn set_response_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.response_timeout = timeout;
-        self
-    }
-
-    /// How long opening a connection may take. Default 5 s.
-    pub fn set_connection_timeout(mut self, timeout: Duration) -> Self {
-        self.policy.connect_timeout = timeout;
-        self
-    }
-
-    /// Allows `redis://` (plain TCP) to an Azure cache host, refused by default.
-    pub fn allow_plaintext_to_azure(mut self, allow: bool) -> Self {
-        self.allow_plaintext_to_azure = allow;
-        self
-    }
-
-    /// The full re-authentication policy.
-    pub fn set_policy(mut self, policy: ConnectionPolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-}
+use crate::token_feed::{TokenFeed, client_with_token, no_token_error};
 
 /// A synchronous Redis connection that stays authenticated with Entra ID, for code that
 /// uses `redis::Commands` (and `r2d2` pools, with the `r2d2` feature).
@@ -115,8 +66,6 @@ pub struct Connection {
     feed: TokenFeed,
     connections: HashMap<ConnectionId, redis::Connection>,
     response_timeout: Option<Duration>,
-    connect_error: Option<RedisError>,
-    token_error: Option<TokenManagerError>,
     db: i64,
 }
 
@@ -148,7 +97,7 @@ impl Connection {
         provider: EntraIdCredentialsProvider,
         config: ConnectionConfig,
     ) -> RedisResult<Self> {
-        refuse_plaintext_to_azure(client.get_connection_info(), config.allow_plaintext_to_azure)?;
+        config.check(ConnectionType::Sync, &client)?;
         if let Ok(handle) = tokio::runtime::Handle::try_current()
             && handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
         {
@@ -165,7 +114,7 @@ impl Connection {
             Some(token) => token,
             None => manager.blocking_token().map_err(no_token_error)?,
         };
-        let machine = state_machine(config.policy)?;
+        let machine = config.state_machine(&provider, Renewal::InPlace)?;
         let db = client.get_connection_info().redis_settings().db();
         let mut connection = Connection {
             client,
@@ -176,12 +125,10 @@ impl Connection {
             machine,
             feed: TokenFeed::default(),
             connections: HashMap::new(),
-            response_timeout: config.response_timeout,
-            connect_error: None,
-            token_error: None,
+            response_timeout: config.response_timeout(ConnectionType::Sync),
             db,
         };
-        connection.feed.offer(&mut connection.machine, Instant::now(), first);
+        connection.feed.token(&mut connection.machine, Instant::now(), first);
         connection.step()?;
         Ok(connection)
     }
@@ -201,24 +148,22 @@ impl Connection {
             self.manager = manager;
         }
         match self.manager.current() {
-            Some(token) => {
-                self.token_error = None;
-                self.feed.offer(&mut self.machine, now, token);
-            }
-            None => self.machine.handle_token_lost(now),
+            Some(token) => self.feed.token(&mut self.machine, now, token),
+            None => self
+                .feed
+                .token_lost(&mut self.machine, now, TokenManagerError::TokenExpired),
         }
         self.machine.handle_timeout(now);
         self.act();
-        match self.machine.availability() {
-            Availability::Connected(id) => Ok(id),
-            Availability::NoValidToken => Err(no_token_error(
-                self.token_error.clone().unwrap_or(TokenManagerError::TokenExpired),
-            )),
-            Availability::Connecting | Availability::Reconnecting => {
-                Err(self.connect_error.clone().unwrap_or_else(|| {
-                    RedisError::from((ErrorKind::Io, "not connected", "the next command reconnects".to_owned()))
-                }))
-            }
+        match self.feed.for_callers(self.machine.availability()) {
+            Ok(Some(id)) => Ok(id),
+            // Connecting is done inline: still connecting means the attempt is over.
+            Ok(None) => Err(RedisError::from((
+                ErrorKind::Io,
+                "not connected",
+                "the next command reconnects".to_owned(),
+            ))),
+            Err(error) => Err(error),
         }
     }
 
@@ -230,9 +175,11 @@ impl Connection {
                     id,
                     generation,
                     timeout,
+                    reason,
                 } => {
-                    if self.machine.is_behind() {
-                        self.provider.health().replaced();
+                    match reason {
+                        ConnectReason::Replacement => self.provider.health().replaced(),
+                        ConnectReason::First | ConnectReason::Reconnect | ConnectReason::RenewalSwap => {}
                     }
                     let opened = match self.feed.get(generation) {
                         Some(token) => self.open(token, timeout),
@@ -240,13 +187,13 @@ impl Connection {
                     };
                     match opened {
                         Ok(connection) => {
-                            self.connect_error = None;
+                            self.feed.connect_result(None);
                             self.connections.insert(id, connection);
                             self.machine.handle_connected(Instant::now(), id);
                         }
                         Err(error) => {
                             tracing::warn!(connection = %id, %error, "connecting to Redis failed");
-                            self.connect_error = Some(error);
+                            self.feed.connect_result(Some(error));
                             self.machine.handle_connect_failed(Instant::now(), id);
                         }
                     }
@@ -298,19 +245,14 @@ impl Connection {
                     );
                     return;
                 }
-                ConnectionOutput::Use(_) | _ => {}
+                // Commands go to the machine's availability, read after each step.
+                ConnectionOutput::Use(_) => {}
             }
         }
     }
 
     fn open(&self, token: &entraid_identity::Token, timeout: Duration) -> RedisResult<redis::Connection> {
-        let info = self.client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_username(token.username())
-            .set_password(token.secret());
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let client = client_with_token(&self.client, token)?;
         let connection = client.get_connection_with_timeout(timeout)?;
         connection.set_read_timeout(self.response_timeout)?;
         connection.set_write_timeout(Some(timeout))?;

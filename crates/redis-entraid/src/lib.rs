@@ -47,6 +47,7 @@ mod user_guide {}
 mod readme {}
 pub mod aio;
 mod connection;
+mod connection_config;
 mod credentials_stream;
 mod health;
 #[cfg(feature = "metrics")]
@@ -60,7 +61,8 @@ mod token_feed;
 
 #[cfg(feature = "azure")]
 pub use azure::ClientCertificate;
-pub use connection::{Connection, ConnectionConfig};
+pub use connection::Connection;
+pub use connection_config::ConnectionConfig;
 pub use health::{ConnectionsStatus, ProviderStatus};
 pub use provider::{DEFAULT_REAUTH_SPREAD, EntraIdCredentialsProvider};
 pub use retry_config::RetryConfig;

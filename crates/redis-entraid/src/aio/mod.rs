@@ -5,6 +5,7 @@ mod connection_manager;
 mod delivery;
 mod pubsub;
 mod supervision;
+mod supervisor;
 
 pub use connection_manager::{ConnectionManager, ConnectionManagerConfig, ConnectionStats};
 pub use pubsub::{PubSub, PubSubConfig, PubSubSink, PubSubStats, PubSubStream};

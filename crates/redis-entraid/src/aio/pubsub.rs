@@ -1,99 +1,44 @@
 //! [`PubSub`]: a subscriber that stays authenticated with Entra ID on RESP2 and RESP3.
 //!
-//! A supervisor task drives one [`ConnectionStateMachine`], as the
-//! [`ConnectionManager`](super::ConnectionManager)'s does. On RESP3 a renewal is an
-//! `AUTH` on the subscribed connection. On RESP2 the server refuses `AUTH` in subscribed
-//! mode, so the machine runs with [`Renewal::Replace`]: each renewal opens a connection
-//! with the new token, subscribes it to everything recorded, and once every
-//! subscription is confirmed it takes over; the old one is drained (`PING`, answered
-//! after every message sent before it) and closed. [`Delivery`] keeps the two
-//! connections' messages in order and counts the ones both received.
+//! The [`Supervisor`](super::supervisor) drives it, as it drives the
+//! [`ConnectionManager`](super::ConnectionManager). On RESP3 a renewal is an `AUTH` on
+//! the subscribed connection. On RESP2 the server refuses `AUTH` in subscribed mode, so
+//! the machine runs with [`Renewal::Replace`]: each renewal opens a connection with the
+//! new token, subscribes it to everything recorded, and once it is caught up it takes
+//! over; the old one is drained (`PING`, answered after every message sent before it)
+//! and closed. [`Delivery`] keeps the two connections' messages in order and counts the
+//! ones both received.
+//!
+//! [`PubSubTransport`] is an actor inside the supervisor's task: it alone owns the
+//! subscription record and the live subscriber. Sinks send a change over a channel and
+//! get the reply on a oneshot; no lock is held across an await, no task is detached.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use entraid_token_manager::{
-    Availability, ConnectionId, ConnectionOutput, ConnectionPolicy, ConnectionStateMachine, Generation, Renewal,
-    TokenManagerError, TokenStream,
-};
+use entraid_identity::Token;
+use entraid_token_manager::{ConnectReason, ConnectionId, Renewal};
 use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
 use redis::{AsyncConnectionConfig, ErrorKind, Msg, PushInfo, PushKind, RedisError, RedisResult};
-use tokio::sync::{OwnedMutexGuard, mpsc, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{Stream, StreamExt};
 
 use super::delivery::Delivery;
-use super::supervision::{BoxFuture, IdMap, LostReports, PendingAuth, next_token, now, sleep_until, wait_pending};
+use super::supervision::{BoxFuture, within};
+use super::supervisor::{
+    CatchUp, Counters, Gone, Retirement, Shared, Slot, Start, SupervisorHandle, Transport, start, stopped_error,
+};
 use crate::EntraIdCredentialsProvider;
-use crate::health::GaugeShare;
-use crate::plaintext_check::refuse_plaintext_to_azure;
-use crate::provider::ManagerHandle;
-use crate::token_feed::{TokenFeed, no_token_error, state_machine};
+use crate::connection_config::{ConnectionConfig, ConnectionType};
 
-/// How a [`PubSub`] connects, times out and re-authenticates.
-#[derive(Debug, Clone)]
-pub struct PubSubConfig {
-    policy: ConnectionPolicy,
-    response_timeout: Duration,
-    reauth_spread: Option<Duration>,
-    allow_plaintext_to_azure: bool,
-}
-
-impl Default for PubSubConfig {
-    fn default() -> Self {
-        PubSubConfig {
-            policy: ConnectionPolicy::default(),
-            response_timeout: Duration::from_secs(5),
-            reauth_spread: None,
-            allow_plaintext_to_azure: false,
-        }
-    }
-}
-
-impl PubSubConfig {
-    /// The defaults: 5 s for a subscription change, 5 s to connect, the provider's
-    /// re-auth spread, and [`ConnectionPolicy::default`] for the rest.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// How long a `SUBSCRIBE`-like command (and the `PING` that drains a connection
-    /// being swapped out) waits for the server's confirmation. Default 5 s.
-    pub fn set_response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
-        self
-    }
-
-    /// How long opening a connection, with all its subscriptions, may take. Default 5 s.
-    pub fn set_connection_timeout(mut self, timeout: Duration) -> Self {
-        self.policy.connect_timeout = timeout;
-        self
-    }
-
-    /// Spreads each renewal over `[0, spread)` (on RESP2, the swap). Default: the
-    /// provider's [`with_reauth_spread`](EntraIdCredentialsProvider::with_reauth_spread).
-    pub fn set_reauth_spread(mut self, spread: Duration) -> Self {
-        self.reauth_spread = Some(spread);
-        self
-    }
-
-    /// Allows `redis://` (plain TCP) to an Azure cache host, which is refused by default
-    /// because the token would travel in clear.
-    pub fn allow_plaintext_to_azure(mut self, allow: bool) -> Self {
-        self.allow_plaintext_to_azure = allow;
-        self
-    }
-
-    /// The full re-authentication policy (backoff, margins, timeouts).
-    pub fn set_policy(mut self, policy: ConnectionPolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-}
+/// How a [`PubSub`] connects, times out and re-authenticates: the one
+/// [`ConnectionConfig`] of every connection type. Its response timeout bounds a
+/// subscription change (and the `PING` that drains a connection being swapped out).
+pub type PubSubConfig = ConnectionConfig;
 
 /// What happened to a subscriber's connections so far. Cheap to read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -120,22 +65,7 @@ pub struct PubSubStats {
     pub messages: u64,
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    connections_opened: AtomicU64,
-    connect_failures: AtomicU64,
-    reauthentications: AtomicU64,
-    failed_auths: AtomicU64,
-    swaps: AtomicU64,
-    closed_before_expiry: AtomicU64,
-    connections_lost: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Channels and patterns to subscribe every new connection to.
+/// Channels and patterns a connection is subscribed to, or should be.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Subscriptions {
     channels: BTreeSet<Vec<u8>>,
@@ -162,6 +92,12 @@ impl Subscriptions {
             Change::Unsubscribe | Change::PUnsubscribe if names.is_empty() => set.clear(),
             Change::Unsubscribe | Change::PUnsubscribe => set.retain(|n| !names.contains(n)),
         }
+    }
+
+    fn with(&self, change: Change, names: &[Vec<u8>]) -> Subscriptions {
+        let mut next = self.clone();
+        next.apply(change, names);
+        next
     }
 
     /// The commands that turn `self` into `target`.
@@ -223,20 +159,11 @@ impl Subscriber {
     }
 }
 
-async fn within<T>(timeout: Duration, what: &str, f: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
-    match tokio::time::timeout(timeout, f).await {
-        Ok(result) => result,
-        Err(_) => Err(RedisError::from((
-            ErrorKind::Io,
-            "timed out",
-            format!("no reply to {what} within {timeout:?}"),
-        ))),
-    }
-}
-
 /// One physical connection: dropping it closes it.
 struct Physical {
     subscriber: Subscriber,
+    /// What it is subscribed to, as confirmed by the server.
+    applied: Subscriptions,
     /// The task reading a RESP2 connection's messages (it owns the socket's reader).
     _reader: Option<AbortOnDrop>,
 }
@@ -249,64 +176,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// What a subscription change and a take-over must see together: a connection becomes
-/// the one changes go to only while holding this, after making up for the changes
-/// recorded since it subscribed, so no change misses the connection that survives.
-#[derive(Default)]
-struct SubscriptionState {
-    recorded: Subscriptions,
-    live: Option<(ConnectionId, Subscriber)>,
-}
-
-/// What the handles, the readers and the supervisor share.
-struct Shared {
-    counters: Counters,
-    lost: LostReports,
-    /// Swapped-out connections whose drain ended.
-    drained: LostReports,
+/// What the handles, the readers and the transport share.
+struct PubSubShared {
     delivery: Mutex<Delivery<ConnectionId>>,
-    subscriptions: Arc<tokio::sync::Mutex<SubscriptionState>>,
 }
 
-impl Shared {
+impl PubSubShared {
     fn delivery(&self) -> std::sync::MutexGuard<'_, Delivery<ConnectionId>> {
         self.delivery.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    fn snapshot(&self) -> PubSubStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let c = &self.counters;
-        // One lock: a second `self.delivery()` in this expression would wait for the first.
-        let (duplicates, messages) = {
-            let delivery = self.delivery();
-            (delivery.duplicates(), delivery.delivered())
-        };
-        PubSubStats {
-            connections_opened: get(&c.connections_opened),
-            connect_failures: get(&c.connect_failures),
-            reauthentications: get(&c.reauthentications),
-            failed_auths: get(&c.failed_auths),
-            swaps: get(&c.swaps),
-            duplicates,
-            closed_before_expiry: get(&c.closed_before_expiry),
-            connections_lost: get(&c.connections_lost),
-            messages,
-        }
-    }
-
-    /// Connection `id` delivers nothing more; the next one's messages follow.
-    fn finish(&self, id: ConnectionId) {
-        self.delivery().finish(id);
-    }
-}
-
-/// Whether subscription changes can reach a connection, as the supervisor publishes it.
-#[derive(Clone)]
-enum LiveState {
-    Connecting,
-    Live,
-    Unavailable(RedisError),
-    Stopped,
 }
 
 /// A subscriber that stays authenticated with Entra ID for as long as it lives, on
@@ -364,17 +242,30 @@ pub struct PubSubStream {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
-    live: watch::Receiver<LiveState>,
-    response_timeout: Duration,
-    /// How long a change waits for a connection being opened.
-    connect_wait: Duration,
-    supervisor: tokio::task::JoinHandle<()>,
+    supervisor: SupervisorHandle<()>,
+    shared: Arc<PubSubShared>,
+    changes: mpsc::UnboundedSender<ChangeRequest>,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.supervisor.abort();
+impl Inner {
+    fn stats(&self) -> PubSubStats {
+        let c = &self.supervisor.shared.counters;
+        // One lock: a second `delivery()` in this expression would wait for the first.
+        let (duplicates, messages) = {
+            let delivery = self.shared.delivery();
+            (delivery.duplicates(), delivery.delivered())
+        };
+        PubSubStats {
+            connections_opened: Counters::get(&c.connections_opened),
+            connect_failures: Counters::get(&c.connect_failures),
+            reauthentications: Counters::get(&c.reauthentications),
+            failed_auths: Counters::get(&c.failed_auths),
+            swaps: Counters::get(&c.replacements) + Counters::get(&c.renewal_swaps),
+            duplicates,
+            closed_before_expiry: Counters::get(&c.closed_before_expiry),
+            connections_lost: Counters::get(&c.connections_lost),
+            messages,
+        }
     }
 }
 
@@ -386,15 +277,9 @@ impl fmt::Debug for PubSub {
 
 impl fmt::Debug for PubSubSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &*self.inner.live.borrow() {
-            LiveState::Connecting => "connecting".to_owned(),
-            LiveState::Live => "subscribed".to_owned(),
-            LiveState::Unavailable(error) => format!("unavailable: {error}"),
-            LiveState::Stopped => "stopped".to_owned(),
-        };
         f.debug_struct("PubSub")
-            .field("state", &state)
-            .field("stats", &self.inner.shared.snapshot())
+            .field("state", &self.inner.supervisor.state())
+            .field("stats", &self.inner.stats())
             .finish()
     }
 }
@@ -402,7 +287,7 @@ impl fmt::Debug for PubSubSink {
 impl fmt::Debug for PubSubStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PubSubStream")
-            .field("stats", &self._inner.shared.snapshot())
+            .field("stats", &self._inner.stats())
             .finish()
     }
 }
@@ -412,86 +297,61 @@ impl PubSub {
     /// the subscriber authenticated from then on. RESP2 or RESP3 as the client's URL
     /// says (`?protocol=resp3`). Needs a tokio runtime.
     pub async fn new(client: redis::Client, provider: EntraIdCredentialsProvider) -> RedisResult<Self> {
-        Self::new_with_config(client, provider, PubSubConfig::new()).await
+        Self::new_with_config(client, provider, ConnectionConfig::new()).await
     }
 
     /// Like [`new`](Self::new), with timeouts, spread and policy.
     pub async fn new_with_config(
         client: redis::Client,
         provider: EntraIdCredentialsProvider,
-        config: PubSubConfig,
+        config: ConnectionConfig,
     ) -> RedisResult<Self> {
-        refuse_plaintext_to_azure(client.get_connection_info(), config.allow_plaintext_to_azure)?;
-        if config.response_timeout.is_zero() {
-            return Err(RedisError::from((
-                ErrorKind::InvalidClientConfig,
-                "invalid pub/sub configuration",
-                "response_timeout must be greater than zero".to_owned(),
-            )));
-        }
         let resp3 = client
             .get_connection_info()
             .redis_settings()
             .protocol()
             .supports_resp3();
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            RedisError::from((
-                ErrorKind::InvalidClientConfig,
-                "redis_entraid::aio::PubSub needs a tokio runtime",
-                "create it inside one".to_owned(),
-            ))
-        })?;
-        let manager = provider.token_manager()?;
-        let first_token = manager.token().await.map_err(no_token_error)?;
-
-        let mut policy = config.policy.clone();
-        policy.reauth_spread = config.reauth_spread.unwrap_or(provider.reauth_spread());
-        let renewal = if resp3 { Renewal::InPlace } else { Renewal::Replace };
-        let machine = state_machine(policy.clone())?.with_renewal(renewal);
-
         let (messages_tx, messages) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            counters: Counters::default(),
-            lost: LostReports::default(),
-            drained: LostReports::default(),
+        let (changes, requests) = mpsc::unbounded_channel();
+        let shared = Arc::new(PubSubShared {
             delivery: Mutex::new(Delivery::new(messages_tx)),
-            subscriptions: Arc::default(),
         });
-        let (live_tx, live) = watch::channel(LiveState::Connecting);
-        let mut supervisor = Supervisor {
-            machine,
-            client,
+        let supervisor_shared = Arc::new(Shared::default());
+        // `None` waits for ever; the drain `PING` still needs a bound.
+        let response_timeout = config.response_timeout(ConnectionType::PubSub).unwrap_or(Duration::MAX);
+        let transport = PubSubTransport {
             resp3,
-            response_timeout: config.response_timeout,
-            tokens: Some(manager.subscribe()),
-            manager: provider.manager_handle(),
-            feed: TokenFeed::default(),
-            token_error: None,
-            connect_error: None,
-            connections: IdMap::with_capacity(2),
-            draining: IdMap::with_capacity(1),
-            pending_connect: None,
-            pending_auth: None,
-            takeover: None,
-            live: live_tx,
+            response_timeout,
+            connect_wait: config.policy(&provider).connect_timeout,
             shared: shared.clone(),
-            swapping: false,
-            retrying: None,
-            health: GaugeShare::default(),
+            supervisor: Arc::downgrade(&supervisor_shared),
+            requests,
+            record: Subscriptions::default(),
+            live: None,
+            queue: VecDeque::new(),
+            waiting: VecDeque::new(),
+            wait_timer: None,
+            in_flight: None,
+            unavailable: None,
         };
-        supervisor.feed.offer(&mut supervisor.machine, now(), first_token);
-        let supervisor = runtime.spawn(supervisor.run());
+        let supervisor = start(Start {
+            client,
+            provider: &provider,
+            config: &config,
+            kind: ConnectionType::PubSub,
+            renewal: if resp3 { Renewal::InPlace } else { Renewal::Replace },
+            transport,
+            shared: supervisor_shared,
+            what: "subscriber",
+        })
+        .await?;
         let inner = Arc::new(Inner {
-            shared,
-            live,
-            response_timeout: config.response_timeout,
-            connect_wait: policy.connect_timeout,
             supervisor,
+            shared,
+            changes,
         });
-        let sink = PubSubSink { inner: inner.clone() };
-        sink.wait_live(&mut sink.inner.live.clone(), false).await?;
         Ok(PubSub {
-            sink,
+            sink: PubSubSink { inner: inner.clone() },
             stream: PubSubStream {
                 messages,
                 _inner: inner,
@@ -564,12 +424,12 @@ impl PubSubSink {
 
     /// What happened to the subscriber's connections so far.
     pub fn stats(&self) -> PubSubStats {
-        self.inner.shared.snapshot()
+        self.inner.stats()
     }
 
-    /// Records the change, then makes it on the connection in use, waiting (at most the
-    /// connection timeout) for one if none is. On an error the change stays recorded:
-    /// the next connection makes it.
+    /// Hands the change to the subscriber's task and waits for its answer: the server's
+    /// reply on the connection in use, or, with none in use, the change recorded (made by
+    /// the next connection) and why it is not in force yet.
     async fn change(&self, change: Change, names: Vec<Vec<u8>>) -> RedisResult<()> {
         if names.is_empty() && matches!(change, Change::Subscribe | Change::PSubscribe) {
             return Err(RedisError::from((
@@ -578,71 +438,12 @@ impl PubSubSink {
                 "name at least one channel or pattern".to_owned(),
             )));
         }
-        let shared = &self.inner.shared;
-        let mut live = self.inner.live.clone();
-        let mut recorded = false;
-        loop {
-            let mut state = shared.subscriptions.lock().await;
-            if !recorded {
-                state.recorded.apply(change, &names);
-                recorded = true;
-            }
-            if let Some((id, subscriber)) = &mut state.live {
-                let id = *id;
-                let result = subscriber
-                    .change(change, names.clone(), self.inner.response_timeout)
-                    .await;
-                match result {
-                    Err(error) if error.is_unrecoverable_error() => {
-                        // Dropped under us: the supervisor opens another, which makes
-                        // the recorded change.
-                        shared.lost.report(id);
-                        state.live = None;
-                    }
-                    result => return result,
-                }
-            }
-            drop(state);
-            self.wait_live(&mut live, true).await.map_err(|error| {
-                RedisError::from((
-                    error.kind(),
-                    "subscription change recorded, not yet in force",
-                    format!("{error}; it is made as soon as a connection is back"),
-                ))
-            })?;
+        let (reply, answer) = oneshot::channel();
+        let request = ChangeRequest { change, names, reply };
+        if self.inner.changes.send(request).is_err() {
+            return Err(stopped_error("subscriber"));
         }
-    }
-
-    /// Resolves when a connection is in use; the reason at once when none can be. With
-    /// `stale`, the state's current word is not taken: a change found no connection
-    /// although it said there was one, so the supervisor's next word is awaited.
-    async fn wait_live(&self, live: &mut watch::Receiver<LiveState>, stale: bool) -> RedisResult<()> {
-        let mut stale = stale;
-        let wait = async {
-            loop {
-                match &*live.borrow_and_update() {
-                    LiveState::Live if !stale => return Ok(()),
-                    LiveState::Unavailable(error) => return Err(error.clone()),
-                    LiveState::Stopped => return Err(stopped_error()),
-                    LiveState::Live | LiveState::Connecting => {}
-                }
-                stale = false;
-                if live.changed().await.is_err() {
-                    return Err(stopped_error());
-                }
-            }
-        };
-        match tokio::time::timeout(self.inner.connect_wait, wait).await {
-            Ok(result) => result,
-            Err(_) => Err(RedisError::from((
-                ErrorKind::Io,
-                "no connection",
-                format!(
-                    "no connection to Redis could be opened within {:?}; the subscriber keeps trying",
-                    self.inner.connect_wait
-                ),
-            ))),
-        }
+        answer.await.unwrap_or_else(|_| Err(stopped_error("subscriber")))
     }
 }
 
@@ -654,29 +455,26 @@ impl Stream for PubSubStream {
     }
 }
 
-fn stopped_error() -> RedisError {
-    RedisError::from((
-        ErrorKind::Client,
-        "the subscriber stopped",
-        "its background task ended; create a new PubSub".to_owned(),
-    ))
-}
-
 /// Hands a RESP3 connection's messages to the delivery and reports its disconnection.
 /// Weak: the connection lives inside what it points to.
 struct PushForwarder {
     id: ConnectionId,
-    shared: Weak<Shared>,
+    shared: Weak<PubSubShared>,
+    supervisor: Weak<Shared>,
 }
 
 impl AsyncPushSender for PushForwarder {
     fn send(&self, info: PushInfo) -> Result<(), SendError> {
+        if info.kind == PushKind::Disconnection {
+            if let Some(supervisor) = self.supervisor.upgrade() {
+                supervisor.lost.report(self.id);
+            }
+            return Ok(());
+        }
         let Some(shared) = self.shared.upgrade() else {
             return Err(SendError);
         };
-        if info.kind == PushKind::Disconnection {
-            shared.lost.report(self.id);
-        } else if let Some(msg) = Msg::from_push_info(info) {
+        if let Some(msg) = Msg::from_push_info(info) {
             shared.delivery().accept(self.id, msg);
         }
         Ok(())
@@ -684,370 +482,360 @@ impl AsyncPushSender for PushForwarder {
 }
 
 /// Reads a RESP2 connection's messages until it closes.
-async fn read_messages(id: ConnectionId, mut stream: redis::aio::PubSubStream, shared: Weak<Shared>) {
+async fn read_messages(
+    id: ConnectionId,
+    mut stream: redis::aio::PubSubStream,
+    shared: Weak<PubSubShared>,
+    supervisor: Weak<Shared>,
+) {
     while let Some(msg) = stream.next().await {
         let Some(shared) = shared.upgrade() else { return };
         shared.delivery().accept(id, msg);
     }
-    if let Some(shared) = shared.upgrade() {
-        shared.lost.report(id);
+    if let Some(supervisor) = supervisor.upgrade() {
+        supervisor.lost.report(id);
     }
 }
 
-/// A connection opened and subscribed, with the subscription state held so it can take
-/// over before any other change is made.
-struct Opened {
-    physical: Physical,
-    takeover: OwnedMutexGuard<SubscriptionState>,
+/// A subscription change from a sink, answered on `reply`.
+struct ChangeRequest {
+    change: Change,
+    names: Vec<Vec<u8>>,
+    reply: oneshot::Sender<RedisResult<()>>,
 }
 
-enum Wake {
-    Token(Option<Result<entraid_identity::Token, TokenManagerError>>),
-    Connected(ConnectionId, RedisResult<Opened>),
-    Auth(ConnectionId, Generation, RedisResult<()>),
-    Lost(Vec<ConnectionId>),
-    Drained(Vec<ConnectionId>),
-    Timer,
+/// The connection subscription changes go to.
+struct Live {
+    id: ConnectionId,
+    subscriber: Subscriber,
+    applied: Subscriptions,
 }
 
-struct Supervisor {
-    machine: ConnectionStateMachine,
-    client: redis::Client,
+/// A change under way on connection `id`.
+struct InFlight {
+    id: ConnectionId,
+    /// What the connection is subscribed to once it succeeds.
+    target: Subscriptions,
+    /// The sink's request; `None` for the transport's own reconciliation.
+    request: Option<ChangeRequest>,
+    future: BoxFuture<RedisResult<()>>,
+}
+
+/// The subscriber's I/O: RESP3 `MultiplexedConnection`s or RESP2 `redis::aio::PubSub`s,
+/// and the actor that owns the subscription record.
+struct PubSubTransport {
     resp3: bool,
     response_timeout: Duration,
-    /// `None` once the token manager stopped.
-    tokens: Option<TokenStream>,
-    /// Keeps the token manager running; a new stream if it had to be started again.
-    manager: ManagerHandle,
-    feed: TokenFeed,
-    token_error: Option<TokenManagerError>,
-    connect_error: Option<RedisError>,
-    connections: IdMap<Physical>,
-    /// Swapped-out connections being drained, by the task that drains each.
-    draining: IdMap<AbortOnDrop>,
-    pending_connect: Option<(ConnectionId, BoxFuture<RedisResult<Opened>>)>,
-    pending_auth: PendingAuth,
-    /// Held from a connection's last subscription check until it is in use.
-    takeover: Option<OwnedMutexGuard<SubscriptionState>>,
-    live: watch::Sender<LiveState>,
-    shared: Arc<Shared>,
-    /// The connection being opened takes over from a live one.
-    swapping: bool,
-    /// The connection whose last re-authentication failed (retried meanwhile).
-    retrying: Option<ConnectionId>,
-    /// This subscriber's share of the provider's connection figures.
-    health: GaugeShare,
+    /// How long a change waits for a connection being opened.
+    connect_wait: Duration,
+    shared: Arc<PubSubShared>,
+    supervisor: Weak<Shared>,
+    requests: mpsc::UnboundedReceiver<ChangeRequest>,
+    /// What every connection subscribes to: the changes the server confirmed, and those
+    /// made while no connection was in use.
+    record: Subscriptions,
+    live: Option<Live>,
+    /// Changes waiting for the one in flight.
+    queue: VecDeque<ChangeRequest>,
+    /// Changes recorded while no connection was in use, answered when one takes over.
+    waiting: VecDeque<(tokio::time::Instant, ChangeRequest)>,
+    wait_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    in_flight: Option<InFlight>,
+    /// Why no connection can be opened now, while that is so.
+    unavailable: Option<RedisError>,
 }
 
-impl Supervisor {
-    async fn run(mut self) {
-        loop {
-            let deadline = self.act();
-            // A take-over not followed by `Use` (the machine closed it) is let go.
-            self.takeover = None;
-            self.publish();
-            let wake = tokio::select! {
-                item = next_token(&mut self.tokens) => Wake::Token(item),
-                (id, result) = wait_pending(&mut self.pending_connect) => Wake::Connected(id, result),
-                ((id, generation), result) = wait_pending(&mut self.pending_auth) => Wake::Auth(id, generation, result),
-                ids = self.shared.lost.next() => Wake::Lost(ids),
-                ids = self.shared.drained.next() => Wake::Drained(ids),
-                () = sleep_until(deadline) => Wake::Timer,
-            };
-            let now = now();
-            match wake {
-                Wake::Token(Some(Ok(token))) => {
-                    self.token_error = None;
-                    self.feed.offer(&mut self.machine, now, token);
-                }
-                Wake::Token(Some(Err(TokenManagerError::TokenExpired))) => {
-                    self.token_error = Some(TokenManagerError::TokenExpired);
-                    self.machine.handle_token_lost(now);
-                }
-                Wake::Token(Some(Err(TokenManagerError::RuntimeShutDown))) => {
-                    // The provider starts the manager again on a runtime of its own.
-                    self.tokens = self.manager.resubscribe();
-                }
-                Wake::Token(Some(Err(error))) => self.token_error = Some(error),
-                Wake::Token(None) => {
-                    self.token_error = Some(TokenManagerError::Stopped);
-                    self.machine.handle_token_lost(now);
-                    self.tokens = None;
-                }
-                Wake::Connected(id, Ok(opened)) => {
-                    self.pending_connect = None;
-                    self.connect_error = None;
-                    bump(&self.shared.counters.connections_opened);
-                    self.connections.insert(id, opened.physical);
-                    self.takeover = Some(opened.takeover);
-                    self.machine.handle_connected(now, id);
-                }
-                Wake::Connected(id, Err(error)) => {
-                    self.pending_connect = None;
-                    tracing::warn!(connection = %id, %error, "opening a subscriber connection failed");
-                    bump(&self.shared.counters.connect_failures);
-                    self.shared.finish(id);
-                    self.connect_error = Some(error);
-                    self.machine.handle_connect_failed(now, id);
-                }
-                Wake::Auth(id, generation, result) => {
-                    self.pending_auth = None;
-                    self.retrying = self.retrying.filter(|r| *r != id);
-                    match &result {
-                        Ok(()) => {
-                            bump(&self.shared.counters.reauthentications);
-                            if let Some(token) = self.feed.get(generation) {
-                                self.manager.health().reauthenticated(token);
-                            }
-                        }
-                        Err(error) => {
-                            self.retrying = Some(id);
-                            bump(&self.shared.counters.failed_auths);
-                            tracing::warn!(connection = %id, %error, "re-authentication failed; retrying");
-                        }
-                    }
-                    match result {
-                        Err(error) if error.is_unrecoverable_error() => self.lost(now, id),
-                        result => self.machine.handle_auth_result(now, id, generation, result.is_ok()),
-                    }
-                }
-                Wake::Lost(ids) => {
-                    for id in ids {
-                        self.lost(now, id);
-                    }
-                }
-                Wake::Drained(ids) => {
-                    for id in ids {
-                        self.draining.remove(&id);
-                        self.machine.handle_connection_lost(now, id);
-                    }
-                }
-                Wake::Timer => self.machine.handle_timeout(now),
+impl PubSubTransport {
+    /// What a connection should be subscribed to: the record, with the change in flight.
+    fn target(&self) -> Subscriptions {
+        match &self.in_flight {
+            Some(InFlight {
+                request: Some(request), ..
+            }) => self.record.with(request.change, &request.names),
+            _ => self.record.clone(),
+        }
+    }
+
+    /// A change from a sink.
+    fn accept(&mut self, request: ChangeRequest) {
+        if self.live.is_some() {
+            self.queue.push_back(request);
+            return;
+        }
+        self.record.apply(request.change, &request.names);
+        match &self.unavailable {
+            Some(error) => {
+                let _ = request.reply.send(Err(not_in_force(error)));
+            }
+            None => {
+                let deadline = tokio::time::Instant::now() + self.connect_wait;
+                self.waiting.push_back((deadline, request));
             }
         }
     }
 
-    fn lost(&mut self, now: std::time::Instant, id: ConnectionId) {
-        if self.connections.remove(&id).is_some() {
-            bump(&self.shared.counters.connections_lost);
-            tracing::warn!(connection = %id, "subscriber connection lost; opening another");
+    /// Starts the next change on the live connection, if nothing is in flight.
+    fn start_next(&mut self) {
+        let Some(live) = &self.live else { return };
+        if self.in_flight.is_some() {
+            return;
         }
-        self.draining.remove(&id);
-        self.shared.finish(id);
-        self.forget_live(id);
-        self.machine.handle_connection_lost(now, id);
-    }
-
-    /// Subscription changes stop going to `id` (later, if one is being made on it).
-    fn forget_live(&self, id: ConnectionId) {
-        let subscriptions = self.shared.subscriptions.clone();
-        tokio::spawn(async move {
-            let mut state = subscriptions.lock().await;
-            if state.live.as_ref().is_some_and(|(live, _)| *live == id) {
-                state.live = None;
-            }
-        });
-    }
-
-    /// Carries out the machine's outputs; returns when to wake it next.
-    fn act(&mut self) -> Option<tokio::time::Instant> {
-        loop {
-            match self.machine.poll_output() {
-                ConnectionOutput::Connect {
-                    id,
-                    generation,
-                    timeout,
-                } => {
-                    self.swapping = self.machine.is_behind();
-                    if self.swapping {
-                        bump(&self.shared.counters.swaps);
-                        // On RESP2 every renewal swaps; only a RESP3 swap is a replacement.
-                        if self.resp3 {
-                            self.manager.health().replaced();
-                        }
-                    }
-                    match self.feed.get(generation).cloned() {
-                        Some(token) => self.pending_connect = Some((id, self.open(id, &token, timeout))),
-                        None => self.machine.handle_connect_failed(now(), id),
-                    }
-                }
-                ConnectionOutput::SendAuth {
-                    id,
-                    generation,
-                    timeout,
-                } => match (self.connections.get(&id), self.feed.get(generation)) {
-                    (
-                        Some(Physical {
-                            subscriber: Subscriber::Resp3(connection),
-                            ..
-                        }),
-                        Some(token),
-                    ) => {
-                        let mut connection = connection.clone();
-                        let auth = redis::cmd("AUTH").arg(token.username()).arg(token.secret()).to_owned();
-                        let future: BoxFuture<RedisResult<()>> =
-                            Box::pin(
-                                async move { within(timeout, "AUTH", auth.query_async::<()>(&mut connection)).await },
-                            );
-                        self.pending_auth = Some(((id, generation), future));
-                    }
-                    _ => self.machine.handle_auth_result(now(), id, generation, false),
-                },
-                ConnectionOutput::Use(id) => {
-                    let subscriber = self.connections.get(&id).map(|p| p.subscriber.clone());
-                    match (self.takeover.take(), subscriber) {
-                        (Some(mut state), Some(subscriber)) => state.live = Some((id, subscriber)),
-                        _ => tracing::error!(connection = %id, "a connection in use without its take-over"),
-                    }
-                    if self.swapping {
-                        tracing::info!(connection = %id, "swap: the new subscriber connection took over");
-                    }
-                }
-                ConnectionOutput::Retire(id) => {
-                    if let Some(old) = self.connections.remove(&id) {
-                        let drain = self.drain(id, old);
-                        self.draining.insert(id, drain);
-                    }
-                    if self.pending_auth.as_ref().is_some_and(|((a, _), _)| *a == id) {
-                        self.pending_auth = None;
-                    }
-                }
-                ConnectionOutput::Close(id) => {
-                    let open = self.connections.remove(&id).is_some();
-                    let draining = self.draining.remove(&id).is_some();
-                    if open || draining {
-                        bump(&self.shared.counters.closed_before_expiry);
-                        tracing::info!(connection = %id, "subscriber connection closed before its token expires");
-                    }
-                    self.shared.finish(id);
-                    self.forget_live(id);
-                    if self.pending_auth.as_ref().is_some_and(|((a, _), _)| *a == id) {
-                        self.pending_auth = None;
-                    }
-                }
-                ConnectionOutput::Timeout(at) => return Some(tokio::time::Instant::from_std(at)),
-                ConnectionOutput::Idle => return None,
-                _ => {}
-            }
-        }
-    }
-
-    /// Reads what the server sent a swapped-out connection before its `PING`, then
-    /// closes it; the new connection's messages follow.
-    fn drain(&self, id: ConnectionId, mut old: Physical) -> AbortOnDrop {
-        let shared = Arc::downgrade(&self.shared);
         let timeout = self.response_timeout;
-        AbortOnDrop(tokio::spawn(async move {
-            if let Err(error) = old.subscriber.ping(timeout).await {
-                tracing::warn!(connection = %id, %error, "draining a swapped-out connection failed");
-            }
-            drop(old);
-            if let Some(shared) = shared.upgrade() {
-                shared.finish(id);
-                shared.drained.report(id);
-            }
-        }))
+        let mut subscriber = live.subscriber.clone();
+        if let Some(request) = self.queue.pop_front() {
+            let (change, names) = (request.change, request.names.clone());
+            self.in_flight = Some(InFlight {
+                id: live.id,
+                target: live.applied.with(change, &names),
+                request: Some(request),
+                future: Box::pin(async move { subscriber.change(change, names, timeout).await }),
+            });
+        } else if live.applied != self.record {
+            // A change refused or lost on an earlier connection: converge on the record.
+            let (from, to) = (live.applied.clone(), self.record.clone());
+            self.in_flight = Some(InFlight {
+                id: live.id,
+                target: to.clone(),
+                request: None,
+                future: Box::pin(async move { subscriber.reconcile(&from, &to, timeout).await }),
+            });
+        }
     }
 
-    /// Opens a connection authenticated with `token` in its handshake and subscribed to
-    /// everything recorded, holding the subscription state once it is.
+    /// The change in flight ended with `result`; a connection found lost is returned.
+    fn finish(&mut self, in_flight: InFlight, result: RedisResult<()>) -> Option<ConnectionId> {
+        let InFlight {
+            id, target, request, ..
+        } = in_flight;
+        let on_live = self.live.as_ref().is_some_and(|l| l.id == id);
+        match (result, request) {
+            (Ok(()), request) => {
+                if on_live && let Some(live) = &mut self.live {
+                    live.applied = target;
+                }
+                if let Some(request) = request {
+                    self.record.apply(request.change, &request.names);
+                    let _ = request.reply.send(Ok(()));
+                }
+                None
+            }
+            (Err(error), request) if error.is_unrecoverable_error() => {
+                // Dropped under us: recorded, the next connection makes it.
+                if on_live {
+                    self.live = None;
+                }
+                if let Some(request) = request {
+                    self.accept(request);
+                }
+                Some(id)
+            }
+            (Err(error), Some(request)) => {
+                // Refused, or no reply in time: not recorded, the caller is told.
+                let _ = request.reply.send(Err(error));
+                None
+            }
+            (Err(error), None) => {
+                // The record cannot be made on this connection: take what it has as
+                // made, so this is not retried in a loop; the next connection tries again.
+                tracing::warn!(connection = %id, %error, "subscriptions could not be made again on this connection");
+                if on_live && let Some(live) = &mut self.live {
+                    live.applied = self.record.clone();
+                }
+                None
+            }
+        }
+    }
+
+    /// Answers the waiting changes whose time is up, and sets the timer for the next.
+    fn poll_waiting(&mut self, cx: &mut Context<'_>) {
+        loop {
+            let now = tokio::time::Instant::now();
+            while self.waiting.front().is_some_and(|(deadline, _)| *deadline <= now) {
+                if let Some((_, request)) = self.waiting.pop_front() {
+                    let error = RedisError::from((
+                        ErrorKind::Io,
+                        "no connection",
+                        format!("no connection to Redis could be opened within {:?}", self.connect_wait),
+                    ));
+                    let _ = request.reply.send(Err(not_in_force(&error)));
+                }
+            }
+            let Some((deadline, _)) = self.waiting.front() else {
+                self.wait_timer = None;
+                return;
+            };
+            let timer = self
+                .wait_timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*deadline)));
+            timer.as_mut().reset(*deadline);
+            if timer.as_mut().poll(cx).is_pending() {
+                return;
+            }
+        }
+    }
+
+    fn poll_lost(&mut self, cx: &mut Context<'_>) -> Poll<ConnectionId> {
+        loop {
+            while let Poll::Ready(Some(request)) = self.requests.poll_recv(cx) {
+                self.accept(request);
+            }
+            if let Some(in_flight) = &mut self.in_flight
+                && let Poll::Ready(result) = in_flight.future.as_mut().poll(cx)
+                && let Some(in_flight) = self.in_flight.take()
+            {
+                if let Some(lost) = self.finish(in_flight, result) {
+                    return Poll::Ready(lost);
+                }
+                continue;
+            }
+            let idle = self.in_flight.is_none();
+            self.start_next();
+            if idle && self.in_flight.is_some() {
+                continue;
+            }
+            self.poll_waiting(cx);
+            return Poll::Pending;
+        }
+    }
+}
+
+/// A change recorded while no connection is in use, and why none is.
+fn not_in_force(error: &RedisError) -> RedisError {
+    RedisError::from((
+        error.kind(),
+        "subscription change recorded, not yet in force",
+        format!("{error}; it is made as soon as a connection is back"),
+    ))
+}
+
+impl Transport for PubSubTransport {
+    type Conn = Physical;
+    type Handle = ();
+
+    /// Authenticated in its handshake and subscribed to everything recorded.
     fn open(
-        &self,
+        &mut self,
         id: ConnectionId,
-        token: &entraid_identity::Token,
-        timeout: Duration,
-    ) -> BoxFuture<RedisResult<Opened>> {
-        let info = self.client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_username(token.username())
-            .set_password(token.secret());
-        let client = redis::Client::open(info.set_redis_settings(settings));
+        client: redis::Client,
+        _reason: ConnectReason,
+    ) -> BoxFuture<RedisResult<Physical>> {
         self.shared.delivery().open(id);
         let shared = Arc::downgrade(&self.shared);
-        let subscriptions = self.shared.subscriptions.clone();
+        let supervisor = self.supervisor.clone();
         let (resp3, response_timeout) = (self.resp3, self.response_timeout);
+        let target = self.target();
         Box::pin(async move {
-            let connect = async {
-                let client = client?;
-                let mut physical = if resp3 {
-                    let config = AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(timeout))
-                        .set_response_timeout(Some(response_timeout))
-                        .set_push_sender(PushForwarder {
-                            id,
-                            shared: shared.clone(),
-                        });
-                    Physical {
-                        subscriber: Subscriber::Resp3(
-                            client.get_multiplexed_async_connection_with_config(&config).await?,
-                        ),
-                        _reader: None,
-                    }
-                } else {
-                    let (sink, stream) = client.get_async_pubsub().await?.split();
-                    Physical {
-                        subscriber: Subscriber::Resp2(sink),
-                        _reader: Some(AbortOnDrop(tokio::spawn(read_messages(id, stream, shared)))),
-                    }
-                };
-                // Everything recorded, then, holding the record, whatever changed since.
-                let snapshot = subscriptions.lock().await.recorded.clone();
-                physical
-                    .subscriber
-                    .reconcile(&Subscriptions::default(), &snapshot, response_timeout)
-                    .await?;
-                let takeover = subscriptions.lock_owned().await;
-                physical
-                    .subscriber
-                    .reconcile(&snapshot, &takeover.recorded, response_timeout)
-                    .await?;
-                Ok(Opened { physical, takeover })
+            let mut physical = if resp3 {
+                let config = AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(response_timeout))
+                    .set_push_sender(PushForwarder { id, shared, supervisor });
+                Physical {
+                    subscriber: Subscriber::Resp3(client.get_multiplexed_async_connection_with_config(&config).await?),
+                    applied: Subscriptions::default(),
+                    _reader: None,
+                }
+            } else {
+                let (sink, stream) = client.get_async_pubsub().await?.split();
+                Physical {
+                    subscriber: Subscriber::Resp2(sink),
+                    applied: Subscriptions::default(),
+                    _reader: Some(AbortOnDrop(tokio::spawn(read_messages(id, stream, shared, supervisor)))),
+                }
             };
-            within(timeout, "opening a subscriber connection", connect).await
+            physical
+                .subscriber
+                .reconcile(&Subscriptions::default(), &target, response_timeout)
+                .await?;
+            physical.applied = target;
+            Ok(physical)
         })
     }
 
-    /// Tells subscription changes whether a connection is in use, when that changed.
-    fn publish(&mut self) {
-        let connections = &self.connections;
-        self.retrying = self.retrying.filter(|id| connections.get(id).is_some());
-        let retrying = usize::from(self.retrying.is_some());
-        let live = self.connections.len() + self.draining.len();
-        self.health.set(self.manager.health(), live, retrying);
-        let state = match self.machine.availability() {
-            Availability::Connected(_) => LiveState::Live,
-            Availability::Connecting => LiveState::Connecting,
-            Availability::NoValidToken => LiveState::Unavailable(no_token_error(
-                self.token_error.clone().unwrap_or(TokenManagerError::TokenExpired),
-            )),
-            Availability::Reconnecting => LiveState::Unavailable(self.connect_error.clone().unwrap_or_else(|| {
-                RedisError::from((
-                    ErrorKind::Io,
-                    "reconnecting",
-                    "the last connection attempt failed".to_owned(),
-                ))
-            })),
-        };
-        self.live.send_if_modified(|current| {
-            let same = match (&*current, &state) {
-                (LiveState::Live, LiveState::Live) | (LiveState::Connecting, LiveState::Connecting) => true,
-                (LiveState::Unavailable(a), LiveState::Unavailable(b)) => a.to_string() == b.to_string(),
-                _ => false,
-            };
-            if !same {
-                *current = state;
-            }
-            !same
-        });
+    /// Makes up for the changes made while it was being opened, so none misses the
+    /// connection that takes over.
+    fn catch_up(&mut self, _id: ConnectionId, mut conn: Physical) -> CatchUp<Physical> {
+        let target = self.target();
+        if conn.applied == target {
+            return CatchUp::Ready(conn);
+        }
+        let timeout = self.response_timeout;
+        CatchUp::Pending(Box::pin(async move {
+            conn.subscriber.reconcile(&conn.applied, &target, timeout).await?;
+            conn.applied = target;
+            Ok(conn)
+        }))
     }
-}
 
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        self.health.release(self.manager.health());
-        self.live.send_replace(LiveState::Stopped);
+    fn auth(&self, conn: &Physical, token: &Token, timeout: Duration) -> BoxFuture<RedisResult<()>> {
+        let Subscriber::Resp3(connection) = &conn.subscriber else {
+            return Box::pin(std::future::ready(Err(RedisError::from((
+                ErrorKind::Client,
+                "a RESP2 subscriber cannot send AUTH",
+                "it is renewed by a swap".to_owned(),
+            )))));
+        };
+        let mut connection = connection.clone();
+        // Its own timeout, not a subscription change's.
+        connection.set_response_timeout(timeout);
+        let auth = redis::cmd("AUTH").arg(token.username()).arg(token.secret()).to_owned();
+        Box::pin(async move { auth.query_async::<()>(&mut connection).await })
+    }
+
+    fn take_over(&mut self, id: ConnectionId, conn: &Physical) {
+        self.live = Some(Live {
+            id,
+            subscriber: conn.subscriber.clone(),
+            applied: conn.applied.clone(),
+        });
+        if self.in_flight.as_ref().is_some_and(|f| f.request.is_none()) {
+            // A reconciliation of the connection before: the new one is caught up.
+            self.in_flight = None;
+        }
+        // Recorded while none was in use, caught up by this one.
+        for (_, request) in self.waiting.drain(..) {
+            let _ = request.reply.send(Ok(()));
+        }
+        tracing::info!(connection = %id, "subscriber connection in use");
+    }
+
+    fn handle(&self, _conn: &Physical) {}
+
+    /// Reads what the server sent it before its `PING`, then closes it; the new
+    /// connection's messages follow.
+    fn retire(&mut self, id: ConnectionId, mut conn: Physical) -> Retirement {
+        if self.live.as_ref().is_some_and(|l| l.id == id) {
+            self.live = None;
+        }
+        let timeout = self.response_timeout;
+        Retirement::Drain(Box::pin(async move {
+            if let Err(error) = conn.subscriber.ping(timeout).await {
+                tracing::warn!(connection = %id, %error, "draining a swapped-out connection failed");
+            }
+            drop(conn);
+        }))
+    }
+
+    fn gone(&mut self, id: ConnectionId, _why: Gone) {
+        self.shared.delivery().finish(id);
+        if self.live.as_ref().is_some_and(|l| l.id == id) {
+            self.live = None;
+        }
+    }
+
+    async fn next_lost(&mut self) -> ConnectionId {
+        std::future::poll_fn(|cx| self.poll_lost(cx)).await
+    }
+
+    fn published(&mut self, slot: &Slot<()>) {
+        self.unavailable = match slot {
+            Slot::Unavailable { error, .. } => Some(error.clone()),
+            Slot::Connecting | Slot::Ready(..) | Slot::Stopped => None,
+        };
+        if let Some(error) = &self.unavailable {
+            for (_, request) in self.waiting.drain(..) {
+                let _ = request.reply.send(Err(not_in_force(error)));
+            }
+        }
     }
 }
 

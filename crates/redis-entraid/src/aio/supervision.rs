@@ -1,27 +1,47 @@
-//! What the supervisors of [`ConnectionManager`](super::ConnectionManager) and
-//! [`PubSub`](super::PubSub) share: small containers sized for one or two connections,
-//! and the futures their loops wait on.
+//! Small pieces the [`Supervisor`](super::supervisor::Supervisor) and its transports
+//! share: containers sized for one or two connections, and the futures its loop waits on.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
-use entraid_token_manager::{ConnectionId, Generation, TokenManagerError, TokenStream};
+use entraid_token_manager::{ConnectionId, TokenManagerError, TokenStream};
+use redis::{RedisError, RedisResult};
 use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// A re-authentication `AUTH` waiting for its reply, by connection and token.
-pub(crate) type PendingAuth = Option<((ConnectionId, Generation), BoxFuture<redis::RedisResult<()>>)>;
 
 /// The instant the state machines are given: tokio's clock, so paused-time tests work.
 pub(crate) fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// A map by connection id for the one or two entries a manager holds: a `Vec`, sized
-/// exactly, costs less beside every manager than a hash map.
+/// `f`, or a timeout error after `timeout`. A timeout is not a lost connection: the
+/// error is an I/O `TimedOut`, which redis classes as recoverable (as its own response
+/// timeout), so no one takes a slow reply for a dead connection.
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    what: &str,
+    f: impl Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(result) => result,
+        Err(_) => Err(timed_out(what, timeout)),
+    }
+}
+
+/// The error of [`within`].
+pub(crate) fn timed_out(what: &str, timeout: Duration) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no reply to {what} within {timeout:?}"),
+    ))
+}
+
+/// A map by connection id for the one or two entries a supervisor holds: a `Vec`, sized
+/// exactly, costs less beside every connection than a hash map.
 pub(crate) struct IdMap<V>(Vec<(ConnectionId, V)>);
 
 impl<V> IdMap<V> {
@@ -53,8 +73,8 @@ impl<V> IdMap<V> {
 }
 
 /// Connections that commands found dropped, for the supervisor. (A `Mutex<Vec>` and a
-/// `Notify` rather than a channel: one lives beside every manager, and tokio's unbounded
-/// channel allocates a block of slots up front.)
+/// `Notify` rather than a channel: one lives beside every connection, and tokio's
+/// unbounded channel allocates a block of slots up front.)
 #[derive(Default)]
 pub(crate) struct LostReports {
     ids: Mutex<Vec<ConnectionId>>,
