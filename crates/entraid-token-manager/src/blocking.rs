@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant, SystemTime};
 
-use entraid_identity::{IdentityError, IdentityProvider, Token};
+use entraid_identity::{ErrorOrigin, IdentityError, IdentityProvider, Token};
 
 use crate::catch_panic::{request, request_span};
 use crate::config::TokenManagerConfig;
@@ -305,7 +305,7 @@ impl<P: IdentityProvider> Driver<P> {
                  thread); no new request is started until one of them returns: check the provider for a \
                  request that never finishes"
             ))
-            .with_code("provider_hung");
+            .with_origin(ErrorOrigin::ProviderHung);
             let _ = self.outbox.send(Message::Response(id, Err(failure)));
             return;
         };

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
-use entraid_identity::{IdentityError, Token};
+use entraid_identity::{ErrorOrigin, IdentityError, Token};
 
 use crate::config::{ConfigError, TokenManagerConfig};
 use crate::jitter::Jitter;
@@ -389,7 +389,7 @@ impl TokenStateMachine {
                 "the identity provider did not answer within token_request_timeout ({timeout:?}); \
                  check the network path to Entra ID, or raise the timeout"
             ))
-            .with_code("timeout");
+            .with_origin(ErrorOrigin::Timeout);
             self.on_failure(now, error);
         }
     }
@@ -413,7 +413,7 @@ impl TokenStateMachine {
                 "the identity provider returned a token that is already expired (lifetime 0); \
                  check that the provider sets expires_at after received_at",
             )
-            .with_code("expired_token");
+            .with_origin(ErrorOrigin::ExpiredToken);
             return self.on_failure(now, error);
         }
         self.consecutive_failures = 0;

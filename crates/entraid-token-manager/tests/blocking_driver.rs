@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use entraid_identity::IdentityError;
+use entraid_identity::{ErrorOrigin, IdentityError};
 use entraid_test_support::{ScriptedProvider, Step};
 use entraid_token_manager::blocking::TokenManager;
 use entraid_token_manager::{RetryPolicy, TokenManagerConfig, TokenManagerError};
@@ -208,8 +208,17 @@ fn a_provider_that_always_hangs_holds_at_most_four_threads_through_a_thousand_ti
         // skips some, never the newest).
         for item in manager.subscribe() {
             match item {
-                Err(TokenManagerError::RequestFailed { attempts, .. }) if attempts >= 1_000 => return attempts,
-                Err(TokenManagerError::RequestFailed { .. }) => {}
+                Err(TokenManagerError::RequestFailed { error, attempts, .. }) => {
+                    // Timed out, or refused while every request thread is held.
+                    assert!(
+                        matches!(error.origin(), Some(ErrorOrigin::Timeout | ErrorOrigin::ProviderHung)),
+                        "{error}"
+                    );
+                    assert_eq!(error.code(), None, "{error}");
+                    if attempts >= 1_000 {
+                        return attempts;
+                    }
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }
