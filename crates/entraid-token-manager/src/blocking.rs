@@ -270,7 +270,7 @@ impl<P: IdentityProvider> Driver<P> {
             let deadline = loop {
                 match self.machine.poll_output() {
                     // A machine that has not started yet: start it on this driver's clock.
-                    Output::Idle => {
+                    Output::NotStarted => {
                         self.machine.start(Instant::now());
                         self.machine.handle_wall_clock(Instant::now(), SystemTime::now());
                     }

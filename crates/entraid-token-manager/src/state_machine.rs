@@ -45,7 +45,8 @@ impl fmt::Display for RefreshFailure {
 }
 
 /// What the state machine asks its driver to do. Drain with
-/// [`TokenStateMachine::poll_output`] until [`Output::Timeout`] (or [`Output::Idle`]).
+/// [`TokenStateMachine::poll_output`] until [`Output::Timeout`] (or
+/// [`Output::NotStarted`]).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Output {
@@ -61,8 +62,9 @@ pub enum Output {
     /// Nothing more to do until this instant: call
     /// [`TokenStateMachine::handle_timeout`] then (or when a response arrives earlier).
     Timeout(Instant),
-    /// Not started: nothing will happen until [`TokenStateMachine::start`].
-    Idle,
+    /// Not started: nothing will happen until [`TokenStateMachine::start`]. A started
+    /// machine always has a deadline, so it never answers this again.
+    NotStarted,
 }
 
 #[derive(Debug)]
@@ -109,7 +111,7 @@ const WALL_CLOCK_TOLERANCE: Duration = Duration::from_secs(1);
 ///             Output::Error(failure)  => report it (connections, logs)
 ///             Output::TokenExpired    => report it
 ///             Output::Timeout(at)     => { deadline = at; break }
-///             Output::Idle            => return
+///             Output::NotStarted      => return
 ///         }
 ///     }
 ///     wait until `deadline` or until the request finishes, whichever is first:
@@ -297,14 +299,14 @@ impl TokenStateMachine {
     }
 
     /// The next thing to do. Call after [`start`](Self::start) and every `handle_*`,
-    /// until it returns [`Output::Timeout`] or [`Output::Idle`].
+    /// until it returns [`Output::Timeout`] or [`Output::NotStarted`].
     pub fn poll_output(&mut self) -> Output {
         if let Some(output) = self.outputs.pop_front() {
             return output;
         }
         match self.next_deadline() {
             Some(at) => Output::Timeout(at),
-            None => Output::Idle,
+            None => Output::NotStarted,
         }
     }
 

@@ -308,7 +308,7 @@ impl<P: IdentityProvider> Driver<P> {
             let deadline = loop {
                 match self.machine.poll_output() {
                     // A machine that has not started yet: start it on this driver's clock.
-                    Output::Idle => {
+                    Output::NotStarted => {
                         self.machine.start(now());
                         self.machine.handle_wall_clock(now(), SystemTime::now());
                     }

@@ -88,7 +88,7 @@ impl Harness {
                     d.timeout = Some(at);
                     return d;
                 }
-                Output::Idle => return d,
+                Output::NotStarted => return d,
                 other => panic!("unexpected output {other:?}"),
             }
         }
@@ -139,9 +139,9 @@ fn assert_in_band(delay: Duration, base: Duration, jitter: f64) {
 #[test]
 fn nothing_happens_before_start() {
     let mut h = Harness::defaults();
-    assert!(matches!(h.sm.poll_output(), Output::Idle));
+    assert!(matches!(h.sm.poll_output(), Output::NotStarted));
     h.sm.handle_timeout(h.clock.now());
-    assert!(matches!(h.sm.poll_output(), Output::Idle));
+    assert!(matches!(h.sm.poll_output(), Output::NotStarted));
     assert!(h.sm.current_token().is_none());
 }
 
