@@ -520,6 +520,30 @@ impl TokenStateMachine {
     }
 }
 
+/// What a driver's builder was given to make its state machine from.
+#[derive(Debug)]
+pub(crate) enum MachineSource {
+    /// A configuration, validated when the driver starts.
+    Config(TokenManagerConfig),
+    /// A machine the caller built (boxed: it is much larger than a configuration).
+    StateMachine(Box<TokenStateMachine>),
+}
+
+impl Default for MachineSource {
+    fn default() -> Self {
+        MachineSource::Config(TokenManagerConfig::default())
+    }
+}
+
+impl MachineSource {
+    pub(crate) fn build(self) -> Result<TokenStateMachine, ConfigError> {
+        match self {
+            MachineSource::Config(config) => TokenStateMachine::new(config),
+            MachineSource::StateMachine(machine) => Ok(*machine),
+        }
+    }
+}
+
 fn later(now: Instant, after: Duration) -> Instant {
     now.checked_add(after.min(MAX_SCHEDULE))
         .or_else(|| now.checked_add(Duration::from_secs(3600)))

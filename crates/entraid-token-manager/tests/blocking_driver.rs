@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use entraid_identity::{ErrorOrigin, IdentityError};
 use entraid_test_support::{ScriptedProvider, Step};
 use entraid_token_manager::blocking::TokenManager;
-use entraid_token_manager::{RetryPolicy, TokenManagerConfig, TokenManagerError};
+use entraid_token_manager::{
+    ConfigError, RetryPolicy, StartError, TokenManagerConfig, TokenManagerError, TokenStateMachine,
+};
 
 const MS: Duration = Duration::from_millis(1);
 const WATCHDOG: Duration = Duration::from_secs(10);
@@ -143,6 +145,32 @@ fn a_hanging_provider_times_out_and_token_timeout_gives_up() {
         matches!(err, TokenManagerError::WaitTimedOut(d) if d == 50 * MS),
         "{err:?}"
     );
+}
+
+#[test]
+fn a_builder_takes_a_config_or_a_state_machine_and_the_last_one_given_wins() {
+    let bad = TokenManagerConfig {
+        expiration_refresh_ratio: 0.0,
+        ..fast_config()
+    };
+    let provider = ScriptedProvider::always("oid-sm", Duration::from_secs(3600));
+    let builder = TokenManager::builder(provider.clone())
+        .config(bad.clone())
+        .state_machine(TokenStateMachine::with_seed(fast_config(), 7).unwrap());
+    let debug = format!("{builder:?}");
+    assert!(debug.starts_with("blocking::TokenManagerBuilder"), "{debug}");
+    let manager = builder.start().unwrap();
+    assert_eq!(manager.token_timeout(WATCHDOG).unwrap().username(), "oid-sm");
+
+    let refused = TokenManager::builder(provider.clone())
+        .state_machine(TokenStateMachine::new(fast_config()).unwrap())
+        .config(bad)
+        .start()
+        .unwrap_err();
+    assert_eq!(refused, StartError::InvalidConfig(ConfigError::RefreshRatio(0.0)));
+
+    let defaults = TokenManager::builder(provider).start().unwrap();
+    assert_eq!(defaults.token_timeout(WATCHDOG).unwrap().username(), "oid-sm");
 }
 
 #[test]
