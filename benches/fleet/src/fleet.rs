@@ -281,7 +281,7 @@ impl Simulation<'_> {
                     }
                     return;
                 }
-                Output::Idle => return,
+                Output::NotStarted => return,
                 // Errors are the application's to log; the schedule already says it all.
                 _ => {}
             }

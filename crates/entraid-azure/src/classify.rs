@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use entraid_identity::IdentityError;
+use entraid_identity::{ErrorOrigin, IdentityError};
 
 use crate::attempt::Outcome;
 
@@ -36,7 +36,7 @@ pub(crate) fn classify(outcome: Option<Outcome>, sdk_error: &azure_core::Error, 
             "could not reach the token endpoint for {}: {message}",
             ctx.principal
         ))
-        .with_code("network")
+        .with_origin(ErrorOrigin::Network)
         .with_hint(
             "check DNS, proxy and firewall rules, and AZURE_AUTHORITY_HOST or IDENTITY_ENDPOINT if set \
              (managed identity only works on an Azure host)",
@@ -46,7 +46,7 @@ pub(crate) fn classify(outcome: Option<Outcome>, sdk_error: &azure_core::Error, 
             ctx.principal,
             expires_in.as_secs()
         ))
-        .with_code("invalid_lifetime")
+        .with_origin(ErrorOrigin::InvalidToken)
         .with_hint(
             "check that AZURE_AUTHORITY_HOST (or the managed identity endpoint) is the real one and that \
              no proxy rewrites its responses",
@@ -184,7 +184,7 @@ fn from_sdk_error(error: &azure_core::Error, ctx: &Context<'_>) -> IdentityError
     use azure_core::error::ErrorKind;
     let message = format!("{} could not get a token: {error}", ctx.principal);
     match error.kind() {
-        ErrorKind::Io | ErrorKind::Connection => IdentityError::transient(message).with_code("network"),
+        ErrorKind::Io | ErrorKind::Connection => IdentityError::transient(message).with_origin(ErrorOrigin::Network),
         ErrorKind::HttpResponse { status, .. } => {
             let status = u16::from(*status);
             if is_transient_status(status, ctx.endpoint) {
@@ -195,13 +195,13 @@ fn from_sdk_error(error: &azure_core::Error, ctx: &Context<'_>) -> IdentityError
         }
         ErrorKind::DataConversion => {
             IdentityError::transient(format!("{message}; the response was not a token (a proxy in the way?)"))
-                .with_code("bad_response")
+                .with_origin(ErrorOrigin::InvalidToken)
         }
         ErrorKind::Credential if ctx.endpoint == Endpoint::Other => IdentityError::permanent(format!(
             "{message}; on a developer machine install the Azure CLI and run `az login` (or `azd auth login`)"
         ))
-        .with_code("credential_unavailable"),
-        _ => IdentityError::permanent(message).with_code("credential"),
+        .with_origin(ErrorOrigin::Credential),
+        _ => IdentityError::permanent(message).with_origin(ErrorOrigin::Credential),
     }
 }
 
@@ -266,6 +266,36 @@ mod tests {
         assert!(!e.is_transient());
         assert_eq!(e.code(), Some("invalid_request"));
         assert!(e.to_string().contains("not assigned"), "{e}");
+    }
+
+    #[test]
+    fn failures_without_an_answer_have_a_typed_origin_and_no_code() {
+        use azure_core::error::{Error, ErrorKind};
+        let ctx = ctx();
+        let cases = [
+            (ErrorKind::Io, ErrorOrigin::Network, true),
+            (ErrorKind::Connection, ErrorOrigin::Network, true),
+            (ErrorKind::DataConversion, ErrorOrigin::InvalidToken, true),
+            (ErrorKind::Credential, ErrorOrigin::Credential, false),
+        ];
+        for (kind, origin, transient) in cases {
+            let e = from_sdk_error(&Error::with_message(kind.clone(), "boom"), &ctx);
+            assert_eq!(e.origin(), Some(origin), "{kind:?}");
+            assert_eq!(e.code(), None, "{kind:?}: the service gave no code");
+            assert_eq!(e.is_transient(), transient, "{kind:?}");
+        }
+        let transport = classify(
+            Some(Outcome::Transport {
+                message: "connection refused".into(),
+            }),
+            &Error::with_message(ErrorKind::Io, "x"),
+            &ctx,
+        );
+        assert_eq!(transport.origin(), Some(ErrorOrigin::Network));
+        assert!(transport.to_string().contains("(network)"), "{transport}");
+        let status = from_status(503, None, b"", &ctx);
+        assert_eq!(status.origin(), Some(ErrorOrigin::Service));
+        assert_eq!(status.code(), Some("http_503"));
     }
 
     #[test]

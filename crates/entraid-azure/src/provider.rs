@@ -15,7 +15,7 @@ use azure_identity::{
     WorkloadIdentityCredentialOptions,
 };
 use base64::Engine as _;
-use entraid_identity::{IdentityError, IdentityProvider, REDIS_SCOPE, Token};
+use entraid_identity::{ErrorOrigin, IdentityError, IdentityProvider, REDIS_SCOPE, Token};
 
 use crate::attempt::{Outcome, SingleAttempt};
 use crate::classify::{Context, Endpoint, classify};
@@ -392,7 +392,7 @@ impl AzureIdentityProvider {
                 "the token issued to {} cannot be used for Redis: {e}",
                 self.principal()
             ))
-            .with_code("no_oid")
+            .with_origin(ErrorOrigin::InvalidToken)
         })?;
         // Prefer the response's own `expires_in`: it does not depend on clocks agreeing.
         let expires_at = match outcome {
@@ -417,7 +417,7 @@ impl IdentityProvider for AzureIdentityProvider {
         let principal = self.principal();
         let credential = self.build(client_options).map_err(|e| {
             IdentityError::permanent(format!("cannot build the credential for {principal}: {e}"))
-                .with_code("credential")
+                .with_origin(ErrorOrigin::Credential)
         })?;
         let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
         let result = credential.get_token(&scopes, None).await;

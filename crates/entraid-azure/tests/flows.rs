@@ -10,7 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use entraid_azure::azure_identity::{Executor, ManagedIdentityCredentialOptions, UserAssignedId};
 use entraid_azure::{AzureConfigError, AzureIdentityProvider, ManagedIdentityId};
-use entraid_identity::IdentityProvider;
+use entraid_identity::{ErrorOrigin, IdentityProvider};
 use mockito::Matcher;
 use support::*;
 
@@ -115,6 +115,7 @@ async fn server_errors_are_transient_and_tried_once() {
     mock.assert_async().await;
     assert!(err.is_transient(), "{err}");
     assert_eq!(err.code(), Some("http_503"));
+    assert_eq!(err.origin(), Some(ErrorOrigin::Service));
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "no SDK retry waits: {:?}",
@@ -199,7 +200,8 @@ async fn an_unreachable_endpoint_is_transient() {
         .with_client_options(options);
     let err = provider.request_token().await.unwrap_err();
     assert!(err.is_transient(), "{err}");
-    assert_eq!(err.code(), Some("network"));
+    assert_eq!(err.origin(), Some(ErrorOrigin::Network));
+    assert_eq!(err.code(), None, "nothing answered, so no service code");
 }
 
 #[tokio::test]
@@ -218,7 +220,8 @@ async fn a_token_without_oid_is_a_permanent_error() {
     let (provider, _) = secret_provider(&server);
     let err = provider.request_token().await.unwrap_err();
     assert!(!err.is_transient());
-    assert_eq!(err.code(), Some("no_oid"));
+    assert_eq!(err.origin(), Some(ErrorOrigin::InvalidToken));
+    assert_eq!(err.code(), None);
     assert!(err.to_string().contains("oid"), "{err}");
 }
 
@@ -877,7 +880,7 @@ async fn an_absurd_expires_in_never_panics() {
         let result = outcome.unwrap_or_else(|panic| panic!("expires_in {expires_in} panicked: {panic}"));
         let error = result.expect_err("an impossible lifetime is refused");
         assert!(!error.is_transient());
-        assert_eq!(error.code(), Some("invalid_lifetime"), "{error}");
+        assert_eq!(error.origin(), Some(ErrorOrigin::InvalidToken), "{error}");
         assert!(error.to_string().contains(&expires_in.to_string()), "{error}");
     }
 }

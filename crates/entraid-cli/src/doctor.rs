@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use entraid_azure::{AzureIdentityProvider, EnvIdentityKind, EnvSelection};
-use entraid_identity::{IdentityError, IdentityProvider, Token};
+use entraid_identity::{ErrorOrigin, IdentityError, IdentityProvider, Token};
 
 use crate::checks::{Check, Report};
 use crate::claims::ClaimsSummary;
@@ -177,14 +177,27 @@ fn endpoint(kind: EnvIdentityKind) -> &'static str {
 
 /// An identity error as cause and fix: the provider's hint when it has one.
 fn token_failure(error: &IdentityError, kind: EnvIdentityKind) -> Check {
-    let code = error.code().map(|c| format!(" [{c}]")).unwrap_or_default();
-    let fix = match (error.hint(), error.code()) {
-        (Some(hint), _) => hint.to_owned(),
-        (None, Some("http_400")) if is_managed(kind) => {
+    // The service's code when it answered, else where the failure came from, in words.
+    let label = match (error.code(), error.origin()) {
+        (Some(code), _) => format!(" [{code}]"),
+        (None, Some(origin)) if origin != ErrorOrigin::Service => format!(" ({origin})"),
+        _ => String::new(),
+    };
+    let fix = match (error.hint(), error.origin(), error.code()) {
+        (Some(hint), _, _) => hint.to_owned(),
+        (None, _, Some("http_400")) if is_managed(kind) => {
             "the managed identity is not assigned to this resource, or the id is wrong: assign it, or set \
              AZURE_CLIENT_ID to the right client id"
                 .to_owned()
         }
+        (None, Some(ErrorOrigin::Network), _) => format!(
+            "check that {} is reachable from here (DNS, proxy, firewall)",
+            endpoint(kind)
+        ),
+        (None, Some(ErrorOrigin::InvalidToken), _) => format!(
+            "check that {} is the real one and that no proxy rewrites its responses",
+            endpoint(kind)
+        ),
         _ if error.is_transient() => {
             "a transient failure: run again; if it persists, check the network path to the identity endpoint".to_owned()
         }
@@ -193,7 +206,7 @@ fn token_failure(error: &IdentityError, kind: EnvIdentityKind) -> Check {
     let kind_word = if error.is_transient() { "transient" } else { "permanent" };
     Check::failed(
         "token",
-        format!("{kind_word} failure{code}"),
+        format!("{kind_word} failure{label}"),
         error.message().to_owned(),
         fix,
     )
@@ -211,4 +224,42 @@ fn read_ca(options: &DoctorOptions) -> Result<Option<Vec<u8>>, Check> {
             "give the path of a PEM file",
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_failure_shows_the_service_code_or_the_origin_in_words() {
+        let kind = EnvIdentityKind::SystemAssignedManagedIdentity;
+        let service = token_failure(&IdentityError::permanent("HTTP 400").with_code("http_400"), kind);
+        assert_eq!(service.detail, "permanent failure [http_400]");
+        assert!(
+            service.fix.as_deref().is_some_and(|f| f.contains("not assigned")),
+            "{service:?}"
+        );
+
+        let network = token_failure(
+            &IdentityError::transient("connection refused").with_origin(ErrorOrigin::Network),
+            kind,
+        );
+        assert_eq!(network.detail, "transient failure (network)");
+        assert!(
+            network.fix.as_deref().is_some_and(|f| f.contains("reachable")),
+            "{network:?}"
+        );
+
+        let hinted = token_failure(
+            &IdentityError::permanent("no oid")
+                .with_origin(ErrorOrigin::InvalidToken)
+                .with_hint("request the Redis scope"),
+            kind,
+        );
+        assert_eq!(hinted.detail, "permanent failure (unusable token)");
+        assert_eq!(hinted.fix.as_deref(), Some("request the Redis scope"));
+
+        let plain = token_failure(&IdentityError::transient("x"), kind);
+        assert_eq!(plain.detail, "transient failure");
+    }
 }

@@ -16,15 +16,77 @@ pub enum ErrorKind {
     Permanent,
 }
 
+/// Where a failure came from: the identity service's own answer, or something the
+/// library saw on this side (a timeout, a network failure, a panicking provider…).
+///
+/// The service's error code is [`IdentityError::code`]; this says which failures have no
+/// such code because the service never gave one. Match on it rather than on message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorOrigin {
+    /// The identity service answered with an error; its code, if it gave one, is
+    /// [`IdentityError::code`] (`AADSTS7000215`, `invalid_client`, `http_429`…).
+    Service,
+    /// The request took longer than the token manager's `token_request_timeout`: the
+    /// provider or the network is slow or stuck, so the manager gave up on it.
+    Timeout,
+    /// The provider returned a token that had already expired (lifetime zero): a provider
+    /// that sets `expires_at` wrong, or a clock far off.
+    ExpiredToken,
+    /// The provider has not finished earlier requests, so no new one was started: each
+    /// holds a thread of the blocking driver, and a provider that never returns must not
+    /// pile them up.
+    ProviderHung,
+    /// The provider panicked while requesting a token: a bug in the provider, caught so
+    /// the manager keeps running.
+    ProviderPanicked,
+    /// The identity service could not be reached (DNS, connection, TLS, proxy): nothing
+    /// answered, so there is no service code.
+    Network,
+    /// The local credential could not be built or used (its configuration, a missing
+    /// developer tool, the SDK): the failure happened before any answer from the service.
+    Credential,
+    /// The service answered with something that is not a token Redis can use (unreadable,
+    /// without an `oid`, or with a lifetime no Entra ID token has).
+    InvalidToken,
+}
+
+impl ErrorOrigin {
+    /// The origin in a few words, for messages: `"request timed out"`, `"network"`…
+    pub fn describe(self) -> &'static str {
+        match self {
+            ErrorOrigin::Service => "identity service",
+            ErrorOrigin::Timeout => "request timed out",
+            ErrorOrigin::ExpiredToken => "expired token",
+            ErrorOrigin::ProviderHung => "provider not answering",
+            ErrorOrigin::ProviderPanicked => "provider panicked",
+            ErrorOrigin::Network => "network",
+            ErrorOrigin::Credential => "credential",
+            ErrorOrigin::InvalidToken => "unusable token",
+        }
+    }
+}
+
+impl fmt::Display for ErrorOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
 /// A failed token request.
 ///
 /// The message names the cause and, where known, the fix. Providers must keep secrets
 /// (client secrets, certificates, tokens) out of it: it is logged and shown to users.
 /// Cloning is cheap, because one error is reported to every waiting connection.
+///
+/// [`origin`](Self::origin) says where the failure came from; [`code`](Self::code) is
+/// the identity service's own code, and only ever that.
 #[derive(Clone)]
 pub struct IdentityError {
     kind: ErrorKind,
     message: Arc<str>,
+    origin: Option<ErrorOrigin>,
+    /// The service's code: only with `origin == Some(ErrorOrigin::Service)`.
     code: Option<Arc<str>>,
     hint: Option<Arc<str>>,
     retry_after: Option<Duration>,
@@ -46,6 +108,7 @@ impl IdentityError {
         IdentityError {
             kind,
             message: Arc::from(message),
+            origin: None,
             code: None,
             hint: None,
             retry_after: None,
@@ -60,9 +123,22 @@ impl IdentityError {
         self
     }
 
-    /// The service's own error code, such as `AADSTS7000215` or `invalid_client`.
+    /// The identity service's own error code, such as `AADSTS7000215`, `invalid_client`
+    /// or `http_503`; it also sets the origin to [`ErrorOrigin::Service`]. Never a code
+    /// of the library's own: use [`with_origin`](Self::with_origin) for those.
     pub fn with_code(mut self, code: impl Into<String>) -> IdentityError {
+        self.origin = Some(ErrorOrigin::Service);
         self.code = Some(Arc::from(code.into()));
+        self
+    }
+
+    /// Where the failure came from. Any origin but [`ErrorOrigin::Service`] drops a code
+    /// set before: [`code`](Self::code) is the service's, and the service did not answer.
+    pub fn with_origin(mut self, origin: ErrorOrigin) -> IdentityError {
+        if origin != ErrorOrigin::Service {
+            self.code = None;
+        }
+        self.origin = Some(origin);
         self
     }
 
@@ -94,7 +170,14 @@ impl IdentityError {
         self.retry_after
     }
 
-    /// The service's error code, if it gave one.
+    /// Where the failure came from, if the provider said: the service's answer, or one
+    /// of the library's own causes (timeout, network, panicking provider…).
+    pub fn origin(&self) -> Option<ErrorOrigin> {
+        self.origin
+    }
+
+    /// The identity service's error code, if it answered with one: never a code of the
+    /// library's own (see [`origin`](Self::origin)).
     pub fn code(&self) -> Option<&str> {
         self.code.as_deref()
     }
@@ -117,8 +200,10 @@ impl fmt::Display for IdentityError {
             ErrorKind::Permanent => "permanent",
         };
         write!(f, "{kind} identity error")?;
-        if let Some(code) = &self.code {
-            write!(f, " [{code}]")?;
+        match (&self.code, self.origin) {
+            (Some(code), _) => write!(f, " [{code}]")?,
+            (None, Some(origin)) if origin != ErrorOrigin::Service => write!(f, " ({origin})")?,
+            _ => {}
         }
         write!(f, ": {}", self.message)?;
         if let Some(hint) = &self.hint {
@@ -135,6 +220,7 @@ impl fmt::Debug for IdentityError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdentityError")
             .field("kind", &self.kind)
+            .field("origin", &self.origin)
             .field("code", &self.code)
             .field("message", &self.message)
             .field("hint", &self.hint)
@@ -191,6 +277,44 @@ mod tests {
              — use the secret's Value, not its Secret ID"
         );
         assert_eq!(IdentityError::transient("x").hint(), None);
+    }
+
+    #[test]
+    fn origin_is_typed_and_code_stays_the_services() {
+        let plain = IdentityError::transient("x");
+        assert_eq!((plain.origin(), plain.code()), (None, None));
+
+        let service = IdentityError::permanent("unknown client").with_code("AADSTS700016");
+        assert_eq!(service.origin(), Some(ErrorOrigin::Service));
+        assert_eq!(service.code(), Some("AADSTS700016"));
+
+        let timeout = IdentityError::transient("the provider did not answer within 10s")
+            .with_origin(ErrorOrigin::Timeout)
+            .with_hint("raise token_request_timeout");
+        assert_eq!(timeout.origin(), Some(ErrorOrigin::Timeout));
+        assert_eq!(timeout.code(), None);
+        assert_eq!(
+            timeout.to_string(),
+            "transient identity error (request timed out): the provider did not answer within 10s \
+             — raise token_request_timeout"
+        );
+
+        let overridden = IdentityError::transient("y")
+            .with_code("http_503")
+            .with_origin(ErrorOrigin::Network);
+        assert_eq!(overridden.code(), None, "a library origin never keeps a service code");
+        assert_eq!(overridden.to_string(), "transient identity error (network): y");
+        let service_again = IdentityError::transient("z")
+            .with_code("http_503")
+            .with_origin(ErrorOrigin::Service);
+        assert_eq!(service_again.code(), Some("http_503"));
+        assert_eq!(service_again.to_string(), "transient identity error [http_503]: z");
+        assert_eq!(
+            IdentityError::transient("w")
+                .with_origin(ErrorOrigin::Service)
+                .to_string(),
+            "transient identity error: w"
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - [`IdentityProvider`]: anything that can trade an identity for a fresh [`Token`].
 //!   Azure credentials implement it in `entraid-azure`; your own provider can too.
 //! - [`IdentityError`]: why a request failed, whether retrying can help, and how long
-//!   the identity service asked us to wait.
+//!   the identity service asked us to wait; [`ErrorOrigin`] says whether the service
+//!   answered (its code is [`IdentityError::code`]) or the failure was seen on this side.
 //!
 //! It has no runtime and does no I/O, so a custom provider depends on nothing more
 //! than this crate and whatever it needs itself.
@@ -45,7 +46,7 @@ mod jwt;
 mod provider;
 mod token;
 
-pub use error::{ErrorKind, IdentityError};
+pub use error::{ErrorKind, ErrorOrigin, IdentityError};
 pub use jwt::TokenParseError;
 pub use provider::IdentityProvider;
 pub use token::Token;

@@ -17,6 +17,9 @@ use crate::{IdentityError, Token};
 ///   service said how long to wait;
 /// - [`IdentityError::permanent`] when it cannot (wrong secret, unknown client).
 ///
+/// Name where a failure came from: [`IdentityError::with_code`] with the service's own
+/// code when it answered, else [`IdentityError::with_origin`] (network, credential…).
+///
 /// It is implemented for `Arc<P>` and `Box<P>`, including `dyn IdentityProvider`.
 #[async_trait::async_trait]
 pub trait IdentityProvider: Send + Sync + 'static {

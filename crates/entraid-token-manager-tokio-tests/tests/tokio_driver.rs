@@ -7,7 +7,8 @@ use std::time::Duration;
 use entraid_identity::IdentityError;
 use entraid_test_support::{ScriptedProvider, Step};
 use entraid_token_manager::{
-    ConfigError, StartError, TokenManager, TokenManagerConfig, TokenManagerError, TokenStream,
+    ConfigError, StartError, TokenManager, TokenManagerBuilder, TokenManagerConfig, TokenManagerError,
+    TokenStateMachine, TokenStream,
 };
 use tokio_stream::StreamExt;
 
@@ -38,17 +39,25 @@ fn handles_are_clone_send_sync_and_streams_unpin_send_static() {
 fn start_outside_a_runtime_is_a_typed_error() {
     let err = TokenManager::start(ScriptedProvider::always("oid", 60 * SEC), config()).unwrap_err();
     assert_eq!(err, StartError::NoTokioRuntime);
-    assert!(err.to_string().contains("start_on"));
+    let text = err.to_string();
+    assert!(
+        text.contains(".runtime(handle)") && text.contains("start_on_own_runtime"),
+        "names the fixes: {text}"
+    );
 }
 
 #[test]
-fn start_on_a_handle_works_outside_the_runtime() {
+fn a_builder_with_a_runtime_handle_works_outside_the_runtime() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
     let provider = ScriptedProvider::always("oid-h", 3600 * SEC);
-    let manager = TokenManager::start_on(runtime.handle(), provider.clone(), config()).unwrap();
+    let manager = TokenManager::builder(provider.clone())
+        .config(config())
+        .runtime(runtime.handle().clone())
+        .start()
+        .unwrap();
     let token = runtime.block_on(manager.token()).unwrap();
     assert_eq!(token.username(), "oid-h");
     assert_eq!(provider.calls(), 1);
@@ -57,7 +66,10 @@ fn start_on_a_handle_works_outside_the_runtime() {
 #[test]
 fn start_on_own_runtime_runs_without_a_caller_runtime_and_its_thread_ends_on_stop() {
     let provider = ScriptedProvider::always("oid-own", 3600 * SEC);
-    let manager = TokenManager::start_on_own_runtime(provider.clone(), config()).unwrap();
+    let manager = TokenManager::builder(provider.clone())
+        .config(config())
+        .start_on_own_runtime()
+        .unwrap();
     assert_eq!(manager.blocking_token().unwrap().username(), "oid-own");
     assert!(!manager.lost_its_runtime());
     let threads = || {
@@ -84,8 +96,53 @@ fn start_on_own_runtime_runs_without_a_caller_runtime_and_its_thread_ends_on_sto
         expiration_refresh_ratio: 2.0,
         ..config()
     };
-    let refused = TokenManager::start_on_own_runtime(provider, bad).unwrap_err();
+    let refused = TokenManager::builder(provider)
+        .config(bad)
+        .start_on_own_runtime()
+        .unwrap_err();
     assert_eq!(refused, StartError::InvalidConfig(ConfigError::RefreshRatio(2.0)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_builder_takes_a_config_or_a_state_machine_and_the_last_one_given_wins() {
+    let bad = TokenManagerConfig {
+        expiration_refresh_ratio: 0.0,
+        ..config()
+    };
+    // Refreshed at exactly half their life: the state machine's own configuration.
+    let halfway = TokenManagerConfig {
+        expiration_refresh_ratio: 0.5,
+        lower_refresh_bound: Duration::ZERO,
+        refresh_jitter: 0.0,
+        ..config()
+    };
+    let provider = ScriptedProvider::always("oid-sm", 100 * SEC);
+    let builder = TokenManager::builder(provider.clone())
+        .config(bad.clone())
+        .state_machine(TokenStateMachine::with_seed(halfway, 7).unwrap());
+    let debug = format!("{builder:?}");
+    assert!(debug.starts_with("TokenManagerBuilder"), "{debug}");
+    let manager = builder.start().unwrap();
+    manager.token().await.unwrap();
+    run_for(49 * SEC).await;
+    assert_eq!(provider.calls(), 1);
+    run_for(2 * SEC).await;
+    assert_eq!(provider.calls(), 2, "refreshed at 50 s, as the given machine says");
+
+    let refused = TokenManager::builder(provider)
+        .state_machine(TokenStateMachine::new(config()).unwrap())
+        .config(bad)
+        .start()
+        .unwrap_err();
+    assert_eq!(refused, StartError::InvalidConfig(ConfigError::RefreshRatio(0.0)));
+
+    // Neither: the default configuration (60 s tokens are refreshed by 42 s).
+    let provider = ScriptedProvider::always("oid-default", 60 * SEC);
+    let builder: TokenManagerBuilder<_> = TokenManager::builder(provider.clone());
+    let manager = builder.start().unwrap();
+    assert_eq!(manager.token().await.unwrap().username(), "oid-default");
+    run_for(43 * SEC).await;
+    assert_eq!(provider.calls(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -364,7 +421,7 @@ fn a_manager_whose_runtime_shut_down_says_so_instead_of_ending_quietly() {
         ));
         assert!(stream.next().await.is_none(), "then the stream ends");
         let error = TokenManagerError::RuntimeShutDown.to_string();
-        assert!(error.contains("start_on"), "names the fix: {error}");
+        assert!(error.contains("start_on_own_runtime"), "names the fix: {error}");
     });
 
     // An explicit stop is not a lost runtime.

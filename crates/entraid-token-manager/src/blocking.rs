@@ -19,13 +19,13 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant, SystemTime};
 
-use entraid_identity::{IdentityError, IdentityProvider, Token};
+use entraid_identity::{ErrorOrigin, IdentityError, IdentityProvider, Token};
 
 use crate::catch_panic::{request, request_span};
 use crate::config::TokenManagerConfig;
 use crate::error::{StartError, TokenManagerError};
 use crate::snapshot::Snapshot;
-use crate::state_machine::{Output, RequestId, TokenStateMachine};
+use crate::state_machine::{MachineSource, Output, RequestId, TokenStateMachine};
 use crate::status::TokenStatus;
 
 /// Keeps a token fresh on a background thread; the blocking twin of
@@ -124,40 +124,39 @@ impl Shared {
 }
 
 impl TokenManager {
-    /// Validates `config` and starts the manager thread.
+    /// Validates `config` and starts the manager thread: the short form of
+    /// `TokenManager::builder(provider).config(config).start()`.
     pub fn start(provider: impl IdentityProvider, config: TokenManagerConfig) -> Result<TokenManager, StartError> {
-        let machine = TokenStateMachine::new(config)?;
-        Self::start_with_state_machine(provider, machine)
+        Self::builder(provider).config(config).start()
     }
 
-    /// Starts a manager around a state machine built by the caller.
-    pub fn start_with_state_machine(
-        provider: impl IdentityProvider,
-        machine: TokenStateMachine,
-    ) -> Result<TokenManager, StartError> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(Published {
-                seq: 0,
-                snapshot: Snapshot::initial(),
-                status: TokenStatus::default(),
-            }),
-            changed: Condvar::new(),
-        });
-        let (messages, inbox) = mpsc::channel();
-        let driver = Driver {
-            provider: Arc::new(provider),
-            machine,
-            shared: shared.clone(),
-            outbox: messages.clone(),
-            request_threads: Arc::new(AtomicUsize::new(0)),
-        };
-        thread::Builder::new()
-            .name("entraid-token-manager".into())
-            .spawn(move || driver.run(inbox))
-            .map_err(|e| StartError::ThreadSpawn(e.to_string()))?;
-        Ok(TokenManager {
-            inner: Arc::new(Inner { shared, messages }),
-        })
+    /// A manager for `provider`, to configure before it starts: the configuration, or a
+    /// state machine built by the caller.
+    ///
+    /// ```
+    /// # use entraid_identity::{IdentityError, IdentityProvider, Token};
+    /// # use std::time::{Duration, SystemTime};
+    /// use entraid_token_manager::{blocking::TokenManager, TokenManagerConfig, TokenStateMachine};
+    /// # struct MyProvider;
+    /// # #[async_trait::async_trait]
+    /// # impl IdentityProvider for MyProvider {
+    /// #     async fn request_token(&self) -> Result<Token, IdentityError> {
+    /// #         let now = SystemTime::now();
+    /// #         Ok(Token::new("secret", "oid", now + Duration::from_secs(3600), now))
+    /// #     }
+    /// # }
+    ///
+    /// let manager = TokenManager::builder(MyProvider)
+    ///     .state_machine(TokenStateMachine::with_seed(TokenManagerConfig::default(), 7)?)
+    ///     .start()?;
+    /// assert_eq!(manager.token()?.username(), "oid");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn builder<P: IdentityProvider>(provider: P) -> TokenManagerBuilder<P> {
+        TokenManagerBuilder {
+            provider,
+            machine: MachineSource::default(),
+        }
     }
 
     /// The current token, blocking until the first one arrives or the first
@@ -217,6 +216,73 @@ impl fmt::Debug for TokenManager {
     }
 }
 
+/// Configures a blocking [`TokenManager`] before it starts; from
+/// [`TokenManager::builder`].
+///
+/// Without [`config`](Self::config) or [`state_machine`](Self::state_machine) the
+/// manager uses [`TokenManagerConfig::default`].
+#[must_use = "a builder does nothing until `start` is called"]
+pub struct TokenManagerBuilder<P> {
+    provider: P,
+    machine: MachineSource,
+}
+
+impl<P: IdentityProvider> TokenManagerBuilder<P> {
+    /// The configuration, validated when the manager starts. Replaces a state machine
+    /// given before.
+    pub fn config(mut self, config: TokenManagerConfig) -> Self {
+        self.machine = MachineSource::Config(config);
+        self
+    }
+
+    /// A state machine built by the caller (for example one with a fixed jitter seed,
+    /// [`TokenStateMachine::with_seed`]), instead of a [`config`](Self::config): it
+    /// carries its own, already validated.
+    pub fn state_machine(mut self, machine: TokenStateMachine) -> Self {
+        self.machine = MachineSource::StateMachine(Box::new(machine));
+        self
+    }
+
+    /// Starts the manager thread.
+    ///
+    /// Fails with [`StartError::InvalidConfig`] for a configuration it refuses, and with
+    /// [`StartError::ThreadSpawn`] when the operating system refuses a thread.
+    pub fn start(self) -> Result<TokenManager, StartError> {
+        let machine = self.machine.build()?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Published {
+                seq: 0,
+                snapshot: Snapshot::initial(),
+                status: TokenStatus::default(),
+            }),
+            changed: Condvar::new(),
+        });
+        let (messages, inbox) = mpsc::channel();
+        let driver = Driver {
+            provider: Arc::new(self.provider),
+            machine,
+            shared: shared.clone(),
+            outbox: messages.clone(),
+            request_threads: Arc::new(AtomicUsize::new(0)),
+        };
+        thread::Builder::new()
+            .name("entraid-token-manager".into())
+            .spawn(move || driver.run(inbox))
+            .map_err(|e| StartError::ThreadSpawn(e.to_string()))?;
+        Ok(TokenManager {
+            inner: Arc::new(Inner { shared, messages }),
+        })
+    }
+}
+
+impl<P> fmt::Debug for TokenManagerBuilder<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("blocking::TokenManagerBuilder")
+            .field("machine", &self.machine)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Tokens and errors from a blocking [`TokenManager`]; see [`TokenManager::subscribe`].
 pub struct TokenIter {
     shared: Arc<Shared>,
@@ -270,7 +336,7 @@ impl<P: IdentityProvider> Driver<P> {
             let deadline = loop {
                 match self.machine.poll_output() {
                     // A machine that has not started yet: start it on this driver's clock.
-                    Output::Idle => {
+                    Output::NotStarted => {
                         self.machine.start(Instant::now());
                         self.machine.handle_wall_clock(Instant::now(), SystemTime::now());
                     }
@@ -305,7 +371,7 @@ impl<P: IdentityProvider> Driver<P> {
                  thread); no new request is started until one of them returns: check the provider for a \
                  request that never finishes"
             ))
-            .with_code("provider_hung");
+            .with_origin(ErrorOrigin::ProviderHung);
             let _ = self.outbox.send(Message::Response(id, Err(failure)));
             return;
         };

@@ -5,7 +5,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use entraid_identity::{IdentityError, IdentityProvider, Token};
+use entraid_identity::{ErrorOrigin, IdentityError, IdentityProvider, Token};
 
 /// The boxed, owned future of one token request.
 pub(crate) type RequestFuture = Pin<Box<dyn Future<Output = Result<Token, IdentityError>> + Send>>;
@@ -28,7 +28,7 @@ impl Future for CatchPanic {
             Err(_) => Poll::Ready(Err(IdentityError::transient(
                 "the identity provider panicked while requesting a token; this is a bug in the provider",
             )
-            .with_code("provider_panic"))),
+            .with_origin(ErrorOrigin::ProviderPanicked))),
         }
     }
 }
@@ -43,4 +43,29 @@ pub(crate) fn request_span(id: crate::RequestId, machine: &crate::TokenStateMach
         attempt = machine.consecutive_failures() + 1,
         outcome = tracing::field::Empty,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use entraid_test_support::{ScriptedProvider, Step};
+    use std::time::Duration;
+
+    #[test]
+    fn a_panic_becomes_a_transient_error_with_its_origin() {
+        let provider = std::sync::Arc::new(ScriptedProvider::new(
+            "oid",
+            [Step::Panic],
+            Step::Token(Duration::from_secs(60)),
+        ));
+        let error = crate::blocking::block_on(request(&provider)).unwrap_err();
+        assert!(error.is_transient());
+        assert_eq!(error.origin(), Some(ErrorOrigin::ProviderPanicked));
+        assert_eq!(error.code(), None);
+        assert!(error.to_string().contains("(provider panicked)"), "{error}");
+        assert!(
+            crate::blocking::block_on(request(&provider)).is_ok(),
+            "the next request works"
+        );
+    }
 }

@@ -39,8 +39,9 @@ pub enum TokenManagerError {
     /// refreshes the token any more.
     #[error(
         "the tokio runtime the token manager ran on was shut down, so nothing refreshes the token any more; \
-         start the manager on a runtime that lives as long as the program (TokenManager::start_on), \
-         or let redis_entraid's provider run it on a runtime of its own"
+         start the manager on a runtime that lives as long as the program \
+         (TokenManager::builder(provider).runtime(handle).start()) or on one of its own \
+         (.start_on_own_runtime()), or let redis_entraid's provider run it on a runtime of its own"
     )]
     RuntimeShutDown,
     /// The manager could not start: its configuration was refused, or its runtime or
@@ -63,8 +64,9 @@ pub enum StartError {
     /// The tokio driver was started outside a tokio runtime.
     #[cfg(feature = "tokio")]
     #[error(
-        "TokenManager::start was called outside a tokio runtime; call it from async code, \
-         use TokenManager::start_on(runtime_handle, ..) or TokenManager::start_on_own_runtime(..), \
+        "the token manager was started outside a tokio runtime; start it from async code, \
+         give it a runtime (TokenManager::builder(provider).runtime(handle).start()), \
+         let it run one of its own (TokenManager::builder(provider).start_on_own_runtime()), \
          or use blocking::TokenManager"
     )]
     NoTokioRuntime,

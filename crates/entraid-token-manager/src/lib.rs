@@ -7,7 +7,9 @@
 //!   report an error. It never reads a clock, spawns, sleeps or does I/O, so it runs on
 //!   any runtime and its tests drive a fake clock.
 //! - Drivers that run it: [`TokenManager`] on tokio (feature `tokio`, on by default) and
-//!   [`blocking::TokenManager`] on std threads.
+//!   [`blocking::TokenManager`] on std threads. Each starts with `start(provider, config)`,
+//!   or with `builder(provider)` for the rest (a state machine of the caller's, and for
+//!   the tokio driver a runtime handle or a runtime of its own).
 //!
 //! # Refresh rule
 //! A token of lifetime `L` (its own `expires_at − received_at`) received at `t` is
@@ -67,4 +69,4 @@ pub use state_machine::{
 };
 pub use status::{RefreshOutcome, TokenStatus};
 #[cfg(feature = "tokio")]
-pub use tokio_driver::{TokenManager, TokenStream};
+pub use tokio_driver::{TokenManager, TokenManagerBuilder, TokenStream};

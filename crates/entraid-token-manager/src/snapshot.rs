@@ -46,7 +46,7 @@ impl Snapshot {
                 self.token = None;
                 self.event = Event::Expired;
             }
-            Output::RequestToken(_) | Output::Timeout(_) | Output::Idle => return false,
+            Output::RequestToken(_) | Output::Timeout(_) | Output::NotStarted => return false,
         }
         true
     }

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
-use entraid_identity::{IdentityError, Token};
+use entraid_identity::{ErrorOrigin, IdentityError, Token};
 
 use crate::config::{ConfigError, TokenManagerConfig};
 use crate::jitter::Jitter;
@@ -45,7 +45,8 @@ impl fmt::Display for RefreshFailure {
 }
 
 /// What the state machine asks its driver to do. Drain with
-/// [`TokenStateMachine::poll_output`] until [`Output::Timeout`] (or [`Output::Idle`]).
+/// [`TokenStateMachine::poll_output`] until [`Output::Timeout`] (or
+/// [`Output::NotStarted`]).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Output {
@@ -61,8 +62,9 @@ pub enum Output {
     /// Nothing more to do until this instant: call
     /// [`TokenStateMachine::handle_timeout`] then (or when a response arrives earlier).
     Timeout(Instant),
-    /// Not started: nothing will happen until [`TokenStateMachine::start`].
-    Idle,
+    /// Not started: nothing will happen until [`TokenStateMachine::start`]. A started
+    /// machine always has a deadline, so it never answers this again.
+    NotStarted,
 }
 
 #[derive(Debug)]
@@ -109,7 +111,7 @@ const WALL_CLOCK_TOLERANCE: Duration = Duration::from_secs(1);
 ///             Output::Error(failure)  => report it (connections, logs)
 ///             Output::TokenExpired    => report it
 ///             Output::Timeout(at)     => { deadline = at; break }
-///             Output::Idle            => return
+///             Output::NotStarted      => return
 ///         }
 ///     }
 ///     wait until `deadline` or until the request finishes, whichever is first:
@@ -297,14 +299,14 @@ impl TokenStateMachine {
     }
 
     /// The next thing to do. Call after [`start`](Self::start) and every `handle_*`,
-    /// until it returns [`Output::Timeout`] or [`Output::Idle`].
+    /// until it returns [`Output::Timeout`] or [`Output::NotStarted`].
     pub fn poll_output(&mut self) -> Output {
         if let Some(output) = self.outputs.pop_front() {
             return output;
         }
         match self.next_deadline() {
             Some(at) => Output::Timeout(at),
-            None => Output::Idle,
+            None => Output::NotStarted,
         }
     }
 
@@ -389,7 +391,7 @@ impl TokenStateMachine {
                 "the identity provider did not answer within token_request_timeout ({timeout:?}); \
                  check the network path to Entra ID, or raise the timeout"
             ))
-            .with_code("timeout");
+            .with_origin(ErrorOrigin::Timeout);
             self.on_failure(now, error);
         }
     }
@@ -413,7 +415,7 @@ impl TokenStateMachine {
                 "the identity provider returned a token that is already expired (lifetime 0); \
                  check that the provider sets expires_at after received_at",
             )
-            .with_code("expired_token");
+            .with_origin(ErrorOrigin::ExpiredToken);
             return self.on_failure(now, error);
         }
         self.consecutive_failures = 0;
@@ -515,6 +517,30 @@ impl TokenStateMachine {
             .wall_clock_checked_at
             .map(|at| later(at, WALL_CLOCK_CHECK_INTERVAL));
         [request, expiry, wall_check].into_iter().flatten().min()
+    }
+}
+
+/// What a driver's builder was given to make its state machine from.
+#[derive(Debug)]
+pub(crate) enum MachineSource {
+    /// A configuration, validated when the driver starts.
+    Config(TokenManagerConfig),
+    /// A machine the caller built (boxed: it is much larger than a configuration).
+    StateMachine(Box<TokenStateMachine>),
+}
+
+impl Default for MachineSource {
+    fn default() -> Self {
+        MachineSource::Config(TokenManagerConfig::default())
+    }
+}
+
+impl MachineSource {
+    pub(crate) fn build(self) -> Result<TokenStateMachine, ConfigError> {
+        match self {
+            MachineSource::Config(config) => TokenStateMachine::new(config),
+            MachineSource::StateMachine(machine) => Ok(*machine),
+        }
     }
 }
 

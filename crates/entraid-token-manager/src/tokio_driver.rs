@@ -15,7 +15,7 @@ use crate::catch_panic::{RequestFuture, request, request_span};
 use crate::config::TokenManagerConfig;
 use crate::error::{StartError, TokenManagerError};
 use crate::snapshot::Snapshot;
-use crate::state_machine::{Output, RequestId, TokenStateMachine};
+use crate::state_machine::{MachineSource, Output, RequestId, TokenStateMachine};
 use crate::status::TokenStatus;
 
 /// Keeps a token fresh in a background tokio task and hands it to everyone who asks.
@@ -59,70 +59,46 @@ struct Inner {
 }
 
 impl TokenManager {
-    /// Validates `config` and starts the background task on the current tokio runtime.
+    /// Validates `config` and starts the background task on the current tokio runtime:
+    /// the short form of `TokenManager::builder(provider).config(config).start()`.
     ///
     /// Fails with [`StartError::NoTokioRuntime`] outside a runtime; there, use
-    /// [`start_on`](Self::start_on) with a runtime handle,
-    /// [`start_on_own_runtime`](Self::start_on_own_runtime), or the thread-based
-    /// [`blocking::TokenManager`](crate::blocking::TokenManager).
+    /// [`builder`](Self::builder) with a [`runtime`](TokenManagerBuilder::runtime) handle
+    /// or [`start_on_own_runtime`](TokenManagerBuilder::start_on_own_runtime), or the
+    /// thread-based [`blocking::TokenManager`](crate::blocking::TokenManager).
     pub fn start(provider: impl IdentityProvider, config: TokenManagerConfig) -> Result<TokenManager, StartError> {
-        Self::start_with_state_machine(provider, TokenStateMachine::new(config)?)
+        Self::builder(provider).config(config).start()
     }
 
-    /// Like [`start`](Self::start), on the given runtime.
-    pub fn start_on(
-        runtime: &tokio::runtime::Handle,
-        provider: impl IdentityProvider,
-        config: TokenManagerConfig,
-    ) -> Result<TokenManager, StartError> {
-        Self::start_on_with_state_machine(runtime, provider, TokenStateMachine::new(config)?)
-    }
-
-    /// Like [`start`](Self::start), around a state machine built by the caller (for
-    /// example one with a fixed jitter seed).
-    pub fn start_with_state_machine(
-        provider: impl IdentityProvider,
-        machine: TokenStateMachine,
-    ) -> Result<TokenManager, StartError> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoTokioRuntime)?;
-        Self::start_on_with_state_machine(&handle, provider, machine)
-    }
-
-    /// Like [`start_on`](Self::start_on), around a state machine built by the caller.
-    pub fn start_on_with_state_machine(
-        runtime: &tokio::runtime::Handle,
-        provider: impl IdentityProvider,
-        machine: TokenStateMachine,
-    ) -> Result<TokenManager, StartError> {
-        Ok(Self::spawn(runtime, Arc::new(provider), machine))
-    }
-
-    /// Starts the manager on a current-thread tokio runtime of its own, on a background
-    /// thread that ends when the manager stops: for programs without a runtime, and for
-    /// managers that must outlive the runtime they were created on (a temporary
-    /// `block_on`, a test's runtime).
-    pub fn start_on_own_runtime(
-        provider: impl IdentityProvider,
-        config: TokenManagerConfig,
-    ) -> Result<TokenManager, StartError> {
-        let machine = TokenStateMachine::new(config)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("entraid-token-manager")
-            .build()
-            .map_err(|e| StartError::RuntimeBuild(e.to_string()))?;
-        let manager = Self::start_on_with_state_machine(runtime.handle(), provider, machine)?;
-        let mut until_stopped = manager.subscribe();
-        std::thread::Builder::new()
-            .name("entraid-token-manager".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    use tokio_stream::StreamExt as _;
-                    while until_stopped.next().await.is_some() {}
-                });
-            })
-            .map_err(|e| StartError::ThreadSpawn(e.to_string()))?;
-        Ok(manager)
+    /// A manager for `provider`, to configure before it starts: the configuration (or a
+    /// state machine built by the caller), the runtime it runs on.
+    ///
+    /// ```
+    /// # use entraid_identity::{IdentityError, IdentityProvider, Token};
+    /// # use std::time::{Duration, SystemTime};
+    /// use entraid_token_manager::{TokenManager, TokenManagerConfig, TokenStateMachine};
+    /// # struct MyProvider;
+    /// # #[async_trait::async_trait]
+    /// # impl IdentityProvider for MyProvider {
+    /// #     async fn request_token(&self) -> Result<Token, IdentityError> {
+    /// #         let now = SystemTime::now();
+    /// #         Ok(Token::new("secret", "oid", now + Duration::from_secs(3600), now))
+    /// #     }
+    /// # }
+    ///
+    /// // No runtime here: the manager runs on a current-thread runtime of its own.
+    /// let manager = TokenManager::builder(MyProvider)
+    ///     .state_machine(TokenStateMachine::with_seed(TokenManagerConfig::default(), 7)?)
+    ///     .start_on_own_runtime()?;
+    /// assert_eq!(manager.blocking_token()?.username(), "oid");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn builder<P: IdentityProvider>(provider: P) -> TokenManagerBuilder<P> {
+        TokenManagerBuilder {
+            provider,
+            machine: MachineSource::default(),
+            runtime: None,
+        }
     }
 
     fn spawn<P: IdentityProvider>(
@@ -241,6 +217,91 @@ impl fmt::Debug for TokenManager {
     }
 }
 
+/// Configures a [`TokenManager`] before it starts; from [`TokenManager::builder`].
+///
+/// Without [`config`](Self::config) or [`state_machine`](Self::state_machine) the
+/// manager uses [`TokenManagerConfig::default`]; without [`runtime`](Self::runtime),
+/// [`start`](Self::start) uses the current tokio runtime.
+#[must_use = "a builder does nothing until `start` or `start_on_own_runtime` is called"]
+pub struct TokenManagerBuilder<P> {
+    provider: P,
+    machine: MachineSource,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl<P: IdentityProvider> TokenManagerBuilder<P> {
+    /// The configuration, validated when the manager starts. Replaces a state machine
+    /// given before.
+    pub fn config(mut self, config: TokenManagerConfig) -> Self {
+        self.machine = MachineSource::Config(config);
+        self
+    }
+
+    /// A state machine built by the caller (for example one with a fixed jitter seed,
+    /// [`TokenStateMachine::with_seed`]), instead of a [`config`](Self::config): it
+    /// carries its own, already validated.
+    pub fn state_machine(mut self, machine: TokenStateMachine) -> Self {
+        self.machine = MachineSource::StateMachine(Box::new(machine));
+        self
+    }
+
+    /// Runs the manager's task on this runtime instead of the current one: so it can
+    /// start outside any runtime, and outlive the runtime of the code that starts it.
+    pub fn runtime(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Starts the background task on the [`runtime`](Self::runtime) given, else on the
+    /// current tokio runtime.
+    ///
+    /// Fails with [`StartError::InvalidConfig`] for a configuration it refuses, and with
+    /// [`StartError::NoTokioRuntime`] when no runtime was given and none is current.
+    pub fn start(self) -> Result<TokenManager, StartError> {
+        let machine = self.machine.build()?;
+        let runtime = match self.runtime {
+            Some(runtime) => runtime,
+            None => tokio::runtime::Handle::try_current().map_err(|_| StartError::NoTokioRuntime)?,
+        };
+        Ok(TokenManager::spawn(&runtime, Arc::new(self.provider), machine))
+    }
+
+    /// Starts the manager on a current-thread tokio runtime of its own, on a background
+    /// thread that ends when the manager stops: for programs without a runtime, and for
+    /// managers that must outlive the runtime they were created on (a temporary
+    /// `block_on`, a test's runtime). A [`runtime`](Self::runtime) given before is not
+    /// used.
+    pub fn start_on_own_runtime(self) -> Result<TokenManager, StartError> {
+        let machine = self.machine.build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("entraid-token-manager")
+            .build()
+            .map_err(|e| StartError::RuntimeBuild(e.to_string()))?;
+        let manager = TokenManager::spawn(runtime.handle(), Arc::new(self.provider), machine);
+        let mut until_stopped = manager.subscribe();
+        std::thread::Builder::new()
+            .name("entraid-token-manager".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    use tokio_stream::StreamExt as _;
+                    while until_stopped.next().await.is_some() {}
+                });
+            })
+            .map_err(|e| StartError::ThreadSpawn(e.to_string()))?;
+        Ok(manager)
+    }
+}
+
+impl<P> fmt::Debug for TokenManagerBuilder<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenManagerBuilder")
+            .field("machine", &self.machine)
+            .field("runtime_given", &self.runtime.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Tokens and errors from a [`TokenManager`]; see [`TokenManager::subscribe`].
 ///
 /// A slow reader skips intermediate items but always gets the newest token.
@@ -308,7 +369,7 @@ impl<P: IdentityProvider> Driver<P> {
             let deadline = loop {
                 match self.machine.poll_output() {
                     // A machine that has not started yet: start it on this driver's clock.
-                    Output::Idle => {
+                    Output::NotStarted => {
                         self.machine.start(now());
                         self.machine.handle_wall_clock(now(), SystemTime::now());
                     }

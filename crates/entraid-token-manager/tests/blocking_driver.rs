@@ -7,10 +7,12 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use entraid_identity::IdentityError;
+use entraid_identity::{ErrorOrigin, IdentityError};
 use entraid_test_support::{ScriptedProvider, Step};
 use entraid_token_manager::blocking::TokenManager;
-use entraid_token_manager::{RetryPolicy, TokenManagerConfig, TokenManagerError};
+use entraid_token_manager::{
+    ConfigError, RetryPolicy, StartError, TokenManagerConfig, TokenManagerError, TokenStateMachine,
+};
 
 const MS: Duration = Duration::from_millis(1);
 const WATCHDOG: Duration = Duration::from_secs(10);
@@ -146,6 +148,32 @@ fn a_hanging_provider_times_out_and_token_timeout_gives_up() {
 }
 
 #[test]
+fn a_builder_takes_a_config_or_a_state_machine_and_the_last_one_given_wins() {
+    let bad = TokenManagerConfig {
+        expiration_refresh_ratio: 0.0,
+        ..fast_config()
+    };
+    let provider = ScriptedProvider::always("oid-sm", Duration::from_secs(3600));
+    let builder = TokenManager::builder(provider.clone())
+        .config(bad.clone())
+        .state_machine(TokenStateMachine::with_seed(fast_config(), 7).unwrap());
+    let debug = format!("{builder:?}");
+    assert!(debug.starts_with("blocking::TokenManagerBuilder"), "{debug}");
+    let manager = builder.start().unwrap();
+    assert_eq!(manager.token_timeout(WATCHDOG).unwrap().username(), "oid-sm");
+
+    let refused = TokenManager::builder(provider.clone())
+        .state_machine(TokenStateMachine::new(fast_config()).unwrap())
+        .config(bad)
+        .start()
+        .unwrap_err();
+    assert_eq!(refused, StartError::InvalidConfig(ConfigError::RefreshRatio(0.0)));
+
+    let defaults = TokenManager::builder(provider).start().unwrap();
+    assert_eq!(defaults.token_timeout(WATCHDOG).unwrap().username(), "oid-sm");
+}
+
+#[test]
 fn a_panicking_provider_becomes_an_error() {
     let provider = ScriptedProvider::new("oid", [Step::Panic], Step::Token(Duration::from_secs(3600)));
     let manager = TokenManager::start(provider.clone(), fast_config()).unwrap();
@@ -208,8 +236,17 @@ fn a_provider_that_always_hangs_holds_at_most_four_threads_through_a_thousand_ti
         // skips some, never the newest).
         for item in manager.subscribe() {
             match item {
-                Err(TokenManagerError::RequestFailed { attempts, .. }) if attempts >= 1_000 => return attempts,
-                Err(TokenManagerError::RequestFailed { .. }) => {}
+                Err(TokenManagerError::RequestFailed { error, attempts, .. }) => {
+                    // Timed out, or refused while every request thread is held.
+                    assert!(
+                        matches!(error.origin(), Some(ErrorOrigin::Timeout | ErrorOrigin::ProviderHung)),
+                        "{error}"
+                    );
+                    assert_eq!(error.code(), None, "{error}");
+                    if attempts >= 1_000 {
+                        return attempts;
+                    }
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }

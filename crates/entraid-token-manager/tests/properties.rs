@@ -119,7 +119,7 @@ impl Model {
                     self.next_timeout = Some(at);
                     return Ok(());
                 }
-                Output::Idle => return Err(TestCaseError::fail("idle after start")),
+                Output::NotStarted => return Err(TestCaseError::fail("not started after start")),
                 Output::TokenRenewed(_) | Output::Error(_) => {}
                 other => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
             }
@@ -256,7 +256,7 @@ proptest! {
                     sm.handle_response(clock.now(), id, Ok(token(n, lifetime)));
                 }
                 Output::Timeout(at) => sm.handle_timeout(clock.set(at)),
-                Output::Idle => prop_assert!(false, "idle"),
+                Output::NotStarted => prop_assert!(false, "not started after start"),
                 _ => {}
             }
         }
@@ -309,7 +309,7 @@ proptest! {
                         prop_assert!(at > clock.now());
                         break;
                     }
-                    Output::Idle => break,
+                    Output::NotStarted => break,
                     _ => {}
                 }
             }

@@ -2,11 +2,11 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use entraid_identity::{IdentityError, Token};
+use entraid_identity::{ErrorOrigin, IdentityError, Token};
 use entraid_test_support::FakeClock;
 use entraid_token_manager::{
-    ConfigError, DEFAULT_REFRESH_JITTER, Output, RETRY_AFTER_CAP, RefreshFailure, RequestId, RetryPolicy,
-    TokenManagerConfig, TokenStateMachine, WALL_CLOCK_CHECK_INTERVAL,
+    ConfigError, DEFAULT_REFRESH_JITTER, Output, RETRY_AFTER_CAP, RefreshFailure, RefreshOutcome, RequestId,
+    RetryPolicy, TokenManagerConfig, TokenStateMachine, WALL_CLOCK_CHECK_INTERVAL,
 };
 
 const MS: Duration = Duration::from_millis(1);
@@ -31,6 +31,17 @@ fn exact() -> TokenManagerConfig {
 
 fn transient() -> IdentityError {
     IdentityError::transient("connection refused")
+}
+
+/// Where the latest failure came from, as the machine recorded it.
+fn last_failure_origin(sm: &TokenStateMachine) -> Option<ErrorOrigin> {
+    match sm.status().last_outcome {
+        Some(RefreshOutcome::Failed { error, .. }) => {
+            assert_eq!(error.code(), None, "the library's own failure carries no service code");
+            error.origin()
+        }
+        other => panic!("no failure recorded: {other:?}"),
+    }
 }
 
 /// What one drain of the state machine produced.
@@ -77,7 +88,7 @@ impl Harness {
                     d.timeout = Some(at);
                     return d;
                 }
-                Output::Idle => return d,
+                Output::NotStarted => return d,
                 other => panic!("unexpected output {other:?}"),
             }
         }
@@ -128,9 +139,9 @@ fn assert_in_band(delay: Duration, base: Duration, jitter: f64) {
 #[test]
 fn nothing_happens_before_start() {
     let mut h = Harness::defaults();
-    assert!(matches!(h.sm.poll_output(), Output::Idle));
+    assert!(matches!(h.sm.poll_output(), Output::NotStarted));
     h.sm.handle_timeout(h.clock.now());
-    assert!(matches!(h.sm.poll_output(), Output::Idle));
+    assert!(matches!(h.sm.poll_output(), Output::NotStarted));
     assert!(h.sm.current_token().is_none());
 }
 
@@ -207,6 +218,7 @@ fn a_zero_lifetime_token_counts_as_a_failure() {
     assert!(d.renewed.is_empty());
     assert!(h.sm.current_token().is_none());
     assert_eq!(h.sm.consecutive_failures(), 1);
+    assert_eq!(last_failure_origin(&h.sm), Some(ErrorOrigin::ExpiredToken));
     assert_in_band(d.timeout.unwrap() - t0, 500 * MS, 0.2);
 }
 
@@ -337,6 +349,7 @@ fn a_timed_out_request_is_retried_and_its_late_response_ignored() {
     assert!(d.requests.is_empty() && d.errors.is_empty(), "{d:?}");
     assert_eq!(h.sm.in_flight_request(), None);
     assert_eq!(h.sm.consecutive_failures(), 1);
+    assert_eq!(last_failure_origin(&h.sm), Some(ErrorOrigin::Timeout));
     let retry_at = d.timeout.unwrap();
     assert_in_band(retry_at - h.clock.now(), 500 * MS, 0.2);
 

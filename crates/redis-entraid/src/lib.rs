@@ -69,5 +69,5 @@ pub use retry_config::RetryConfig;
 
 #[cfg(feature = "azure")]
 pub use entraid_azure::{AzureIdentityProvider, ManagedIdentityId};
-pub use entraid_identity::{IdentityError, IdentityProvider, Token};
+pub use entraid_identity::{ErrorOrigin, IdentityError, IdentityProvider, Token};
 pub use entraid_token_manager::{ConnectionPolicy, RefreshOutcome, RetryPolicy, TokenManagerConfig, TokenStatus};

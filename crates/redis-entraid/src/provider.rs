@@ -331,9 +331,10 @@ fn start_manager(
     config: TokenManagerConfig,
     runtime: Runtime,
 ) -> Result<TokenManager, StartError> {
+    let manager = TokenManager::builder(identity).config(config);
     match (runtime, tokio::runtime::Handle::try_current()) {
-        (Runtime::CallersIfAny, Ok(handle)) => TokenManager::start_on(&handle, identity, config),
-        _ => TokenManager::start_on_own_runtime(identity, config),
+        (Runtime::CallersIfAny, Ok(handle)) => manager.runtime(handle).start(),
+        _ => manager.start_on_own_runtime(),
     }
 }
 
