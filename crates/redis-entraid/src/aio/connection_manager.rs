@@ -5,7 +5,6 @@
 //! token and the RESP3 subscriptions, `AUTH`, and failing what still runs on a
 //! connection the machine closed.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -16,6 +15,7 @@ use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
 use redis::{AsyncConnectionConfig, Cmd, ErrorKind, PushInfo, PushKind, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::Notify;
 
+use super::subscriptions::{Change, Subscriber, Subscriptions};
 use super::supervision::BoxFuture;
 use super::supervisor::{CatchUp, Counters, Gone, Retirement, Shared, Slot, Start, SupervisorHandle, Transport, start};
 use crate::EntraIdCredentialsProvider;
@@ -107,13 +107,6 @@ struct ManagerShared {
     response_timeout: Option<Duration>,
     push_sender: Option<Arc<dyn AsyncPushSender>>,
     supervisor: Arc<Shared>,
-}
-
-/// Channels and patterns to subscribe every new connection to.
-#[derive(Debug, Default, Clone)]
-struct Subscriptions {
-    channels: BTreeSet<Vec<u8>>,
-    patterns: BTreeSet<Vec<u8>>,
 }
 
 /// A Redis connection that stays authenticated with Entra ID for as long as it lives.
@@ -225,44 +218,38 @@ impl ConnectionManager {
     /// the subscription is made again on every new connection.
     pub async fn subscribe(&mut self, channel: impl redis::ToRedisArgs) -> RedisResult<()> {
         let names = channel.to_redis_args();
-        self.with_subscriptions(|s| s.channels.extend(names.iter().cloned()));
-        self.live().await?.subscribe(names).await
+        self.change(Change::Subscribe, names).await
     }
 
     /// Unsubscribes from `channel`, on this connection and the ones to come.
     pub async fn unsubscribe(&mut self, channel: impl redis::ToRedisArgs) -> RedisResult<()> {
         let names = channel.to_redis_args();
-        self.with_subscriptions(|s| s.channels.retain(|c| !names.contains(c)));
-        self.live().await?.unsubscribe(names).await
+        self.change(Change::Unsubscribe, names).await
     }
 
     /// Subscribes to the channels matching `pattern` (RESP3); see [`subscribe`](Self::subscribe).
     pub async fn psubscribe(&mut self, pattern: impl redis::ToRedisArgs) -> RedisResult<()> {
         let names = pattern.to_redis_args();
-        self.with_subscriptions(|s| s.patterns.extend(names.iter().cloned()));
-        self.live().await?.psubscribe(names).await
+        self.change(Change::PSubscribe, names).await
     }
 
     /// Unsubscribes from `pattern`, on this connection and the ones to come.
     pub async fn punsubscribe(&mut self, pattern: impl redis::ToRedisArgs) -> RedisResult<()> {
         let names = pattern.to_redis_args();
-        self.with_subscriptions(|s| s.patterns.retain(|p| !names.contains(p)));
-        self.live().await?.punsubscribe(names).await
+        self.change(Change::PUnsubscribe, names).await
     }
 
-    fn with_subscriptions(&self, change: impl FnOnce(&mut Subscriptions)) {
-        change(
-            &mut self
-                .inner
-                .shared
-                .subscriptions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-    }
-
-    async fn live(&self) -> RedisResult<MultiplexedConnection> {
-        Ok(self.inner.supervisor.live().await?.1)
+    /// Records `change` for the connections to come, then makes it on the one in use.
+    async fn change(&self, change: Change, names: Vec<Vec<u8>>) -> RedisResult<()> {
+        self.inner
+            .shared
+            .subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .apply(change, &names);
+        let connection = self.inner.supervisor.live().await?.1;
+        // Commands have no timeout of their own beyond the connection's.
+        Subscriber::Resp3(connection).change(change, names, Duration::MAX).await
     }
 
     /// Runs `send` on the connection in use; fails it if the machine closes that
@@ -338,8 +325,7 @@ struct ManagerTransport {
 
 impl ManagerTransport {
     fn subscribed(&self) -> bool {
-        let s = self.shared.subscriptions.lock().unwrap_or_else(PoisonError::into_inner);
-        !s.channels.is_empty() || !s.patterns.is_empty()
+        *self.shared.subscriptions.lock().unwrap_or_else(PoisonError::into_inner) != Subscriptions::default()
     }
 }
 
@@ -353,8 +339,11 @@ impl Transport for ManagerTransport {
         id: ConnectionId,
         client: redis::Client,
         _reason: ConnectReason,
+        timeout: Duration,
     ) -> BoxFuture<RedisResult<MultiplexedConnection>> {
-        let mut config = AsyncConnectionConfig::new().set_response_timeout(self.shared.response_timeout);
+        let mut config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(self.shared.response_timeout);
         if self.resp3 {
             config = config.set_push_sender(PushForwarder {
                 id,
@@ -369,13 +358,10 @@ impl Transport for ManagerTransport {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         Box::pin(async move {
-            let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
-            if !subscriptions.channels.is_empty() {
-                connection.subscribe(Vec::from_iter(subscriptions.channels)).await?;
-            }
-            if !subscriptions.patterns.is_empty() {
-                connection.psubscribe(Vec::from_iter(subscriptions.patterns)).await?;
-            }
+            let connection = client.get_multiplexed_async_connection_with_config(&config).await?;
+            Subscriber::Resp3(connection.clone())
+                .reconcile(&Subscriptions::default(), &subscriptions, Duration::MAX)
+                .await?;
             Ok(connection)
         })
     }

@@ -4,6 +4,7 @@
 mod connection_manager;
 mod delivery;
 mod pubsub;
+mod subscriptions;
 mod supervision;
 mod supervisor;
 

@@ -13,7 +13,7 @@
 //! subscription record and the live subscriber. Sinks send a change over a channel and
 //! get the reply on a oneshot; no lock is held across an await, no task is detached.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -22,13 +22,14 @@ use std::time::Duration;
 
 use entraid_identity::Token;
 use entraid_token_manager::{ConnectReason, ConnectionId, Renewal};
-use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
+use redis::aio::{AsyncPushSender, SendError};
 use redis::{AsyncConnectionConfig, ErrorKind, Msg, PushInfo, PushKind, RedisError, RedisResult};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{Stream, StreamExt};
 
 use super::delivery::Delivery;
-use super::supervision::{BoxFuture, within};
+use super::subscriptions::{Change, Subscriber, Subscriptions};
+use super::supervision::BoxFuture;
 use super::supervisor::{
     CatchUp, Counters, Gone, Retirement, Shared, Slot, Start, SupervisorHandle, Transport, start, stopped_error,
 };
@@ -63,100 +64,6 @@ pub struct PubSubStats {
     pub connections_lost: u64,
     /// Messages handed to the stream.
     pub messages: u64,
-}
-
-/// Channels and patterns a connection is subscribed to, or should be.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct Subscriptions {
-    channels: BTreeSet<Vec<u8>>,
-    patterns: BTreeSet<Vec<u8>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
-    Subscribe,
-    Unsubscribe,
-    PSubscribe,
-    PUnsubscribe,
-}
-
-impl Subscriptions {
-    /// Records `change`; unsubscribing with no names drops every one of its kind.
-    fn apply(&mut self, change: Change, names: &[Vec<u8>]) {
-        let set = match change {
-            Change::Subscribe | Change::Unsubscribe => &mut self.channels,
-            Change::PSubscribe | Change::PUnsubscribe => &mut self.patterns,
-        };
-        match change {
-            Change::Subscribe | Change::PSubscribe => set.extend(names.iter().cloned()),
-            Change::Unsubscribe | Change::PUnsubscribe if names.is_empty() => set.clear(),
-            Change::Unsubscribe | Change::PUnsubscribe => set.retain(|n| !names.contains(n)),
-        }
-    }
-
-    fn with(&self, change: Change, names: &[Vec<u8>]) -> Subscriptions {
-        let mut next = self.clone();
-        next.apply(change, names);
-        next
-    }
-
-    /// The commands that turn `self` into `target`.
-    fn changes_to(&self, target: &Subscriptions) -> Vec<(Change, Vec<Vec<u8>>)> {
-        let diff = |a: &BTreeSet<Vec<u8>>, b: &BTreeSet<Vec<u8>>| a.difference(b).cloned().collect::<Vec<_>>();
-        [
-            (Change::Subscribe, diff(&target.channels, &self.channels)),
-            (Change::PSubscribe, diff(&target.patterns, &self.patterns)),
-            (Change::Unsubscribe, diff(&self.channels, &target.channels)),
-            (Change::PUnsubscribe, diff(&self.patterns, &target.patterns)),
-        ]
-        .into_iter()
-        .filter(|(_, names)| !names.is_empty())
-        .collect()
-    }
-}
-
-/// The subscribing half of one physical connection.
-#[derive(Clone)]
-enum Subscriber {
-    Resp2(redis::aio::PubSubSink),
-    Resp3(MultiplexedConnection),
-}
-
-impl Subscriber {
-    async fn change(&mut self, change: Change, names: Vec<Vec<u8>>, timeout: Duration) -> RedisResult<()> {
-        let sent = async {
-            match (self, change) {
-                (Subscriber::Resp2(sink), Change::Subscribe) => sink.subscribe(names).await,
-                (Subscriber::Resp2(sink), Change::Unsubscribe) => sink.unsubscribe(names).await,
-                (Subscriber::Resp2(sink), Change::PSubscribe) => sink.psubscribe(names).await,
-                (Subscriber::Resp2(sink), Change::PUnsubscribe) => sink.punsubscribe(names).await,
-                (Subscriber::Resp3(c), Change::Subscribe) => c.subscribe(names).await,
-                (Subscriber::Resp3(c), Change::Unsubscribe) => c.unsubscribe(names).await,
-                (Subscriber::Resp3(c), Change::PSubscribe) => c.psubscribe(names).await,
-                (Subscriber::Resp3(c), Change::PUnsubscribe) => c.punsubscribe(names).await,
-            }
-        };
-        within(timeout, "a subscription change", sent).await
-    }
-
-    /// Turns this connection's subscriptions from `from` into `to`.
-    async fn reconcile(&mut self, from: &Subscriptions, to: &Subscriptions, timeout: Duration) -> RedisResult<()> {
-        for (change, names) in from.changes_to(to) {
-            self.change(change, names, timeout).await?;
-        }
-        Ok(())
-    }
-
-    /// Answered after every message the server sent before it.
-    async fn ping(&mut self, timeout: Duration) -> RedisResult<()> {
-        let pinged = async {
-            match self {
-                Subscriber::Resp2(sink) => sink.ping::<redis::Value>().await.map(drop),
-                Subscriber::Resp3(c) => redis::cmd("PING").query_async::<()>(c).await,
-            }
-        };
-        within(timeout, "PING", pinged).await
-    }
 }
 
 /// One physical connection: dropping it closes it.
@@ -718,6 +625,7 @@ impl Transport for PubSubTransport {
         id: ConnectionId,
         client: redis::Client,
         _reason: ConnectReason,
+        timeout: Duration,
     ) -> BoxFuture<RedisResult<Physical>> {
         self.shared.delivery().open(id);
         let shared = Arc::downgrade(&self.shared);
@@ -727,6 +635,7 @@ impl Transport for PubSubTransport {
         Box::pin(async move {
             let mut physical = if resp3 {
                 let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(response_timeout))
                     .set_push_sender(PushForwarder { id, shared, supervisor });
                 Physical {
@@ -836,46 +745,5 @@ impl Transport for PubSubTransport {
                 let _ = request.reply.send(Err(not_in_force(error)));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn names(list: &[&str]) -> Vec<Vec<u8>> {
-        list.iter().map(|n| n.as_bytes().to_vec()).collect()
-    }
-
-    #[test]
-    fn changes_are_recorded_and_unsubscribing_nothing_named_drops_the_kind() {
-        let mut s = Subscriptions::default();
-        s.apply(Change::Subscribe, &names(&["a", "b"]));
-        s.apply(Change::PSubscribe, &names(&["p*"]));
-        s.apply(Change::Unsubscribe, &names(&["a"]));
-        assert_eq!(s.channels, names(&["b"]).into_iter().collect());
-        s.apply(Change::Unsubscribe, &[]);
-        assert!(s.channels.is_empty());
-        assert_eq!(s.patterns.len(), 1, "patterns are another kind");
-    }
-
-    #[test]
-    fn a_new_connection_makes_up_exactly_the_changes_recorded_since_its_snapshot() {
-        let mut snapshot = Subscriptions::default();
-        snapshot.apply(Change::Subscribe, &names(&["a", "b"]));
-        snapshot.apply(Change::PSubscribe, &names(&["p*"]));
-        let mut now = snapshot.clone();
-        now.apply(Change::Unsubscribe, &names(&["a"]));
-        now.apply(Change::Subscribe, &names(&["c"]));
-        now.apply(Change::PUnsubscribe, &[]);
-        assert_eq!(
-            snapshot.changes_to(&now),
-            vec![
-                (Change::Subscribe, names(&["c"])),
-                (Change::Unsubscribe, names(&["a"])),
-                (Change::PUnsubscribe, names(&["p*"])),
-            ]
-        );
-        assert!(now.changes_to(&now).is_empty());
     }
 }

@@ -39,14 +39,15 @@ pub(crate) trait Transport: Send + 'static {
     /// What callers are handed to send commands on, once a connection is in use.
     type Handle: Clone + Send + Sync + 'static;
 
-    /// Opens a connection with `client` (which authenticates in its handshake) and
-    /// carries over what must be on every connection (subscriptions). The supervisor
-    /// bounds it with the connect timeout.
+    /// Opens a connection with `client` (which authenticates in its handshake) within
+    /// `timeout`, and carries over what must be on every connection (subscriptions). The
+    /// supervisor bounds the whole with `timeout` too.
     fn open(
         &mut self,
         id: ConnectionId,
         client: redis::Client,
         reason: ConnectReason,
+        timeout: Duration,
     ) -> BoxFuture<RedisResult<Self::Conn>>;
 
     /// A connection just opened: `Ready` if it can take over now, or the work that
@@ -532,7 +533,7 @@ impl<T: Transport> Supervisor<T> {
             None => Err(RedisError::from((ErrorKind::Client, "no token to connect with"))),
         };
         let future = match opened {
-            Ok(client) => self.transport.open(id, client, reason),
+            Ok(client) => self.transport.open(id, client, reason, timeout),
             Err(error) => Box::pin(std::future::ready(Err(error))),
         };
         self.pending_connect = Some((id, Box::pin(within(timeout, "opening a connection", future))));
