@@ -463,6 +463,15 @@ impl PubSubTransport {
         }
     }
 
+    /// No connection is in use any more (lost or closed, with none taking over): the
+    /// changes queued for it are recorded for the next one.
+    fn lose_live(&mut self) {
+        self.live = None;
+        for request in std::mem::take(&mut self.queue) {
+            self.accept(request);
+        }
+    }
+
     /// A change from a sink.
     fn accept(&mut self, request: ChangeRequest) {
         if self.live.is_some() {
@@ -529,7 +538,7 @@ impl PubSubTransport {
             (Err(error), request) if error.is_unrecoverable_error() => {
                 // Dropped under us: recorded, the next connection makes it.
                 if on_live {
-                    self.live = None;
+                    self.lose_live();
                 }
                 if let Some(request) = request {
                     self.accept(request);
@@ -727,7 +736,7 @@ impl Transport for PubSubTransport {
     fn gone(&mut self, id: ConnectionId, _why: Gone) {
         self.shared.delivery().finish(id);
         if self.live.as_ref().is_some_and(|l| l.id == id) {
-            self.live = None;
+            self.lose_live();
         }
     }
 
