@@ -62,7 +62,7 @@ async fn handle(service: Arc<TokenService>, request: Request<Incoming>) -> Resul
 }
 
 /// A `POST /faults` body as a [`Faults`] change: any of `fail_next`, `status`,
-/// `retry_after`, `aadsts`, `latency_ms`, `stop_answering`, `fail_reauth`;
+/// `retry_after`, `aadsts`, `latency_ms`, `stop_answering`, `fail_reauth`, `drop_after_auth`, `hold_handshakes_ms`;
 /// `"reset": true` clears everything first. `retry_after` and `aadsts` given as `null`
 /// clear those; fields of another type than these, and other fields, are ignored.
 fn faults_from_json(body: &Value) -> Result<Faults, FaultsError> {
@@ -101,6 +101,12 @@ fn faults_from_json(body: &Value) -> Result<Faults, FaultsError> {
     if let Some(stop) = body.get("stop_answering").and_then(Value::as_bool) {
         faults = faults.stop_answering(stop);
     }
+    if let Some(drop) = body.get("drop_after_auth").and_then(Value::as_bool) {
+        faults = faults.drop_after_auth(drop);
+    }
+    if let Some(ms) = number("hold_handshakes_ms") {
+        faults = faults.hold_handshakes(Duration::from_millis(ms));
+    }
     Ok(faults)
 }
 
@@ -136,7 +142,7 @@ mod tests {
 
     #[test]
     fn the_json_fields_are_the_typed_settings() {
-        let body = json!({"reset": true, "fail_next": 5, "status": 429, "retry_after": 2, "aadsts": null, "latency_ms": 1500, "stop_answering": false, "fail_reauth": 1});
+        let body = json!({"reset": true, "fail_next": 5, "status": 429, "retry_after": 2, "aadsts": null, "latency_ms": 1500, "stop_answering": false, "fail_reauth": 1, "drop_after_auth": true, "hold_handshakes_ms": 250});
         let expected = Faults::reset()
             .fail_next(5)
             .status(429)
@@ -144,7 +150,9 @@ mod tests {
             .aadsts(None)
             .latency(Duration::from_millis(1500))
             .stop_answering(false)
-            .fail_reauth(1);
+            .fail_reauth(1)
+            .drop_after_auth(true)
+            .hold_handshakes(Duration::from_millis(250));
         assert_eq!(faults_from_json(&body), Ok(expected));
         assert_eq!(faults_from_json(&json!({})), Ok(Faults::new()));
         assert_eq!(faults_from_json(&Value::Null), Err(FaultsError::NotAnObject));

@@ -34,6 +34,8 @@ pub struct Faults {
     latency: Option<Duration>,
     stop_answering: Option<bool>,
     fail_reauth: Option<u32>,
+    drop_after_auth: Option<bool>,
+    hold_handshakes: Option<Duration>,
 }
 
 impl Faults {
@@ -94,6 +96,21 @@ impl Faults {
         self.fail_reauth = Some(reauthentications);
         self
     }
+
+    /// Close every gateway connection shortly (100 ms) after it first authenticates
+    /// (`true`), as a failing node, an admin kill loop or an output-buffer limit does; or
+    /// stop (`false`).
+    pub fn drop_after_auth(mut self, drop: bool) -> Faults {
+        self.drop_after_auth = Some(drop);
+        self
+    }
+
+    /// Hold each new gateway connection this long before its TLS handshake (zero:
+    /// none), as a slow path to a node does; connections already open are unaffected.
+    pub fn hold_handshakes(mut self, hold: Duration) -> Faults {
+        self.hold_handshakes = Some(hold);
+        self
+    }
 }
 
 /// Why a fault setting was refused; nothing was changed.
@@ -136,6 +153,10 @@ pub(crate) struct Active {
     pub(crate) stop_answering: bool,
     /// Refuse this many of the gateway's next re-authentications.
     pub(crate) fail_reauth: u32,
+    /// Close each connection shortly after it authenticates.
+    pub(crate) drop_after_auth: bool,
+    /// Hold each new connection this long before its handshake.
+    pub(crate) hold_handshakes: Duration,
 }
 
 /// What the next request should do, taken from the fault state.
@@ -186,6 +207,16 @@ impl FaultState {
         fail
     }
 
+    /// How long a new connection is held before its handshake.
+    pub(crate) fn hold_handshakes(&self) -> Duration {
+        self.lock().hold_handshakes
+    }
+
+    /// Whether a connection that just authenticated must be closed shortly.
+    pub(crate) fn drop_after_auth(&self) -> bool {
+        self.lock().drop_after_auth
+    }
+
     /// Applies a change, all of it or (when a setting is refused) none of it; returns the
     /// faults now in force.
     pub(crate) fn apply(&self, change: &Faults) -> Result<Active, FaultsError> {
@@ -218,6 +249,12 @@ impl FaultState {
         }
         if let Some(stop) = change.stop_answering {
             f.stop_answering = stop;
+        }
+        if let Some(drop) = change.drop_after_auth {
+            f.drop_after_auth = drop;
+        }
+        if let Some(hold) = change.hold_handshakes {
+            f.hold_handshakes = hold;
         }
         Ok(f.clone())
     }

@@ -100,6 +100,13 @@ async fn connection(
     timeouts: Timeouts,
     mut shutdown: Shutdown,
 ) {
+    let hold = service.faults.hold_handshakes();
+    if !hold.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(hold) => {}
+            () = shutdown.wait() => return,
+        }
+    }
     let Some(client) = handshake(&tls, socket, timeouts.handshake, &mut shutdown, peer).await else {
         return;
     };
@@ -150,6 +157,12 @@ struct Session {
     authenticated: bool,
     /// When the token that authenticated this connection expires.
     expires_at: Option<Instant>,
+    /// When the `drop_after_auth` fault closes it.
+    drop_at: Option<Instant>,
+    /// Inside `MULTI`: an `AUTH` is queued, and moves the deadline only at `EXEC`.
+    in_multi: bool,
+    /// The deadline an `AUTH` queued in the transaction sets at `EXEC`.
+    queued_expiry: Option<Instant>,
     /// The connection speaks RESP3 (after a successful `HELLO 3`).
     resp3: bool,
     /// Channels, patterns and shard channels it is subscribed to, by kind.
@@ -215,6 +228,9 @@ async fn relay<C, S, F, Fut>(
             id,
             authenticated: false,
             expires_at: None,
+            drop_at: None,
+            in_multi: false,
+            queued_expiry: None,
             resp3: false,
             subscriptions: HashSet::new(),
         },
@@ -236,7 +252,12 @@ async fn relay<C, S, F, Fut>(
             Some(at) if authenticated => at,
             _ => auth_deadline,
         };
+        let drop_at = relay.session.drop_at;
         tokio::select! {
+            () = sleep_until_some(drop_at) => {
+                stats.bump(|s| &s.dropped_connections);
+                break "closed right after authentication (injected fault)".into();
+            }
             step = relay.step() => if let Err(reason) = step {
                 break reason;
             },
@@ -252,6 +273,14 @@ async fn relay<C, S, F, Fut>(
         }
     };
     relay.close(&reason).await;
+}
+
+/// Resolves at `at`; never without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl<C, S, F, Fut> Relay<C, S, F>
@@ -417,8 +446,28 @@ impl Session {
             _ if !self.authenticated => Route::Reply(NOAUTH),
             _ => {
                 self.track(&name, &args);
+                self.follow_transaction(&name);
                 Route::Forward(encode_command(&args))
             }
+        }
+    }
+
+    /// Follows `MULTI`/`EXEC`/`DISCARD`, as the server runs them: an `AUTH` queued in a
+    /// transaction takes effect at `EXEC`, and not at all after `DISCARD`.
+    fn follow_transaction(&mut self, name: &[u8]) {
+        match name {
+            b"MULTI" => self.in_multi = true,
+            b"EXEC" => {
+                self.in_multi = false;
+                if let Some(at) = self.queued_expiry.take() {
+                    self.expires_at = Some(at);
+                }
+            }
+            b"DISCARD" | b"RESET" => {
+                self.in_multi = false;
+                self.queued_expiry = None;
+            }
+            _ => {}
         }
     }
 
@@ -436,7 +485,13 @@ impl Session {
                 let left = (UNIX_EPOCH + Duration::from_secs(exp))
                     .duration_since(std::time::SystemTime::now())
                     .unwrap_or_default();
-                self.expires_at = Some(Instant::now() + left);
+                let at = Instant::now() + left;
+                if self.authenticated && self.in_multi {
+                    // Queued by the server: in force only if the transaction runs.
+                    self.queued_expiry = Some(at);
+                } else {
+                    self.expires_at = Some(at);
+                }
                 if self.authenticated {
                     stats.bump(|s| &s.reauthentications);
                     tracing::info!(
@@ -447,6 +502,9 @@ impl Session {
                     );
                 } else {
                     stats.bump(|s| &s.authentications);
+                    if service.faults.drop_after_auth() {
+                        self.drop_at = Some(Instant::now() + Duration::from_millis(100));
+                    }
                     tracing::info!(
                         connection = self.id,
                         user,

@@ -20,6 +20,8 @@ pub struct Stats {
     pub auth_failures: AtomicU64,
     /// Connections closed by the gateway because their token expired.
     pub cut_connections: AtomicU64,
+    /// Connections closed right after they authenticated (the `drop_after_auth` fault).
+    pub dropped_connections: AtomicU64,
 }
 
 impl Stats {
@@ -38,6 +40,7 @@ impl Stats {
             "reauthentications": get(&self.reauthentications),
             "auth_failures": get(&self.auth_failures),
             "cut_connections": get(&self.cut_connections),
+            "dropped_connections": get(&self.dropped_connections),
         })
     }
 
@@ -61,6 +64,7 @@ impl Stats {
             &self.reauthentications,
             &self.auth_failures,
             &self.cut_connections,
+            &self.dropped_connections,
         ] {
             counter.store(0, Ordering::Relaxed);
         }

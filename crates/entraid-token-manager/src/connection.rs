@@ -54,6 +54,10 @@ pub struct ConnectionPolicy {
     pub reconnect_initial: Duration,
     /// Longest wait between two connection attempts. Default 10 s.
     pub reconnect_max: Duration,
+    /// A connection lost sooner than this after it opened counts as a failed attempt, so
+    /// a server that drops every connection at once meets the reconnect backoff instead
+    /// of a tight loop of TLS handshakes and `AUTH`s. Default 1 s.
+    pub stable_after: Duration,
 }
 
 impl Default for ConnectionPolicy {
@@ -67,9 +71,15 @@ impl Default for ConnectionPolicy {
             connect_timeout: Duration::from_secs(5),
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
+            stable_after: Duration::from_secs(1),
         }
     }
 }
+
+/// The longest duration a [`ConnectionPolicy`] takes: a day. Every timing rule is
+/// about tokens that live at most about a day (managed identity); a longer value (such as
+/// `Duration::MAX` meant as "no limit") is refused rather than overflowing an instant.
+pub const MAX_POLICY_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// A [`ConnectionPolicy`] value that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,6 +88,14 @@ pub enum ConnectionPolicyError {
     /// A timeout of zero would fail every attempt.
     #[error("connection policy: {0} must be greater than zero")]
     Zero(&'static str),
+    /// A duration longer than [`MAX_POLICY_DURATION`].
+    #[error("connection policy: {name} ({value:?}) is longer than a day; give at most {max:?}", max = MAX_POLICY_DURATION)]
+    TooLong {
+        /// The setting's name.
+        name: &'static str,
+        /// Its value.
+        value: Duration,
+    },
     /// A retry range whose maximum is below its start.
     #[error("connection policy: {max} ({max_value:?}) is below {initial} ({initial_value:?}); raise the maximum")]
     MaxBelowInitial {
@@ -95,6 +113,21 @@ pub enum ConnectionPolicyError {
 impl ConnectionPolicy {
     /// Checks every value; the machine refuses a policy that fails this.
     pub fn validate(&self) -> Result<(), ConnectionPolicyError> {
+        for (name, value) in [
+            ("reauth_spread", self.reauth_spread),
+            ("auth_timeout", self.auth_timeout),
+            ("auth_retry_initial", self.auth_retry_initial),
+            ("auth_retry_max", self.auth_retry_max),
+            ("replace_margin", self.replace_margin),
+            ("connect_timeout", self.connect_timeout),
+            ("reconnect_initial", self.reconnect_initial),
+            ("reconnect_max", self.reconnect_max),
+            ("stable_after", self.stable_after),
+        ] {
+            if value > MAX_POLICY_DURATION {
+                return Err(ConnectionPolicyError::TooLong { name, value });
+            }
+        }
         for (name, value) in [
             ("auth_timeout", self.auth_timeout),
             ("auth_retry_initial", self.auth_retry_initial),
@@ -271,9 +304,14 @@ enum Auth {
 #[derive(Debug)]
 struct Active {
     id: ConnectionId,
+    /// When it was opened: a connection lost soon after counts as a failed attempt.
+    opened_at: Instant,
     in_force: TokenInfo,
     auth: Auth,
     auth_failures: u32,
+    /// Inside the user's transaction or `WATCH`: no `AUTH`, no takeover, until the
+    /// replace margin.
+    pinned: bool,
 }
 
 #[derive(Debug)]
@@ -325,13 +363,14 @@ struct Retired {
 ///   closed at a quarter of the margin before its token expires if still open.
 /// - With [`Renewal::Replace`], a renewal opens a new connection after the spread delay
 ///   instead of sending `AUTH`, and it takes over as a replacement does.
-/// - A lost connection is opened again at once, then with backoff after failures.
+/// - A lost connection is opened again at once, then with backoff after failures; one
+///   lost within `stable_after` of opening counts as a failure (a kill loop backs off).
 /// - With no valid token, no connection is opened and the last one is closed before its
 ///   token expires; the first new token opens one again.
 /// - Time never goes backwards: an earlier `now` than one seen is taken as the later one.
 #[derive(Debug)]
 pub struct ConnectionStateMachine {
-    policy: ConnectionPolicy,
+    policy: CompactPolicy,
     renewal: Renewal,
     jitter: Jitter,
     now: Option<Instant>,
@@ -363,7 +402,7 @@ impl ConnectionStateMachine {
     fn with_jitter(policy: ConnectionPolicy, jitter: Jitter) -> Result<ConnectionStateMachine, ConnectionPolicyError> {
         policy.validate()?;
         Ok(ConnectionStateMachine {
-            policy,
+            policy: CompactPolicy::new(&policy),
             renewal: Renewal::InPlace,
             jitter,
             now: None,
@@ -396,14 +435,14 @@ impl ConnectionStateMachine {
         let token = TokenInfo {
             generation,
             expires_at,
-            replace_margin: self.policy.replace_margin.min(lifetime / 10),
+            replace_margin: self.policy.replace_margin().min(lifetime / 10),
         };
         self.latest = Some(token);
         if let Some(active) = &mut self.active
             && let Auth::UpToDate = active.auth
         {
             let left = active.in_force.expires_at.saturating_duration_since(now);
-            let delay = spread_delay(self.policy.reauth_spread, left, self.jitter.unit());
+            let delay = spread_delay(self.policy.reauth_spread(), left, self.jitter.unit());
             active.auth = Auth::Due(now + delay);
         }
         self.process(now);
@@ -431,7 +470,9 @@ impl ConnectionStateMachine {
             self.process(now);
             return;
         }
-        self.connect_failures = 0;
+        // The failure count stays until the connection proves stable (see
+        // `handle_connection_lost`): a server that drops each connection at once must
+        // meet the backoff, not a tight reconnect loop.
         self.reconnect_at = None;
         if let Some(old) = self.active.take() {
             self.outputs.push_back(ConnectionOutput::Retire(old.id));
@@ -443,9 +484,11 @@ impl ConnectionStateMachine {
         let newer = self.newer_than(connecting.token.generation);
         self.active = Some(Active {
             id,
+            opened_at: now,
             in_force: connecting.token,
             auth: if newer { Auth::Due(now) } else { Auth::UpToDate },
             auth_failures: 0,
+            pinned: false,
         });
         self.ever_used = true;
         self.outputs.push_back(ConnectionOutput::Use(id));
@@ -492,8 +535,8 @@ impl ConnectionStateMachine {
             active.auth_failures += 1;
             let wait = backoff(
                 &mut self.jitter,
-                self.policy.auth_retry_initial,
-                self.policy.auth_retry_max,
+                self.policy.auth_retry_initial(),
+                self.policy.auth_retry_max(),
                 active.auth_failures,
             );
             active.auth = Auth::Due(now + wait);
@@ -504,16 +547,41 @@ impl ConnectionStateMachine {
     /// Connection `id` dropped (an I/O error, the server closed it).
     pub fn handle_connection_lost(&mut self, now: Instant, id: ConnectionId) {
         let now = self.observe(now);
-        if self.active.as_ref().is_some_and(|a| a.id == id) {
-            self.active = None;
-            // A first loss reconnects at once; failures after that back off.
-            if self.connect_failures == 0 {
+        if let Some(active) = self.active.take_if(|a| a.id == id) {
+            if now.saturating_duration_since(active.opened_at) >= self.policy.stable_after() {
+                // It was stable: reconnect at once, with a fresh backoff.
+                self.connect_failures = 0;
                 self.reconnect_at = None;
+            } else {
+                // Lost soon after it opened (a kill loop, a failing node, an output
+                // buffer limit): a failure. The first reconnects at once, the next back off.
+                self.connect_failures += 1;
+                self.reconnect_at = (self.connect_failures > 1).then(|| {
+                    now + backoff(
+                        &mut self.jitter,
+                        self.policy.reconnect_initial(),
+                        self.policy.reconnect_max(),
+                        self.connect_failures - 1,
+                    )
+                });
             }
         } else if self.connecting.take_if(|c| c.id == id).is_some() {
             self.connect_failed(now);
         }
         self.retired.retain(|r| r.id != id);
+        self.process(now);
+    }
+
+    /// Connection `id` is inside the user's transaction (`MULTI`) or holds a `WATCH`
+    /// (`true`), or no longer (`false`). Meanwhile no `AUTH` is sent on it and no renewal
+    /// swap starts, so nothing lands inside the transaction; a renewal due waits, but not
+    /// past the token's replace margin: then it goes on, and the driver fails the
+    /// transaction with a clear error (never a cut).
+    pub fn handle_pinned(&mut self, now: Instant, id: ConnectionId, pinned: bool) {
+        let now = self.observe(now);
+        if let Some(active) = self.active.as_mut().filter(|a| a.id == id) {
+            active.pinned = pinned;
+        }
         self.process(now);
     }
 
@@ -575,8 +643,8 @@ impl ConnectionStateMachine {
         self.connect_failures += 1;
         let wait = backoff(
             &mut self.jitter,
-            self.policy.reconnect_initial,
-            self.policy.reconnect_max,
+            self.policy.reconnect_initial(),
+            self.policy.reconnect_max(),
             self.connect_failures,
         );
         self.reconnect_at = Some(now + wait);
@@ -620,25 +688,30 @@ impl ConnectionStateMachine {
                     active.auth_failures += 1;
                     let wait = backoff(
                         &mut self.jitter,
-                        self.policy.auth_retry_initial,
-                        self.policy.auth_retry_max,
+                        self.policy.auth_retry_initial(),
+                        self.policy.auth_retry_max(),
                         active.auth_failures,
                     );
                     active.auth = Auth::Due(now + wait);
                 }
                 let newer = latest.filter(|t| t.generation > active.in_force.generation);
+                // A renewal waits for the end of the user's transaction, but not past the
+                // replace margin: then it goes on, and the driver fails the transaction.
+                let held = active.pinned && now < active.in_force.replace_at();
                 // A renewal taken by replacement stays due until a connection with it is up.
                 let renew_by_replacing = self.renewal == Renewal::Replace
                     && newer.is_some()
+                    && !held
                     && matches!(active.auth, Auth::Due(at) if at <= now);
                 if let Auth::Due(at) = active.auth
                     && at <= now
                     && !renew_by_replacing
+                    && !held
                 {
                     match newer {
                         Some(token) => {
                             let deadline_cap = active.in_force.close_at().saturating_duration_since(now);
-                            let timeout = self.policy.auth_timeout.min(deadline_cap);
+                            let timeout = self.policy.auth_timeout().min(deadline_cap);
                             active.auth = Auth::InFlight {
                                 token,
                                 deadline: now + timeout,
@@ -689,7 +762,7 @@ impl ConnectionStateMachine {
         let Some(token) = self.usable_latest(now) else { return };
         let id = ConnectionId(self.next_connection);
         self.next_connection += 1;
-        let timeout = self.policy.connect_timeout;
+        let timeout = self.policy.connect_timeout();
         self.connecting = Some(Connecting {
             id,
             token,
@@ -724,9 +797,70 @@ impl ConnectionStateMachine {
     }
 }
 
+/// A validated [`ConnectionPolicy`] in whole milliseconds (rounded up), kept beside
+/// every connection: a fourth of the size. Every value is at most a day
+/// ([`MAX_POLICY_DURATION`]), so it fits in 32 bits.
+#[derive(Debug, Clone, Copy)]
+struct CompactPolicy {
+    reauth_spread: u32,
+    auth_timeout: u32,
+    auth_retry_initial: u32,
+    auth_retry_max: u32,
+    replace_margin: u32,
+    connect_timeout: u32,
+    reconnect_initial: u32,
+    reconnect_max: u32,
+    stable_after: u32,
+}
+
+fn millis_up(duration: Duration) -> u32 {
+    u32::try_from(duration.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX)
+}
+
+impl CompactPolicy {
+    fn new(policy: &ConnectionPolicy) -> CompactPolicy {
+        CompactPolicy {
+            reauth_spread: millis_up(policy.reauth_spread),
+            auth_timeout: millis_up(policy.auth_timeout),
+            auth_retry_initial: millis_up(policy.auth_retry_initial),
+            auth_retry_max: millis_up(policy.auth_retry_max),
+            replace_margin: millis_up(policy.replace_margin),
+            connect_timeout: millis_up(policy.connect_timeout),
+            reconnect_initial: millis_up(policy.reconnect_initial),
+            reconnect_max: millis_up(policy.reconnect_max),
+            stable_after: millis_up(policy.stable_after),
+        }
+    }
+}
+
+macro_rules! durations {
+    ($($name:ident),*) => {
+        impl CompactPolicy {
+            $(fn $name(&self) -> Duration {
+                Duration::from_millis(u64::from(self.$name))
+            })*
+        }
+    };
+}
+
+durations!(
+    reauth_spread,
+    auth_timeout,
+    auth_retry_initial,
+    auth_retry_max,
+    replace_margin,
+    connect_timeout,
+    reconnect_initial,
+    reconnect_max,
+    stable_after
+);
+
 /// `initial · 2^(n−1)`, at most `max`, scaled by a ±20 % jitter and kept within `max`.
 fn backoff(jitter: &mut Jitter, initial: Duration, max: Duration, failures: u32) -> Duration {
     let exponent = failures.saturating_sub(1).min(30);
     let base = initial.saturating_mul(1u32 << exponent).min(max);
-    base.mul_f64(jitter.factor(0.2)).min(max)
+    // Through f64 seconds so no value can overflow `Duration` (`mul_f64` would panic).
+    Duration::try_from_secs_f64(base.as_secs_f64() * jitter.factor(0.2))
+        .unwrap_or(max)
+        .min(max)
 }

@@ -60,7 +60,7 @@ mod tokio_driver;
 pub use config::{ConfigError, DEFAULT_REFRESH_JITTER, IsRetryable, RetryPolicy, TokenManagerConfig};
 pub use connection::{
     Availability, ConnectReason, ConnectionId, ConnectionOutput, ConnectionPolicy, ConnectionPolicyError,
-    ConnectionStateMachine, Generation, Renewal,
+    ConnectionStateMachine, Generation, MAX_POLICY_DURATION, Renewal,
 };
 pub use error::{StartError, TokenManagerError};
 pub use spread::RenewalSpread;

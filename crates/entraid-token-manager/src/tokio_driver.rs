@@ -193,10 +193,13 @@ impl TokenManager {
         status
     }
 
-    /// Whether the background task has stopped (by [`stop`](Self::stop), or because its
-    /// runtime shut down).
+    /// Whether the manager was [`stop`](Self::stop)ped (from the call on, before its task
+    /// has ended), or its task ended because its runtime shut down.
     pub fn is_stopped(&self) -> bool {
-        self.inner.snapshot.has_changed().is_err() || self.inner.snapshot.borrow().is_stopped()
+        // A stop asked for counts at once, before the task has seen it: a `start` right
+        // after a `stop` must start a new manager, not keep the one about to end.
+        let stop_asked = self.inner.stop.lock().unwrap_or_else(PoisonError::into_inner).is_none();
+        stop_asked || self.inner.snapshot.has_changed().is_err() || self.inner.snapshot.borrow().is_stopped()
     }
 
     /// Whether the background task ended without being stopped: the tokio runtime it ran

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use entraid_test_support::FakeClock;
 use entraid_token_manager::{
     Availability, ConnectReason, ConnectionId, ConnectionOutput as Out, ConnectionPolicy, ConnectionPolicyError,
-    ConnectionStateMachine, Generation, Renewal,
+    ConnectionStateMachine, Generation, MAX_POLICY_DURATION, Renewal,
 };
 
 const S: Duration = Duration::from_secs(1);
@@ -541,4 +541,140 @@ fn far_future_and_absurd_lifetimes_never_panic() {
         let _ = generation;
         drain(&mut sm);
     }
+}
+
+#[test]
+fn durations_past_a_day_are_refused_and_a_day_everywhere_never_panics() {
+    // `Duration::MAX` meant as "no limit" overflowed an instant inside the machine.
+    let unbounded = ConnectionPolicy {
+        connect_timeout: Duration::MAX,
+        ..ConnectionPolicy::default()
+    };
+    let error = ConnectionStateMachine::new(unbounded).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ConnectionPolicyError::TooLong {
+                name: "connect_timeout",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("at most"), "{error}");
+    // Every duration at the limit: a whole life of failures, replacements and losses.
+    let day = MAX_POLICY_DURATION;
+    let policy = ConnectionPolicy {
+        reauth_spread: day,
+        auth_timeout: day,
+        auth_retry_initial: day,
+        auth_retry_max: day,
+        replace_margin: day,
+        connect_timeout: day,
+        reconnect_initial: day,
+        reconnect_max: day,
+        stable_after: day,
+    };
+    let mut clock = FakeClock::new();
+    let mut sm = ConnectionStateMachine::with_seed(policy, 3).unwrap();
+    let now = clock.now();
+    sm.handle_token(now, now + 30 * day, 30 * day);
+    for round in 0..20 {
+        let (outputs, next) = drain(&mut sm);
+        for output in &outputs {
+            match output {
+                Out::Connect { id, .. } if round % 3 == 0 => sm.handle_connect_failed(clock.now(), *id),
+                Out::Connect { id, .. } => sm.handle_connected(clock.now(), *id),
+                Out::SendAuth { id, generation, .. } => sm.handle_auth_result(clock.now(), *id, *generation, false),
+                _ => {}
+            }
+        }
+        if let Availability::Connected(id) = sm.availability()
+            && round % 4 == 1
+        {
+            sm.handle_connection_lost(clock.now(), id);
+        }
+        if round % 5 == 2 {
+            let now = clock.now();
+            sm.handle_token(now, now + 30 * day, 30 * day);
+        }
+        if let Some(next) = next {
+            sm.handle_timeout(clock.set(next));
+        }
+    }
+}
+
+#[test]
+fn a_connection_dropped_right_after_it_opens_backs_off_and_a_stable_one_reconnects_at_once() {
+    let (mut clock, mut sm, mut id) = connected();
+    // A server that drops every connection 50 ms after it opens.
+    let mut opened_at = Vec::new();
+    for _ in 0..6 {
+        sm.handle_connection_lost(clock.advance(50 * MS), id);
+        let (at, next) = run_until(&mut clock, &mut sm, 30 * S, |o| {
+            o.iter()
+                .any(|o| matches!(o, Out::Connect { .. }))
+                .then(|| connect_id(o))
+        });
+        opened_at.push(at);
+        id = next;
+        sm.handle_connected(clock.advance(5 * MS), id);
+    }
+    let gaps: Vec<Duration> = opened_at.windows(2).map(|w| w[1] - w[0]).collect();
+    // The first loss reconnects at once; the next wait 100 ms, 200 ms, 400 ms… (±20 %).
+    assert!(gaps[0] >= 120 * MS && gaps[0] <= 200 * MS, "{gaps:?}");
+    assert!(gaps.windows(2).all(|w| w[1] > w[0]), "growing: {gaps:?}");
+    assert!(gaps[4] >= 1300 * MS, "{gaps:?}");
+    // Once one lives past `stable_after` (1 s), a loss reconnects at once again.
+    let now = clock.advance(2 * S);
+    sm.handle_connection_lost(now, id);
+    let outputs = drain(&mut sm).0;
+    assert_eq!(connect_reason(&outputs), Some(ConnectReason::Reconnect), "{outputs:?}");
+}
+
+#[test]
+fn a_renewal_waits_for_the_users_transaction_but_not_past_the_replace_margin() {
+    let (mut clock, mut sm, id) = connected();
+    let t0 = clock.now() - 10 * MS;
+    // MULTI sent: the connection is pinned.
+    sm.handle_pinned(clock.now(), id, true);
+    let renewal = clock.set(t0 + 42 * S);
+    let generation = sm.handle_token(renewal, renewal + LIFE, LIFE);
+    // The spread (at most 1.8 s here) passes: no AUTH inside the transaction.
+    sm.handle_timeout(clock.set(t0 + 45 * S));
+    assert!(auth_of(&drain(&mut sm).0).is_none());
+    // EXEC answered: the AUTH goes at once.
+    sm.handle_pinned(clock.advance(MS), id, false);
+    assert_eq!(
+        auth_of(&drain(&mut sm).0).map(|(i, g, _)| (i, g)),
+        Some((id, generation))
+    );
+
+    // A transaction that never ends holds the renewal only until the replace margin
+    // (6 s before the old token's expiry), then the AUTH goes (the driver fails the
+    // transaction).
+    let (mut clock, mut sm, id) = connected();
+    let t0 = clock.now() - 10 * MS;
+    sm.handle_pinned(clock.now(), id, true);
+    let renewal = clock.set(t0 + 42 * S);
+    sm.handle_token(renewal, renewal + LIFE, LIFE);
+    let (sent_at, (auth_id, _, _)) = run_until(&mut clock, &mut sm, 20 * S, auth_of);
+    assert_eq!((auth_id, sent_at), (id, t0 + 54 * S));
+}
+
+#[test]
+fn a_renewal_swap_waits_for_the_users_transaction_too() {
+    let (mut clock, mut sm, old) = connected_replacing();
+    let t0 = clock.now() - 10 * MS;
+    sm.handle_pinned(clock.now(), old, true);
+    let renewal = clock.set(t0 + 42 * S);
+    sm.handle_token(renewal, renewal + LIFE, LIFE);
+    sm.handle_timeout(clock.set(t0 + 45 * S));
+    assert_eq!(
+        connect_reason(&drain(&mut sm).0),
+        None,
+        "no swap inside the transaction"
+    );
+    sm.handle_pinned(clock.advance(MS), old, false);
+    assert_eq!(connect_reason(&drain(&mut sm).0), Some(ConnectReason::RenewalSwap));
 }

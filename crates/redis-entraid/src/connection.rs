@@ -20,7 +20,8 @@ use crate::EntraIdCredentialsProvider;
 use crate::connection_config::{ConnectionConfig, ConnectionType};
 use crate::health::GaugeShare;
 use crate::provider::ManagerHandle;
-use crate::token_feed::{TokenFeed, client_with_token, no_token_error};
+use crate::session::{self, Effect, SessionState};
+use crate::token_feed::{TokenFeed, auth_accepted, client_with_token, no_token_error};
 
 /// A synchronous Redis connection that stays authenticated with Entra ID, for code that
 /// uses `redis::Commands` (and `r2d2` pools, with the `r2d2` feature).
@@ -34,8 +35,9 @@ use crate::token_feed::{TokenFeed, client_with_token, no_token_error};
 ///   sat idle, or every `AUTH` failed), the connection is replaced before the command,
 ///   so the server never cuts it under a command;
 /// - a command whose write fails (the connection was found broken before it was sent) is
-///   sent once more on a new connection; a failure while reading its reply is returned,
-///   and the next command reconnects;
+///   sent once more on a new connection; a write or read that fails otherwise or times
+///   out is returned, and the connection is never used again (part of a command, or a
+///   reply, may still be on the wire): the next command goes to a new connection;
 /// - while no valid token exists, commands fail at once saying so; the first command
 ///   after a token is back reconnects.
 ///
@@ -67,6 +69,110 @@ pub struct Connection {
     connections: HashMap<ConnectionId, redis::Connection>,
     response_timeout: Option<Duration>,
     db: i64,
+    /// Session state the user set, replayed on every new connection.
+    session: SessionState,
+    /// The user's transaction or `WATCH`, which must not straddle a swap or an `AUTH`.
+    transaction: Transaction,
+}
+
+/// Where the user's `MULTI`/`WATCH` stands.
+#[derive(Debug, Default)]
+struct Transaction {
+    /// The connection it runs on.
+    on: Option<ConnectionId>,
+    multi: bool,
+    watch: bool,
+    /// A `MULTI` that can no longer run, and why: commands fail until `EXEC`/`DISCARD`.
+    aborted: Option<&'static str>,
+    /// A `WATCH` lost in a swap: the next `MULTI` or `EXEC` fails.
+    watch_lost: bool,
+}
+
+impl Transaction {
+    fn pins(&self) -> bool {
+        self.multi || self.watch
+    }
+
+    /// The command is about to run on `id`: a swap since `MULTI` aborts the transaction,
+    /// one since `WATCH` loses the watch.
+    fn follow(&mut self, id: ConnectionId) {
+        if !self.pins() || self.on == Some(id) {
+            return;
+        }
+        if self.multi {
+            self.aborted =
+                Some("the connection was replaced during the transaction (its token could not be renewed in place)");
+        }
+        self.watch_lost |= self.watch;
+        self.multi = false;
+        self.watch = false;
+    }
+
+    /// What a command of `effect` gets before it is sent, if it must not be.
+    fn refuse(&mut self, effect: Effect) -> Option<RedisResult<Value>> {
+        if let Some(why) = self.aborted {
+            return Some(match effect {
+                Effect::Discard => {
+                    self.aborted = None;
+                    Ok(Value::Okay)
+                }
+                Effect::Exec => {
+                    self.aborted = None;
+                    Err(transaction_aborted(why))
+                }
+                _ => Err(transaction_aborted(why)),
+            });
+        }
+        if self.watch_lost {
+            match effect {
+                Effect::Multi | Effect::Exec => {
+                    self.watch_lost = false;
+                    return Some(Err(watch_lost()));
+                }
+                Effect::Unwatch => self.watch_lost = false,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The server accepted a command of `effect` on `id`.
+    fn accepted(&mut self, effect: Effect, id: ConnectionId) {
+        match effect {
+            Effect::Multi => {
+                self.multi = true;
+                self.on = Some(id);
+            }
+            Effect::Watch => {
+                self.watch = true;
+                self.on = Some(id);
+            }
+            Effect::Exec | Effect::Discard => {
+                self.multi = false;
+                self.watch = false;
+            }
+            Effect::Unwatch => self.watch = false,
+            Effect::Plain | Effect::Setting(_) | Effect::Refused(..) => {}
+        }
+    }
+}
+
+fn transaction_aborted(why: &'static str) -> RedisError {
+    RedisError::from((
+        ErrorKind::Client,
+        "transaction aborted, nothing of it ran",
+        format!("{why}; send DISCARD or EXEC, then run the transaction again"),
+    ))
+}
+
+fn watch_lost() -> RedisError {
+    RedisError::from((
+        ErrorKind::Client,
+        "WATCH lost: the transaction did not run",
+        "the connection was replaced after WATCH (its token had to be renewed), so the watched \
+         keys are no longer watched; run the WATCH and the transaction again"
+            .to_owned(),
+    ))
 }
 
 impl Drop for Connection {
@@ -127,6 +233,8 @@ impl Connection {
             connections: HashMap::new(),
             response_timeout: config.response_timeout(ConnectionType::Sync),
             db,
+            session: SessionState::default(),
+            transaction: Transaction::default(),
         };
         connection.feed.token(&mut connection.machine, Instant::now(), first);
         connection.step()?;
@@ -142,7 +250,8 @@ impl Connection {
     /// time left) and returns the one to use.
     fn step(&mut self) -> RedisResult<ConnectionId> {
         let now = Instant::now();
-        if self.manager.lost_its_runtime()
+        // A manager whose runtime shut down, or that was stopped and started again.
+        if (self.manager.lost_its_runtime() || self.manager.is_stopped())
             && let Some(manager) = self.provider.restarted_manager()
         {
             self.manager = manager;
@@ -203,11 +312,16 @@ impl Connection {
                     generation,
                     timeout,
                 } => {
+                    if self.transaction.multi {
+                        // The renewal could not wait longer: end the transaction first, so
+                        // the AUTH is not queued inside it.
+                        self.abort_transaction(id);
+                    }
                     let result = match (self.connections.get_mut(&id), self.feed.get(generation)) {
                         (Some(connection), Some(token)) => {
                             let auth = redis::cmd("AUTH").arg(token.username()).arg(token.secret()).to_owned();
                             let _ = connection.set_read_timeout(Some(timeout));
-                            let result = auth.query::<()>(connection);
+                            let result = auth.query::<Value>(connection).and_then(auth_accepted);
                             let _ = connection.set_read_timeout(self.response_timeout);
                             result
                         }
@@ -253,10 +367,51 @@ impl Connection {
 
     fn open(&self, token: &entraid_identity::Token, timeout: Duration) -> RedisResult<redis::Connection> {
         let client = client_with_token(&self.client, token)?;
-        let connection = client.get_connection_with_timeout(timeout)?;
+        let mut connection = client.get_connection_with_timeout(timeout)?;
         connection.set_read_timeout(self.response_timeout)?;
         connection.set_write_timeout(Some(timeout))?;
+        for command in self.session.replay() {
+            command.query::<()>(&mut connection)?;
+        }
         Ok(connection)
+    }
+
+    /// Ends the user's transaction on `id` (`DISCARD`); its commands then fail until they
+    /// send `EXEC` or `DISCARD`.
+    fn abort_transaction(&mut self, id: ConnectionId) {
+        if let Some(connection) = self.connections.get_mut(&id) {
+            let _: RedisResult<()> = redis::cmd("DISCARD").query(connection);
+        }
+        self.transaction.multi = false;
+        self.transaction.aborted =
+            Some("the token had to be renewed and the transaction did not end within the renewal margin");
+        tracing::warn!(connection = %id, "a transaction was aborted so the connection could re-authenticate");
+    }
+
+    /// Tells the machine whether the connection holds the user's transaction or `WATCH`.
+    fn pin(&mut self, id: ConnectionId) {
+        self.machine.handle_pinned(Instant::now(), id, self.transaction.pins());
+    }
+
+    /// The server accepted a command of `effect` (arguments `args`) on `id`.
+    fn accepted(&mut self, effect: Effect, args: &[&[u8]], id: ConnectionId) {
+        if let Effect::Setting(setting) = effect {
+            self.session.record(setting, args.get(1..).unwrap_or_default());
+        }
+        let pinned = self.transaction.pins();
+        self.transaction.accepted(effect, id);
+        if pinned != self.transaction.pins() {
+            self.pin(id);
+        }
+    }
+
+    /// After an I/O error or a timeout the connection is out of step (a reply still to
+    /// come, part of a command sent): it is never used again, the next command gets a
+    /// new one. A server's error reply leaves it as it was.
+    fn lost_if_unusable(&mut self, id: ConnectionId, error: &RedisError) {
+        if error.is_unrecoverable_error() || error.is_io_error() || error.is_timeout() {
+            self.lost(id);
+        }
     }
 
     fn lost(&mut self, id: ConnectionId) {
@@ -273,26 +428,47 @@ impl Connection {
 
 impl redis::ConnectionLike for Connection {
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        let parsed = session::commands(cmd).unwrap_or_default();
+        let args = parsed.first().map(Vec::as_slice).unwrap_or_default();
+        let effect = args
+            .first()
+            .map_or(Effect::Plain, |name| session::effect(name, args.get(1).copied()));
+        if let Effect::Refused(what, instead) = effect {
+            return Err(session::refused(what, instead));
+        }
         let mut id = self.step()?;
+        self.transaction.follow(id);
+        if let Some(refused) = self.transaction.refuse(effect) {
+            self.pin(id);
+            return refused;
+        }
         if let Err(error) = self.connection(id)?.send_packed_command(cmd) {
-            if !error.is_unrecoverable_error() {
+            // Whatever went wrong, the connection is not used again: a write that timed
+            // out may have sent part of the command, which the next one would complete.
+            self.lost(id);
+            if !error.is_unrecoverable_error() || self.transaction.pins() {
                 return Err(error);
             }
             // Not written: the connection was broken before it. Once more on a new one.
             tracing::info!(connection = %id, %error, "connection found broken before a command; reconnecting");
-            self.lost(id);
             id = self.step()?;
-            self.connection(id)?.send_packed_command(cmd)?;
+            if let Err(error) = self.connection(id)?.send_packed_command(cmd) {
+                self.lost(id);
+                return Err(error);
+            }
         }
         loop {
             match self.connection(id)?.recv_response() {
                 // RESP3 pushes between replies are not this command's reply.
                 Ok(Value::Push { .. }) => continue,
-                Ok(value) => return Ok(value),
-                Err(error) => {
-                    if error.is_unrecoverable_error() {
-                        self.lost(id);
+                Ok(value) => {
+                    if !matches!(value, Value::ServerError(_)) {
+                        self.accepted(effect, args, id);
                     }
+                    return Ok(value);
+                }
+                Err(error) => {
+                    self.lost_if_unusable(id, &error);
                     return Err(error);
                 }
             }
@@ -300,12 +476,30 @@ impl redis::ConnectionLike for Connection {
     }
 
     fn req_packed_commands(&mut self, cmd: &[u8], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        let parsed = session::commands(cmd).unwrap_or_default();
+        let effects: Vec<Effect> = parsed
+            .iter()
+            .filter_map(|args| Some(session::effect(args.first()?, args.get(1).copied())))
+            .collect();
+        if let Some(Effect::Refused(what, instead)) = effects.iter().find(|e| matches!(e, Effect::Refused(..))) {
+            return Err(session::refused(what, instead));
+        }
         let id = self.step()?;
+        self.transaction.follow(id);
+        for effect in &effects {
+            if let Some(refused) = self.transaction.refuse(*effect) {
+                self.pin(id);
+                return refused.map(|value| vec![value]);
+            }
+        }
         let result = self.connection(id)?.req_packed_commands(cmd, offset, count);
-        if let Err(error) = &result
-            && error.is_unrecoverable_error()
-        {
-            self.lost(id);
+        match &result {
+            Ok(_) => {
+                for (effect, args) in effects.into_iter().zip(&parsed) {
+                    self.accepted(effect, args, id);
+                }
+            }
+            Err(error) => self.lost_if_unusable(id, error),
         }
         result
     }

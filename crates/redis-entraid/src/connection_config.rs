@@ -11,7 +11,7 @@ use redis::aio::AsyncPushSender;
 use redis::{ErrorKind, RedisError, RedisResult};
 
 use crate::EntraIdCredentialsProvider;
-use crate::plaintext_check::refuse_plaintext_to_azure;
+use crate::plaintext_check::{TransportOptOuts, refuse_plaintext_to_azure};
 
 /// How a connection type connects, times out and re-authenticates.
 ///
@@ -31,6 +31,7 @@ use crate::plaintext_check::refuse_plaintext_to_azure;
 /// | [`set_reauth_spread`](Self::set_reauth_spread) | the provider's [`with_reauth_spread`](EntraIdCredentialsProvider::with_reauth_spread) |
 /// | [`set_push_sender`](Self::set_push_sender) | none (`ConnectionManager` on RESP3 only) |
 /// | [`allow_plaintext_to_azure`](Self::allow_plaintext_to_azure) | `false` |
+/// | [`allow_insecure_tls_to_azure`](Self::allow_insecure_tls_to_azure) | `false` |
 #[derive(Clone, Default)]
 pub struct ConnectionConfig {
     /// Every timing rule but the spread, which is `reauth_spread`.
@@ -40,7 +41,7 @@ pub struct ConnectionConfig {
     /// `None`: the connection type's default; `Some(None)`: no timeout.
     response_timeout: Option<Option<Duration>>,
     push_sender: Option<Arc<dyn AsyncPushSender>>,
-    allow_plaintext_to_azure: bool,
+    opt_outs: TransportOptOuts,
 }
 
 impl fmt::Debug for ConnectionConfig {
@@ -50,7 +51,8 @@ impl fmt::Debug for ConnectionConfig {
             .field("reauth_spread", &self.reauth_spread)
             .field("response_timeout", &self.response_timeout)
             .field("push_sender", &self.push_sender.is_some())
-            .field("allow_plaintext_to_azure", &self.allow_plaintext_to_azure)
+            .field("allow_plaintext_to_azure", &self.opt_outs.plaintext)
+            .field("allow_insecure_tls_to_azure", &self.opt_outs.insecure_tls)
             .finish()
     }
 }
@@ -155,14 +157,22 @@ impl ConnectionConfig {
     /// Allows `redis://` (plain TCP) to an Azure cache host, which is refused by default
     /// because the token would travel in clear.
     pub fn allow_plaintext_to_azure(mut self, allow: bool) -> Self {
-        self.allow_plaintext_to_azure = allow;
+        self.opt_outs.plaintext = allow;
+        self
+    }
+
+    /// Allows `rediss://…#insecure` (TLS that does not check the server's certificate) to
+    /// an Azure cache host, which is refused by default because any server could then
+    /// take the token.
+    pub fn allow_insecure_tls_to_azure(mut self, allow: bool) -> Self {
+        self.opt_outs.insecure_tls = allow;
         self
     }
 
     /// Checks this configuration for `kind` on `client`: every refusal names the fix.
     pub(crate) fn check(&self, kind: ConnectionType, client: &redis::Client) -> RedisResult<()> {
         let info = client.get_connection_info();
-        refuse_plaintext_to_azure(info, self.allow_plaintext_to_azure)?;
+        refuse_plaintext_to_azure(info, self.opt_outs)?;
         let resp3 = info.redis_settings().protocol().supports_resp3();
         match (self.push_sender.is_some(), kind) {
             (false, _) => {}
@@ -296,6 +306,20 @@ mod tests {
             )
             .unwrap_err();
         assert!(error.to_string().contains("rediss://"), "{error}");
+    }
+
+    #[test]
+    fn a_duration_meant_as_no_limit_is_refused_with_its_name_not_a_panic() {
+        let provider = EntraIdCredentialsProvider::new_with_identity_provider(entraid_identity_stub());
+        for config in [
+            ConnectionConfig::new().set_connection_timeout(Duration::MAX),
+            ConnectionConfig::new().set_reconnect_backoff(Duration::from_millis(1), Duration::MAX),
+            ConnectionConfig::new().set_reauth_spread(Duration::MAX),
+        ] {
+            let error = config.state_machine(&provider, Renewal::InPlace).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::InvalidClientConfig);
+            assert!(error.to_string().contains("longer than a day"), "{error}");
+        }
     }
 
     fn entraid_identity_stub() -> impl entraid_identity::IdentityProvider {

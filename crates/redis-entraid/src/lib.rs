@@ -57,6 +57,7 @@ mod provider;
 #[cfg(feature = "r2d2")]
 pub mod r2d2;
 mod retry_config;
+mod session;
 mod token_feed;
 
 #[cfg(feature = "azure")]

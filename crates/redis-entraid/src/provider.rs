@@ -63,6 +63,9 @@ struct Shared {
     next_stream: AtomicU64,
     /// What the connections report (see `status`).
     health: Arc<ConnectionHealth>,
+    /// Bumped whenever a token manager starts (anew after `stop`, or again after its
+    /// runtime shut down): connections whose token stream ended follow it.
+    starts: tokio::sync::watch::Sender<u64>,
 }
 
 enum State {
@@ -86,6 +89,7 @@ impl EntraIdCredentialsProvider {
                 random: RandomState::new(),
                 next_stream: AtomicU64::new(0),
                 health: Arc::default(),
+                starts: tokio::sync::watch::Sender::new(0),
             }),
             reauth_spread: DEFAULT_REAUTH_SPREAD,
         }
@@ -257,6 +261,20 @@ impl ManagerHandle {
         let manager = self.0.manager().ok()?;
         (!manager.is_stopped()).then_some(manager)
     }
+
+    /// A stream from the provider's manager as soon as one runs: at once if one does,
+    /// else when the provider is started again after a `stop`. Never ends otherwise.
+    pub(crate) async fn next_start(&self) -> TokenStream {
+        let mut starts = self.0.starts.subscribe();
+        loop {
+            if let Some(stream) = self.resubscribe() {
+                return stream;
+            }
+            if starts.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -280,6 +298,7 @@ impl Shared {
         match start_manager(self.identity.clone(), config.clone(), Runtime::CallersIfAny) {
             Ok(manager) => {
                 *state = State::Running(manager.clone(), Box::new(config));
+                self.starts.send_modify(|n| *n += 1);
                 Ok(manager)
             }
             Err(error) => {
@@ -305,6 +324,7 @@ impl Shared {
                 let config = (**config).clone();
                 let manager = start_manager(self.identity.clone(), config.clone(), Runtime::OwnThread)?;
                 *state = State::Running(manager.clone(), Box::new(config));
+                self.starts.send_modify(|n| *n += 1);
                 return Ok(manager);
             }
             State::Running(manager, _) => return Ok(manager.clone()),

@@ -20,6 +20,8 @@ use super::supervision::BoxFuture;
 use super::supervisor::{CatchUp, Counters, Gone, Retirement, Shared, Slot, Start, SupervisorHandle, Transport, start};
 use crate::EntraIdCredentialsProvider;
 use crate::connection_config::{ConnectionConfig, ConnectionType};
+use crate::session::{self, Effect, SessionState};
+use crate::token_feed::auth_accepted;
 
 /// How a [`ConnectionManager`] connects, times out and re-authenticates: the one
 /// [`ConnectionConfig`] of every connection type.
@@ -43,6 +45,9 @@ pub struct ConnectionStats {
     pub closed_before_expiry: u64,
     /// Connections found dropped (I/O errors, server restarts).
     pub connections_lost: u64,
+    /// Channels and patterns dropped from the record because the server refused them
+    /// when a new connection made them again (an ACL change, say); each is logged.
+    pub subscriptions_refused: u64,
 }
 
 impl ConnectionStats {
@@ -55,6 +60,7 @@ impl ConnectionStats {
             replacements: Counters::get(&c.replacements),
             closed_before_expiry: Counters::get(&c.closed_before_expiry),
             connections_lost: Counters::get(&c.connections_lost),
+            subscriptions_refused: Counters::get(&c.subscriptions_refused),
         }
     }
 }
@@ -104,6 +110,9 @@ impl Closures {
 struct ManagerShared {
     closures: Closures,
     subscriptions: Mutex<Subscriptions>,
+    /// Session state the user set (client name and the like), replayed on every new
+    /// connection.
+    session: Mutex<SessionState>,
     response_timeout: Option<Duration>,
     push_sender: Option<Arc<dyn AsyncPushSender>>,
     supervisor: Arc<Shared>,
@@ -151,6 +160,7 @@ struct Inner {
     supervisor: SupervisorHandle<MultiplexedConnection>,
     shared: Arc<ManagerShared>,
     db: i64,
+    resp3: bool,
 }
 
 impl fmt::Debug for ConnectionManager {
@@ -181,6 +191,7 @@ impl ConnectionManager {
         let manager_shared = Arc::new(ManagerShared {
             closures: Closures::default(),
             subscriptions: Mutex::default(),
+            session: Mutex::default(),
             response_timeout: config.response_timeout(ConnectionType::Manager),
             push_sender: config.push_sender(),
             supervisor: shared.clone(),
@@ -205,6 +216,7 @@ impl ConnectionManager {
                 supervisor,
                 shared: manager_shared,
                 db,
+                resp3,
             }),
         })
     }
@@ -239,17 +251,35 @@ impl ConnectionManager {
         self.change(Change::PUnsubscribe, names).await
     }
 
-    /// Records `change` for the connections to come, then makes it on the one in use.
+    /// Makes `change` on the connection in use and records it for the connections to
+    /// come once the server confirmed it (or the connection dropped under it: the next
+    /// one makes it). A refused or timed-out change is not recorded.
     async fn change(&self, change: Change, names: Vec<Vec<u8>>) -> RedisResult<()> {
-        self.inner
-            .shared
-            .subscriptions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .apply(change, &names);
-        let connection = self.inner.supervisor.live().await?.1;
+        if !self.inner.resp3 {
+            return Err(RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "subscriptions on a ConnectionManager need RESP3",
+                "add ?protocol=resp3 to the URL and set a push sender, or use \
+                 redis_entraid::aio::PubSub (RESP2 or RESP3)"
+                    .to_owned(),
+            )));
+        }
+        let (id, connection) = self.inner.supervisor.live().await?;
         // Commands have no timeout of their own beyond the connection's.
-        Subscriber::Resp3(connection).change(change, names, Duration::MAX).await
+        let result = Subscriber::Resp3(connection)
+            .change(change, names.clone(), Duration::MAX)
+            .await;
+        let dropped = result.as_ref().is_err_and(|e| e.is_unrecoverable_error());
+        if result.is_ok() || dropped {
+            self.inner
+                .shared
+                .subscriptions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .apply(change, &names);
+        }
+        self.inner.supervisor.report(id, &result);
+        result
     }
 
     /// Runs `send` on the connection in use; fails it if the machine closes that
@@ -265,9 +295,55 @@ impl ConnectionManager {
     }
 }
 
+impl ConnectionManager {
+    /// What `cmd` does to the connection: an error for a command a swap would undo
+    /// (session state that cannot be carried, a transaction that is not one pipeline).
+    fn effect(cmd: &Cmd, in_atomic_pipeline: bool) -> RedisResult<Effect> {
+        let mut args = cmd.args_iter().map(arg_bytes);
+        let Some(name) = args.next() else {
+            return Ok(Effect::Plain);
+        };
+        match session::effect(name, args.next()) {
+            Effect::Refused(what, instead) => Err(session::refused(what, instead)),
+            Effect::Multi | Effect::Exec | Effect::Discard | Effect::Watch | Effect::Unwatch if !in_atomic_pipeline => {
+                Err(session::refused(
+                    "MULTI, EXEC, DISCARD and WATCH are refused on a multiplexed connection: other \
+                     tasks' commands and a renewal AUTH would land inside the transaction",
+                    "send the transaction as one pipeline (redis::pipe().atomic()), or use \
+                     redis_entraid::Connection for WATCH",
+                ))
+            }
+            effect => Ok(effect),
+        }
+    }
+
+    /// The server accepted `cmd`, of `effect`: session state is recorded for the
+    /// connections to come.
+    fn accepted(&self, cmd: &Cmd, effect: Effect) {
+        if let Effect::Setting(setting) = effect {
+            let args: Vec<&[u8]> = cmd.args_iter().skip(1).map(arg_bytes).collect();
+            self.inner
+                .shared
+                .session
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(setting, &args);
+        }
+    }
+}
+
 impl redis::aio::ConnectionLike for ConnectionManager {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(self.send(async move |c: &mut MultiplexedConnection| c.send_packed_command(cmd).await))
+        Box::pin(async move {
+            let effect = Self::effect(cmd, false)?;
+            let result = self
+                .send(async move |c: &mut MultiplexedConnection| c.send_packed_command(cmd).await)
+                .await;
+            if result.as_ref().is_ok_and(|v| !matches!(v, Value::ServerError(_))) {
+                self.accepted(cmd, effect);
+            }
+            result
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -276,13 +352,34 @@ impl redis::aio::ConnectionLike for ConnectionManager {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(
-            self.send(async move |c: &mut MultiplexedConnection| c.send_packed_commands(pipeline, offset, count).await),
-        )
+        Box::pin(async move {
+            let effects = pipeline
+                .cmd_iter()
+                .map(|cmd| Self::effect(cmd, pipeline.is_transaction()))
+                .collect::<RedisResult<Vec<_>>>()?;
+            let result = self
+                .send(async move |c: &mut MultiplexedConnection| c.send_packed_commands(pipeline, offset, count).await)
+                .await;
+            if result.is_ok() {
+                for (cmd, effect) in pipeline.cmd_iter().zip(effects) {
+                    self.accepted(cmd, effect);
+                }
+            }
+            result
+        })
     }
 
     fn get_db(&self) -> i64 {
         self.inner.db
+    }
+}
+
+/// An argument's bytes (a cursor, which no command we look at has, as none).
+fn arg_bytes(arg: redis::Arg<&[u8]>) -> &[u8] {
+    match arg {
+        redis::Arg::Simple(bytes) => bytes,
+        // `Arg` is the redis crate's, and `non_exhaustive`.
+        _ => &[],
     }
 }
 
@@ -323,24 +420,61 @@ struct ManagerTransport {
     shared: Arc<ManagerShared>,
 }
 
+/// A manager's connection, with what it is subscribed to.
+struct Managed {
+    connection: MultiplexedConnection,
+    applied: Subscriptions,
+}
+
 impl ManagerTransport {
-    fn subscribed(&self) -> bool {
-        *self.shared.subscriptions.lock().unwrap_or_else(PoisonError::into_inner) != Subscriptions::default()
+    fn record(&self) -> Subscriptions {
+        self.shared
+            .subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Subscribes `connection` from `applied` to the record; drops what the server
+    /// refuses from the record.
+    fn subscribe(
+        &self,
+        connection: MultiplexedConnection,
+        applied: Subscriptions,
+    ) -> impl Future<Output = RedisResult<Managed>> + Send + 'static {
+        let target = self.record();
+        let shared = self.shared.clone();
+        async move {
+            let refused = Subscriber::Resp3(connection.clone())
+                .reconcile(&applied, &target, Duration::MAX)
+                .await?;
+            let mut applied = target;
+            if !refused.is_empty() {
+                applied.remove(&refused);
+                shared
+                    .subscriptions
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&refused);
+                Counters::add(&shared.supervisor.counters.subscriptions_refused, refused.len());
+            }
+            Ok(Managed { connection, applied })
+        }
     }
 }
 
 impl Transport for ManagerTransport {
-    type Conn = MultiplexedConnection;
+    type Conn = Managed;
     type Handle = MultiplexedConnection;
 
-    /// Authenticated in its handshake, subscribed to the manager's channels.
+    /// Authenticated in its handshake, with the user's session state and subscriptions.
     fn open(
         &mut self,
         id: ConnectionId,
         client: redis::Client,
         _reason: ConnectReason,
         timeout: Duration,
-    ) -> BoxFuture<RedisResult<MultiplexedConnection>> {
+    ) -> BoxFuture<RedisResult<Managed>> {
         let mut config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(self.shared.response_timeout);
@@ -351,38 +485,48 @@ impl Transport for ManagerTransport {
                 supervisor: self.shared.supervisor.clone(),
             });
         }
-        let subscriptions = self
+        let transport = ManagerTransport {
+            resp3: self.resp3,
+            shared: self.shared.clone(),
+        };
+        let replay = self
             .shared
-            .subscriptions
+            .session
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+            .replay();
         Box::pin(async move {
-            let connection = client.get_multiplexed_async_connection_with_config(&config).await?;
-            Subscriber::Resp3(connection.clone())
-                .reconcile(&Subscriptions::default(), &subscriptions, Duration::MAX)
-                .await?;
-            Ok(connection)
+            let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
+            // The user's session state, before the connection takes a command.
+            for command in replay {
+                command.query_async::<()>(&mut connection).await?;
+            }
+            transport.subscribe(connection, Subscriptions::default()).await
         })
     }
 
-    fn catch_up(&mut self, _id: ConnectionId, conn: MultiplexedConnection) -> CatchUp<MultiplexedConnection> {
-        CatchUp::Ready(conn)
+    /// Makes the subscriptions changed while it was being opened, so none misses the
+    /// connection that takes over.
+    fn catch_up(&mut self, _id: ConnectionId, conn: Managed) -> CatchUp<Managed> {
+        if conn.applied == self.record() {
+            return CatchUp::Ready(conn);
+        }
+        CatchUp::Pending(Box::pin(self.subscribe(conn.connection, conn.applied)))
     }
 
-    fn auth(&self, conn: &MultiplexedConnection, token: &Token, timeout: Duration) -> BoxFuture<RedisResult<()>> {
-        let mut connection = conn.clone();
+    fn auth(&self, conn: &Managed, token: &Token, timeout: Duration) -> BoxFuture<RedisResult<()>> {
+        let mut connection = conn.connection.clone();
         // Its own timeout, not the commands' (500 ms by default): a stall of a few
         // seconds at a rotation is survived by waiting.
         connection.set_response_timeout(timeout);
         let auth = redis::cmd("AUTH").arg(token.username()).arg(token.secret()).to_owned();
-        Box::pin(async move { auth.query_async::<()>(&mut connection).await })
+        Box::pin(async move { auth.query_async::<Value>(&mut connection).await.and_then(auth_accepted) })
     }
 
-    fn take_over(&mut self, _id: ConnectionId, _conn: &MultiplexedConnection) {}
+    fn take_over(&mut self, _id: ConnectionId, _conn: &Managed) {}
 
-    fn handle(&self, conn: &MultiplexedConnection) -> MultiplexedConnection {
-        conn.clone()
+    fn handle(&self, conn: &Managed) -> MultiplexedConnection {
+        conn.connection.clone()
     }
 
     /// A retired subscribed connection may hold messages the server sent before the new
@@ -390,10 +534,11 @@ impl Transport for ManagerTransport {
     /// (answered after every push sent before it) reads them before the connection goes.
     /// Messages published in that overlap may arrive twice, never not at all. Otherwise
     /// it closes when the commands still holding it end.
-    fn retire(&mut self, _id: ConnectionId, mut conn: MultiplexedConnection) -> Retirement {
-        if !self.resp3 || !self.subscribed() {
+    fn retire(&mut self, _id: ConnectionId, conn: Managed) -> Retirement {
+        if !self.resp3 || conn.applied.is_empty() {
             return Retirement::Linger(None);
         }
+        let mut conn = conn.connection;
         Retirement::Linger(Some(Box::pin(async move {
             let ping = redis::cmd("PING");
             let _ = tokio::time::timeout(Duration::from_secs(1), ping.query_async::<()>(&mut conn)).await;
@@ -425,6 +570,12 @@ mod tests {
         // with the redis features the build unifies (TLS settings), so it is left out.
         type Supervisor = super::super::supervisor::Supervisor<ManagerTransport>;
         let own = std::mem::size_of::<Supervisor>() - std::mem::size_of::<redis::Client>();
+        // The task's future: the supervisor and what its loop awaits.
+        fn returned<F: FnOnce(Supervisor) -> R, R>(_: F) -> usize {
+            std::mem::size_of::<R>()
+        }
+        let task = returned(Supervisor::run) - std::mem::size_of::<redis::Client>();
+        eprintln!("supervisor {own}, its task {task}");
         assert!(own <= 760, "{own} {}", std::mem::size_of::<redis::Client>());
     }
 }

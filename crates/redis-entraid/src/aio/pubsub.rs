@@ -35,6 +35,7 @@ use super::supervisor::{
 };
 use crate::EntraIdCredentialsProvider;
 use crate::connection_config::{ConnectionConfig, ConnectionType};
+use crate::token_feed::auth_accepted;
 
 /// How a [`PubSub`] connects, times out and re-authenticates: the one
 /// [`ConnectionConfig`] of every connection type. Its response timeout bounds a
@@ -64,6 +65,9 @@ pub struct PubSubStats {
     pub connections_lost: u64,
     /// Messages handed to the stream.
     pub messages: u64,
+    /// Channels and patterns dropped from the record because the server refused them
+    /// when a new connection made them again (an ACL change, say); each is logged.
+    pub subscriptions_refused: u64,
 }
 
 /// One physical connection: dropping it closes it.
@@ -71,6 +75,8 @@ struct Physical {
     subscriber: Subscriber,
     /// What it is subscribed to, as confirmed by the server.
     applied: Subscriptions,
+    /// What the server refused when it subscribed, to drop from the record.
+    refused: Subscriptions,
     /// The task reading a RESP2 connection's messages (it owns the socket's reader).
     _reader: Option<AbortOnDrop>,
 }
@@ -172,6 +178,7 @@ impl Inner {
             closed_before_expiry: Counters::get(&c.closed_before_expiry),
             connections_lost: Counters::get(&c.connections_lost),
             messages,
+            subscriptions_refused: Counters::get(&c.subscriptions_refused),
         }
     }
 }
@@ -425,7 +432,8 @@ struct InFlight {
     target: Subscriptions,
     /// The sink's request; `None` for the transport's own reconciliation.
     request: Option<ChangeRequest>,
-    future: BoxFuture<RedisResult<()>>,
+    /// What the server refused, on success.
+    future: BoxFuture<RedisResult<Subscriptions>>,
 }
 
 /// The subscriber's I/O: RESP3 `MultiplexedConnection`s or RESP2 `redis::aio::PubSub`s,
@@ -460,6 +468,18 @@ impl PubSubTransport {
                 request: Some(request), ..
             }) => self.record.with(request.change, &request.names),
             _ => self.record.clone(),
+        }
+    }
+
+    /// Subscriptions the server refused when a connection made them again leave the
+    /// record, so they do not fail every later connection.
+    fn drop_refused(&mut self, refused: &Subscriptions) {
+        if refused.is_empty() {
+            return;
+        }
+        self.record.remove(refused);
+        if let Some(supervisor) = self.supervisor.upgrade() {
+            Counters::add(&supervisor.counters.subscriptions_refused, refused.len());
         }
     }
 
@@ -504,7 +524,10 @@ impl PubSubTransport {
                 id: live.id,
                 target: live.applied.with(change, &names),
                 request: Some(request),
-                future: Box::pin(async move { subscriber.change(change, names, timeout).await }),
+                future: Box::pin(async move {
+                    subscriber.change(change, names, timeout).await?;
+                    Ok(Subscriptions::default())
+                }),
             });
         } else if live.applied != self.record {
             // A change refused or lost on an earlier connection: converge on the record.
@@ -519,15 +542,17 @@ impl PubSubTransport {
     }
 
     /// The change in flight ended with `result`; a connection found lost is returned.
-    fn finish(&mut self, in_flight: InFlight, result: RedisResult<()>) -> Option<ConnectionId> {
+    fn finish(&mut self, in_flight: InFlight, result: RedisResult<Subscriptions>) -> Option<ConnectionId> {
         let InFlight {
             id, target, request, ..
         } = in_flight;
         let on_live = self.live.as_ref().is_some_and(|l| l.id == id);
         match (result, request) {
-            (Ok(()), request) => {
+            (Ok(refused), request) => {
+                self.drop_refused(&refused);
                 if on_live && let Some(live) = &mut self.live {
                     live.applied = target;
+                    live.applied.remove(&refused);
                 }
                 if let Some(request) = request {
                     self.record.apply(request.change, &request.names);
@@ -650,6 +675,7 @@ impl Transport for PubSubTransport {
                 Physical {
                     subscriber: Subscriber::Resp3(client.get_multiplexed_async_connection_with_config(&config).await?),
                     applied: Subscriptions::default(),
+                    refused: Subscriptions::default(),
                     _reader: None,
                 }
             } else {
@@ -657,14 +683,16 @@ impl Transport for PubSubTransport {
                 Physical {
                     subscriber: Subscriber::Resp2(sink),
                     applied: Subscriptions::default(),
+                    refused: Subscriptions::default(),
                     _reader: Some(AbortOnDrop(tokio::spawn(read_messages(id, stream, shared, supervisor)))),
                 }
             };
-            physical
+            physical.refused = physical
                 .subscriber
                 .reconcile(&Subscriptions::default(), &target, response_timeout)
                 .await?;
             physical.applied = target;
+            physical.applied.remove(&physical.refused);
             Ok(physical)
         })
     }
@@ -672,14 +700,17 @@ impl Transport for PubSubTransport {
     /// Makes up for the changes made while it was being opened, so none misses the
     /// connection that takes over.
     fn catch_up(&mut self, _id: ConnectionId, mut conn: Physical) -> CatchUp<Physical> {
+        let refused = std::mem::take(&mut conn.refused);
+        self.drop_refused(&refused);
         let target = self.target();
         if conn.applied == target {
             return CatchUp::Ready(conn);
         }
         let timeout = self.response_timeout;
         CatchUp::Pending(Box::pin(async move {
-            conn.subscriber.reconcile(&conn.applied, &target, timeout).await?;
+            conn.refused = conn.subscriber.reconcile(&conn.applied, &target, timeout).await?;
             conn.applied = target;
+            conn.applied.remove(&conn.refused);
             Ok(conn)
         }))
     }
@@ -696,7 +727,11 @@ impl Transport for PubSubTransport {
         // Its own timeout, not a subscription change's.
         connection.set_response_timeout(timeout);
         let auth = redis::cmd("AUTH").arg(token.username()).arg(token.secret()).to_owned();
-        Box::pin(async move { auth.query_async::<()>(&mut connection).await })
+        Box::pin(async move {
+            auth.query_async::<redis::Value>(&mut connection)
+                .await
+                .and_then(auth_accepted)
+        })
     }
 
     fn take_over(&mut self, id: ConnectionId, conn: &Physical) {

@@ -6,10 +6,16 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use redis::RedisResult;
 use redis::aio::MultiplexedConnection;
+use redis::{RedisError, RedisResult};
 
 use super::supervision::within;
+
+/// The server answered with an error (a refusal), as opposed to no answer: the
+/// connection is fine.
+fn is_refusal(error: &RedisError) -> bool {
+    !(error.is_unrecoverable_error() || error.is_io_error() || error.is_timeout())
+}
 
 /// Channels and patterns a connection is subscribed to, or should be.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -38,6 +44,21 @@ impl Subscriptions {
             Change::Unsubscribe | Change::PUnsubscribe if names.is_empty() => set.clear(),
             Change::Unsubscribe | Change::PUnsubscribe => set.retain(|n| !names.contains(n)),
         }
+    }
+
+    /// Leaves out everything in `other`.
+    pub(crate) fn remove(&mut self, other: &Subscriptions) {
+        self.channels.retain(|c| !other.channels.contains(c));
+        self.patterns.retain(|p| !other.patterns.contains(p));
+    }
+
+    /// How many channels and patterns.
+    pub(crate) fn len(&self) -> usize {
+        self.channels.len() + self.patterns.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub(crate) fn with(&self, change: Change, names: &[Vec<u8>]) -> Subscriptions {
@@ -85,17 +106,43 @@ impl Subscriber {
         within(timeout, "a subscription change", sent).await
     }
 
-    /// Turns this connection's subscriptions from `from` into `to`.
+    /// Turns this connection's subscriptions from `from` into `to`. A subscription the
+    /// server refuses (an ACL `NOPERM` on one channel) is left out with a log line
+    /// instead of failing the connection, so one refused channel never breaks every
+    /// later connection; returns those left out. A lost connection or a timeout fails it.
     pub(crate) async fn reconcile(
         &mut self,
         from: &Subscriptions,
         to: &Subscriptions,
         timeout: Duration,
-    ) -> RedisResult<()> {
+    ) -> RedisResult<Subscriptions> {
+        let mut refused = Subscriptions::default();
         for (change, names) in from.changes_to(to) {
-            self.change(change, names, timeout).await?;
+            let Err(error) = self.change(change, names.clone(), timeout).await else {
+                continue;
+            };
+            if !is_refusal(&error) {
+                return Err(error);
+            }
+            // One by one, to keep every name the server accepts.
+            for name in names {
+                match self.change(change, vec![name.clone()], timeout).await {
+                    Ok(()) => {}
+                    Err(error) if is_refusal(&error) => {
+                        tracing::warn!(
+                            name = %String::from_utf8_lossy(&name),
+                            %error,
+                            "the server refused a subscription; it is dropped from the record"
+                        );
+                        if matches!(change, Change::Subscribe | Change::PSubscribe) {
+                            refused.apply(change, &[name]);
+                        }
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// Answered after every message the server sent before it.

@@ -128,11 +128,16 @@ pub(crate) struct Counters {
     pub(crate) renewal_swaps: AtomicU64,
     pub(crate) closed_before_expiry: AtomicU64,
     pub(crate) connections_lost: AtomicU64,
+    pub(crate) subscriptions_refused: AtomicU64,
 }
 
 impl Counters {
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     pub(crate) fn get(counter: &AtomicU64) -> u64 {
@@ -269,6 +274,7 @@ pub(crate) async fn start<T: Transport>(start: Start<'_, T>) -> RedisResult<Supe
         transport,
         client,
         tokens: Some(manager.subscribe()),
+        restart: None,
         manager: provider.manager_handle(),
         feed: TokenFeed::default(),
         open: IdMap::with_capacity(1),
@@ -315,6 +321,8 @@ struct Trouble {
 
 enum Wake<C> {
     Token(Option<Result<Token, TokenManagerError>>),
+    /// The provider runs a token manager again after a `stop`.
+    Started(TokenStream),
     Connected(ConnectionId, RedisResult<C>),
     Auth(ConnectionId, Generation, RedisResult<()>),
     Lost(Vec<ConnectionId>),
@@ -327,8 +335,10 @@ pub(crate) struct Supervisor<T: Transport> {
     machine: ConnectionStateMachine,
     transport: T,
     client: redis::Client,
-    /// `None` once the token manager stopped.
+    /// `None` while the provider's token manager is stopped.
     tokens: Option<TokenStream>,
+    /// While it is stopped: the wait for the provider to be started again (boxed: rare).
+    restart: Option<((), BoxFuture<TokenStream>)>,
     /// Keeps the token manager running; a new stream if it had to be started again.
     manager: ManagerHandle,
     feed: TokenFeed,
@@ -344,12 +354,13 @@ pub(crate) struct Supervisor<T: Transport> {
 }
 
 impl<T: Transport> Supervisor<T> {
-    async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         loop {
             let deadline = self.act();
             self.publish();
             let wake = tokio::select! {
                 item = next_token(&mut self.tokens) => Wake::Token(item),
+                ((), tokens) = wait_pending(&mut self.restart) => Wake::Started(tokens),
                 (id, result) = wait_pending(&mut self.pending_connect) => Wake::Connected(id, result),
                 ((id, generation), result) = wait_pending(&mut self.pending_auth) => Wake::Auth(id, generation, result),
                 ids = self.shared.lost.next() => Wake::Lost(ids),
@@ -374,9 +385,16 @@ impl<T: Transport> Supervisor<T> {
             }
             Wake::Token(Some(Err(error))) => self.feed.token_error(error),
             Wake::Token(None) => {
-                // The token manager stopped: the connection lives until its token ends.
+                // The token manager stopped: the connection lives until its token ends,
+                // and follows the provider if it is started again.
                 self.feed.token_lost(&mut self.machine, now, TokenManagerError::Stopped);
                 self.tokens = None;
+                let manager = self.manager.clone();
+                self.restart = Some(((), Box::pin(async move { manager.next_start().await })));
+            }
+            Wake::Started(tokens) => {
+                self.restart = None;
+                self.tokens = Some(tokens);
             }
             Wake::Connected(id, Ok(conn)) => {
                 self.pending_connect = None;
