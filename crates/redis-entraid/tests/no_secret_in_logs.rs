@@ -104,7 +104,10 @@ async fn a_rotation_at_trace_level_logs_no_token() {
     assert!(secrets.len() >= 2, "a rotation happened: {} tokens", secrets.len());
     // Our lines and the redis crate's (through the `log` bridge) were recorded: the
     // redis crate's own re-authentication logs at DEBUG.
-    assert!(log.contains("Re-authenticated async connection"), "the redis crate's records: {log}");
+    assert!(
+        log.contains("Re-authenticated async connection"),
+        "the redis crate's records: {log}"
+    );
     assert!(log.contains("Entra ID token renewed"), "ours: {log}");
     assert!(manager.stats().reauthentications >= 1, "{:?}", manager.stats());
     for secret in &secrets {

@@ -78,14 +78,30 @@ struct Physical {
     /// What the server refused when it subscribed, to drop from the record.
     refused: Subscriptions,
     /// The task reading a RESP2 connection's messages (it owns the socket's reader).
-    _reader: Option<AbortOnDrop>,
+    reader: Option<Reader>,
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// The task reading a RESP2 connection's messages; aborted when dropped.
+struct Reader {
+    task: tokio::task::JoinHandle<()>,
+    /// Tells it to take what is already received, then end.
+    finish: Option<oneshot::Sender<()>>,
+}
 
-impl Drop for AbortOnDrop {
+impl Reader {
+    /// Ends the reader once it has taken every message already received (all those the
+    /// server sent before a `PING` that was answered), waiting at most `timeout`.
+    async fn finish(mut self, timeout: Duration) {
+        if let Some(finish) = self.finish.take() {
+            let _ = finish.send(());
+        }
+        let _ = tokio::time::timeout(timeout, &mut self.task).await;
+    }
+}
+
+impl Drop for Reader {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
@@ -395,14 +411,29 @@ impl AsyncPushSender for PushForwarder {
     }
 }
 
-/// Reads a RESP2 connection's messages until it closes.
+/// Reads a RESP2 connection's messages until it closes, or until told to finish: then it
+/// takes what was already received, and ends.
 async fn read_messages(
     id: ConnectionId,
     mut stream: redis::aio::PubSubStream,
     shared: Weak<PubSubShared>,
     supervisor: Weak<Shared>,
+    mut finishing: oneshot::Receiver<()>,
 ) {
-    while let Some(msg) = stream.next().await {
+    loop {
+        let msg = tokio::select! {
+            msg = stream.next() => msg,
+            _ = &mut finishing => {
+                // Everything already in the stream's buffer, without waiting for more.
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                while let Poll::Ready(Some(msg)) = Pin::new(&mut stream).poll_next(&mut cx) {
+                    let Some(shared) = shared.upgrade() else { return };
+                    shared.delivery().accept(id, msg);
+                }
+                return;
+            }
+        };
+        let Some(msg) = msg else { break };
         let Some(shared) = shared.upgrade() else { return };
         shared.delivery().accept(id, msg);
     }
@@ -676,7 +707,7 @@ impl Transport for PubSubTransport {
                     subscriber: Subscriber::Resp3(client.get_multiplexed_async_connection_with_config(&config).await?),
                     applied: Subscriptions::default(),
                     refused: Subscriptions::default(),
-                    _reader: None,
+                    reader: None,
                 }
             } else {
                 let (sink, stream) = client.get_async_pubsub().await?.split();
@@ -684,7 +715,13 @@ impl Transport for PubSubTransport {
                     subscriber: Subscriber::Resp2(sink),
                     applied: Subscriptions::default(),
                     refused: Subscriptions::default(),
-                    _reader: Some(AbortOnDrop(tokio::spawn(read_messages(id, stream, shared, supervisor)))),
+                    reader: Some({
+                        let (finish, finishing) = oneshot::channel();
+                        Reader {
+                            task: tokio::spawn(read_messages(id, stream, shared, supervisor, finishing)),
+                            finish: Some(finish),
+                        }
+                    }),
                 }
             };
             physical.refused = physical
@@ -763,6 +800,11 @@ impl Transport for PubSubTransport {
         Retirement::Drain(Box::pin(async move {
             if let Err(error) = conn.subscriber.ping(timeout).await {
                 tracing::warn!(connection = %id, %error, "draining a swapped-out connection failed");
+            }
+            // The PING's answer proves every earlier message reached the stream's
+            // buffer, not that the reader took it: it takes them before the close.
+            if let Some(reader) = conn.reader.take() {
+                reader.finish(timeout).await;
             }
             drop(conn);
         }))
