@@ -62,7 +62,7 @@ async fn handle(service: Arc<TokenService>, request: Request<Incoming>) -> Resul
 }
 
 /// A `POST /faults` body as a [`Faults`] change: any of `fail_next`, `status`,
-/// `retry_after`, `aadsts`, `latency_ms`, `stop_answering`, `fail_reauth`, `drop_after_auth`, `hold_handshakes_ms`;
+/// `retry_after`, `aadsts`, `latency_ms`, `stop_answering`, `fail_reauth`, `drop_after_auth`, `hold_handshakes_ms`, `silence_connections` (true);
 /// `"reset": true` clears everything first. `retry_after` and `aadsts` given as `null`
 /// clear those; fields of another type than these, and other fields, are ignored.
 fn faults_from_json(body: &Value) -> Result<Faults, FaultsError> {
@@ -106,6 +106,9 @@ fn faults_from_json(body: &Value) -> Result<Faults, FaultsError> {
     }
     if let Some(ms) = number("hold_handshakes_ms") {
         faults = faults.hold_handshakes(Duration::from_millis(ms));
+    }
+    if body.get("silence_connections").and_then(Value::as_bool) == Some(true) {
+        faults = faults.silence_connections();
     }
     Ok(faults)
 }

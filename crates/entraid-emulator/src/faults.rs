@@ -36,6 +36,7 @@ pub struct Faults {
     fail_reauth: Option<u32>,
     drop_after_auth: Option<bool>,
     hold_handshakes: Option<Duration>,
+    silence_connections: bool,
 }
 
 impl Faults {
@@ -102,6 +103,14 @@ impl Faults {
     /// stop (`false`).
     pub fn drop_after_auth(mut self, drop: bool) -> Faults {
         self.drop_after_auth = Some(drop);
+        self
+    }
+
+    /// Make every gateway connection open now go silent: from then on no byte passes in
+    /// either direction and the sockets stay open (a node gone behind a load balancer, a
+    /// failover that leaves no reset). Connections opened later work.
+    pub fn silence_connections(mut self) -> Faults {
+        self.silence_connections = true;
         self
     }
 
@@ -172,11 +181,20 @@ pub(crate) enum Planned {
 
 /// The faults in force, shared by the token service, the gateways and the admin endpoint.
 #[derive(Debug, Default)]
-pub(crate) struct FaultState(Mutex<Active>);
+pub(crate) struct FaultState {
+    active: Mutex<Active>,
+    /// Bumped by each `silence_connections`: a connection opened before goes silent.
+    silences: tokio::sync::watch::Sender<u64>,
+}
 
 impl FaultState {
     fn lock(&self) -> std::sync::MutexGuard<'_, Active> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Resolves when a connection open now must go silent.
+    pub(crate) fn silences(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.silences.subscribe()
     }
 
     pub(crate) fn plan(&self) -> (Duration, Planned) {
@@ -255,6 +273,9 @@ impl FaultState {
         }
         if let Some(hold) = change.hold_handshakes {
             f.hold_handshakes = hold;
+        }
+        if change.silence_connections {
+            self.silences.send_modify(|n| *n += 1);
         }
         Ok(f.clone())
     }

@@ -246,6 +246,7 @@ async fn relay<C, S, F, Fut>(
         downstream_alive: Some(alive),
     };
     let auth_deadline = Instant::now() + auth_timeout;
+    let mut silences = relay.service.faults.silences();
     let reason: Cow<'static, str> = loop {
         let authenticated = relay.session.authenticated;
         let deadline = match relay.session.expires_at {
@@ -269,6 +270,13 @@ async fn relay<C, S, F, Fut>(
                 break format!("not authenticated within {auth_timeout:?}").into();
             }
             _ = &mut downstream_ended => break "the server closed the connection".into(),
+            Ok(()) = silences.changed() => {
+                // A silent path: nothing more either way, the sockets left open.
+                tracing::info!(connection = id, "connection silenced (injected fault)");
+                relay.downstream = None;
+                shutdown.wait().await;
+                break "the emulator is stopping".into();
+            }
             () = shutdown.wait() => break "the emulator is stopping".into(),
         }
     };

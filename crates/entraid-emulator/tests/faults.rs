@@ -215,3 +215,48 @@ async fn a_sync_command_that_times_out_leaves_no_reply_out_of_step() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_path_is_abandoned_and_commands_succeed_again_within_seconds() {
+    watchdog(Duration::from_secs(90), async {
+        let emulator = emulator(Duration::from_secs(60), None).await;
+        let provider = started(secret_provider(&emulator), quick_retries());
+        // Default settings: 500 ms per command, a 2 s health PING, 5 s to connect.
+        let mut manager = ConnectionManager::new(tls_client(&emulator, false), provider)
+            .await
+            .unwrap();
+        let load = tokio::spawn(entraid_test_support::set_get_load(
+            manager.clone(),
+            8,
+            Duration::from_secs(12),
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The path goes silent: no byte either way, no reset, sockets open.
+        let silenced_at = tokio::time::Instant::now();
+        emulator.set_faults(Faults::new().silence_connections()).unwrap();
+        let report = load.await.unwrap();
+        let recovered_in = report
+            .last_failure_at
+            .map(|at| at.saturating_duration_since(silenced_at));
+        eprintln!(
+            "silent path: {} ok, {} failed, the last {recovered_in:?} after the silence; manager {:?}",
+            report.ok,
+            report.failed,
+            manager.stats()
+        );
+        // A command times out (0.5 s), the PING too (2 s), a new connection opens (at
+        // most 5 s): commands fail for at most 7.5 s, and succeed after.
+        let bound = Duration::from_millis(500) + Duration::from_secs(2) + Duration::from_secs(5);
+        let recovered_in = recovered_in.expect("commands failed while the path was silent");
+        assert!(recovered_in <= bound, "{recovered_in:?}");
+        assert_eq!(manager.stats().unresponsive, 1, "{:?}", manager.stats());
+        let () = redis::cmd("SET")
+            .arg("after")
+            .arg(1)
+            .query_async(&mut manager)
+            .await
+            .unwrap();
+        emulator.stop().await;
+    })
+    .await;
+}

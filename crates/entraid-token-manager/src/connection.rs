@@ -58,6 +58,11 @@ pub struct ConnectionPolicy {
     /// a server that drops every connection at once meets the reconnect backoff instead
     /// of a tight loop of TLS handshakes and `AUTH`s. Default 1 s.
     pub stable_after: Duration,
+    /// How long a health `PING` may wait, once a command on the connection got no reply
+    /// in time; unanswered, the connection is taken for a silent path (a node gone
+    /// behind a load balancer, a failover that left no reset) and replaced
+    /// make-before-break. Default 2 s: longer than a server stall worth waiting out.
+    pub probe_timeout: Duration,
 }
 
 impl Default for ConnectionPolicy {
@@ -72,6 +77,7 @@ impl Default for ConnectionPolicy {
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
             stable_after: Duration::from_secs(1),
+            probe_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -123,12 +129,14 @@ impl ConnectionPolicy {
             ("reconnect_initial", self.reconnect_initial),
             ("reconnect_max", self.reconnect_max),
             ("stable_after", self.stable_after),
+            ("probe_timeout", self.probe_timeout),
         ] {
             if value > MAX_POLICY_DURATION {
                 return Err(ConnectionPolicyError::TooLong { name, value });
             }
         }
         for (name, value) in [
+            ("probe_timeout", self.probe_timeout),
             ("auth_timeout", self.auth_timeout),
             ("auth_retry_initial", self.auth_retry_initial),
             ("connect_timeout", self.connect_timeout),
@@ -180,13 +188,16 @@ pub enum ConnectReason {
     /// A renewal under [`Renewal::Replace`]: the connection in use cannot send `AUTH`
     /// (a RESP2 subscriber), so this one, on the new token, takes over.
     RenewalSwap,
+    /// The connection in use stopped answering (a command and then a health `PING` got
+    /// no reply: a silent path): this one takes over, make-before-break.
+    Unresponsive,
 }
 
 impl ConnectReason {
     /// Whether a connection in use stays in use until this one takes over.
     pub fn takes_over(self) -> bool {
         match self {
-            ConnectReason::Replacement | ConnectReason::RenewalSwap => true,
+            ConnectReason::Replacement | ConnectReason::RenewalSwap | ConnectReason::Unresponsive => true,
             ConnectReason::First | ConnectReason::Reconnect => false,
         }
     }
@@ -223,6 +234,14 @@ pub enum ConnectionOutput {
         id: ConnectionId,
         /// The token to send.
         generation: Generation,
+        /// Give up after this long.
+        timeout: Duration,
+    },
+    /// A command on connection `id` got no reply in time: send it a health `PING`, waiting
+    /// at most `timeout`; report with [`ConnectionStateMachine::handle_probe_result`].
+    Probe {
+        /// The connection.
+        id: ConnectionId,
         /// Give up after this long.
         timeout: Duration,
     },
@@ -312,6 +331,10 @@ struct Active {
     /// Inside the user's transaction or `WATCH`: no `AUTH`, no takeover, until the
     /// replace margin.
     pinned: bool,
+    /// A health `PING` waiting for its reply, until this instant.
+    probe: Option<Instant>,
+    /// It stopped answering: replaced as soon as a connection can be opened.
+    unresponsive: bool,
 }
 
 #[derive(Debug)]
@@ -489,6 +512,8 @@ impl ConnectionStateMachine {
             auth: if newer { Auth::Due(now) } else { Auth::UpToDate },
             auth_failures: 0,
             pinned: false,
+            probe: None,
+            unresponsive: false,
         });
         self.ever_used = true;
         self.outputs.push_back(ConnectionOutput::Use(id));
@@ -581,6 +606,34 @@ impl ConnectionStateMachine {
         let now = self.observe(now);
         if let Some(active) = self.active.as_mut().filter(|a| a.id == id) {
             active.pinned = pinned;
+        }
+        self.process(now);
+    }
+
+    /// A command on connection `id` got no reply within its timeout. A slow reply is not
+    /// a lost connection: the machine asks for a health `PING` first
+    /// ([`ConnectionOutput::Probe`]), unless one is already out.
+    pub fn handle_reply_timeout(&mut self, now: Instant, id: ConnectionId) {
+        let now = self.observe(now);
+        let timeout = self.policy.probe_timeout();
+        if let Some(active) = self.active.as_mut().filter(|a| a.id == id)
+            && active.probe.is_none()
+            && !active.unresponsive
+        {
+            active.probe = Some(now + timeout);
+            self.outputs.push_back(ConnectionOutput::Probe { id, timeout });
+        }
+        self.process(now);
+    }
+
+    /// The health `PING` on `id` was answered (`true`), or failed or timed out.
+    pub fn handle_probe_result(&mut self, now: Instant, id: ConnectionId, answered: bool) {
+        let now = self.observe(now);
+        if let Some(active) = self.active.as_mut().filter(|a| a.id == id)
+            && active.probe.take().is_some()
+            && !answered
+        {
+            active.unresponsive = true;
         }
         self.process(now);
     }
@@ -725,23 +778,36 @@ impl ConnectionStateMachine {
                         None => active.auth = Auth::UpToDate,
                     }
                 }
-                let must_replace = active.in_force.replace_at() <= now && newer.is_some();
+                if active.probe.is_some_and(|deadline| deadline <= now) {
+                    active.probe = None;
+                    active.unresponsive = true;
+                }
+                let must_replace = (active.in_force.replace_at() <= now && newer.is_some()) || active.unresponsive;
                 let may_connect = self.reconnect_at.is_none_or(|at| at <= now);
                 if (must_replace || renew_by_replacing) && self.connecting.is_none() && may_connect {
-                    if renew_by_replacing {
-                        tracing::debug!(connection = %active.id, "renewal: opening a connection to take over");
-                    } else {
-                        tracing::warn!(
-                            connection = %active.id,
-                            failed_auths = active.auth_failures,
-                            "re-authentication did not succeed in time: replacing the connection before its token expires"
-                        );
-                    }
-                    let reason = if renew_by_replacing {
+                    let reason = if active.unresponsive {
+                        ConnectReason::Unresponsive
+                    } else if renew_by_replacing {
                         ConnectReason::RenewalSwap
                     } else {
                         ConnectReason::Replacement
                     };
+                    match reason {
+                        ConnectReason::RenewalSwap => {
+                            tracing::debug!(connection = %active.id, "renewal: opening a connection to take over");
+                        }
+                        ConnectReason::Unresponsive => tracing::warn!(
+                            connection = %active.id,
+                            "no reply to a command nor to a health PING: replacing the connection"
+                        ),
+                        ConnectReason::Replacement | ConnectReason::First | ConnectReason::Reconnect => {
+                            tracing::warn!(
+                                connection = %active.id,
+                                failed_auths = active.auth_failures,
+                                "re-authentication did not succeed in time: replacing the connection before its token expires"
+                            );
+                        }
+                    }
                     self.start_connect(now, reason);
                 }
             }
@@ -788,6 +854,7 @@ impl ConnectionStateMachine {
             if let Auth::Due(at) | Auth::InFlight { deadline: at, .. } = active.auth {
                 candidates.push(at);
             }
+            candidates.extend(active.probe);
             if self.newer_than(active.in_force.generation) {
                 candidates.push(active.in_force.replace_at());
             }
@@ -811,6 +878,7 @@ struct CompactPolicy {
     reconnect_initial: u32,
     reconnect_max: u32,
     stable_after: u32,
+    probe_timeout: u32,
 }
 
 fn millis_up(duration: Duration) -> u32 {
@@ -829,6 +897,7 @@ impl CompactPolicy {
             reconnect_initial: millis_up(policy.reconnect_initial),
             reconnect_max: millis_up(policy.reconnect_max),
             stable_after: millis_up(policy.stable_after),
+            probe_timeout: millis_up(policy.probe_timeout),
         }
     }
 }
@@ -852,7 +921,8 @@ durations!(
     connect_timeout,
     reconnect_initial,
     reconnect_max,
-    stable_after
+    stable_after,
+    probe_timeout
 );
 
 /// `initial · 2^(n−1)`, at most `max`, scaled by a ±20 % jitter and kept within `max`.

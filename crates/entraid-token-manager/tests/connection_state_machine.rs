@@ -574,6 +574,7 @@ fn durations_past_a_day_are_refused_and_a_day_everywhere_never_panics() {
         reconnect_initial: day,
         reconnect_max: day,
         stable_after: day,
+        probe_timeout: day,
     };
     let mut clock = FakeClock::new();
     let mut sm = ConnectionStateMachine::with_seed(policy, 3).unwrap();
@@ -677,4 +678,39 @@ fn a_renewal_swap_waits_for_the_users_transaction_too() {
     );
     sm.handle_pinned(clock.advance(MS), old, false);
     assert_eq!(connect_reason(&drain(&mut sm).0), Some(ConnectReason::RenewalSwap));
+}
+
+#[test]
+fn a_command_without_a_reply_is_probed_and_a_silent_connection_replaced_make_before_break() {
+    let (mut clock, mut sm, old) = connected();
+    // A slow reply: one health PING, not two, and an answer changes nothing.
+    sm.handle_reply_timeout(clock.advance(S), old);
+    assert_eq!(
+        drain(&mut sm).0,
+        vec![Out::Probe {
+            id: old,
+            timeout: 2 * S
+        }]
+    );
+    sm.handle_reply_timeout(clock.advance(10 * MS), old);
+    assert!(drain(&mut sm).0.is_empty(), "a probe is already out");
+    sm.handle_probe_result(clock.advance(100 * MS), old, true);
+    assert!(drain(&mut sm).0.is_empty());
+    assert_eq!(sm.availability(), Availability::Connected(old));
+    // A silent path: the PING gets no answer within its 2 s.
+    let probed_at = clock.advance(S);
+    sm.handle_reply_timeout(probed_at, old);
+    assert!(matches!(drain(&mut sm).0[..], [Out::Probe { .. }]));
+    let (replaced_at, (reason, new)) = run_until(&mut clock, &mut sm, 5 * S, |o| {
+        connect_reason(o).map(|reason| (reason, connect_id(o)))
+    });
+    assert_eq!((replaced_at, reason), (probed_at + 2 * S, ConnectReason::Unresponsive));
+    // The old connection serves (its commands may still be answered) until the new one
+    // is up; then it retires.
+    assert_eq!(sm.availability(), Availability::Connected(old));
+    sm.handle_connected(clock.advance(50 * MS), new);
+    assert_eq!(drain(&mut sm).0, vec![Out::Retire(old), Out::Use(new)]);
+    // No second replacement for the new one.
+    sm.handle_timeout(clock.advance(5 * S));
+    assert!(connect_reason(&drain(&mut sm).0).is_none());
 }

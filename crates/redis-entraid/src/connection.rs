@@ -288,7 +288,10 @@ impl Connection {
                 } => {
                     match reason {
                         ConnectReason::Replacement => self.provider.health().replaced(),
-                        ConnectReason::First | ConnectReason::Reconnect | ConnectReason::RenewalSwap => {}
+                        ConnectReason::First
+                        | ConnectReason::Reconnect
+                        | ConnectReason::RenewalSwap
+                        | ConnectReason::Unresponsive => {}
                     }
                     let opened = match self.feed.get(generation) {
                         Some(token) => self.open(token, timeout),
@@ -361,6 +364,17 @@ impl Connection {
                 }
                 // Commands go to the machine's availability, read after each step.
                 ConnectionOutput::Use(_) => {}
+                // Never asked here (a sync connection that times out is retired), but
+                // answered as asked: a PING within the timeout.
+                ConnectionOutput::Probe { id, timeout } => {
+                    let answered = self.connections.get_mut(&id).is_some_and(|connection| {
+                        let _ = connection.set_read_timeout(Some(timeout));
+                        let pong = redis::cmd("PING").query::<()>(connection);
+                        let _ = connection.set_read_timeout(self.response_timeout);
+                        pong.is_ok()
+                    });
+                    self.machine.handle_probe_result(Instant::now(), id, answered);
+                }
             }
         }
     }

@@ -48,6 +48,9 @@ pub struct ConnectionStats {
     /// Channels and patterns dropped from the record because the server refused them
     /// when a new connection made them again (an ACL change, say); each is logged.
     pub subscriptions_refused: u64,
+    /// Connections replaced because they stopped answering: a command and then a health
+    /// `PING` got no reply (a silent network path).
+    pub unresponsive: u64,
 }
 
 impl ConnectionStats {
@@ -61,6 +64,7 @@ impl ConnectionStats {
             closed_before_expiry: Counters::get(&c.closed_before_expiry),
             connections_lost: Counters::get(&c.connections_lost),
             subscriptions_refused: Counters::get(&c.subscriptions_refused),
+            unresponsive: Counters::get(&c.unresponsive),
         }
     }
 }
@@ -521,6 +525,12 @@ impl Transport for ManagerTransport {
         connection.set_response_timeout(timeout);
         let auth = redis::cmd("AUTH").arg(token.username()).arg(token.secret()).to_owned();
         Box::pin(async move { auth.query_async::<Value>(&mut connection).await.and_then(auth_accepted) })
+    }
+
+    fn probe(&self, conn: &Managed, timeout: Duration) -> BoxFuture<RedisResult<()>> {
+        let mut connection = conn.connection.clone();
+        connection.set_response_timeout(timeout);
+        Box::pin(async move { redis::cmd("PING").query_async::<()>(&mut connection).await })
     }
 
     fn take_over(&mut self, _id: ConnectionId, _conn: &Managed) {}

@@ -771,6 +771,11 @@ impl Transport for PubSubTransport {
         })
     }
 
+    fn probe(&self, conn: &Physical, timeout: Duration) -> BoxFuture<RedisResult<()>> {
+        let mut subscriber = conn.subscriber.clone();
+        Box::pin(async move { subscriber.ping(timeout).await })
+    }
+
     fn take_over(&mut self, id: ConnectionId, conn: &Physical) {
         self.live = Some(Live {
             id,

@@ -57,6 +57,9 @@ pub(crate) trait Transport: Send + 'static {
     /// Sends `AUTH` with `token` on `conn`, waiting at most `timeout` for the reply.
     fn auth(&self, conn: &Self::Conn, token: &Token, timeout: Duration) -> BoxFuture<RedisResult<()>>;
 
+    /// Sends a health `PING` on `conn`, waiting at most `timeout` for the reply.
+    fn probe(&self, conn: &Self::Conn, timeout: Duration) -> BoxFuture<RedisResult<()>>;
+
     /// `conn` takes new commands from now on.
     fn take_over(&mut self, id: ConnectionId, conn: &Self::Conn);
 
@@ -129,6 +132,7 @@ pub(crate) struct Counters {
     pub(crate) closed_before_expiry: AtomicU64,
     pub(crate) connections_lost: AtomicU64,
     pub(crate) subscriptions_refused: AtomicU64,
+    pub(crate) unresponsive: AtomicU64,
 }
 
 impl Counters {
@@ -151,6 +155,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Connections that commands or readers found dropped.
     pub(crate) lost: LostReports,
+    /// Connections on which a command got no reply in time.
+    pub(crate) timed_out: LostReports,
 }
 
 /// The handle side: where commands go, waiting for a connection being opened.
@@ -211,12 +217,13 @@ impl<H: Clone> SupervisorHandle<H> {
         }
     }
 
-    /// A dropped connection is reported, so the supervisor opens another at once.
+    /// A dropped connection is reported, so the supervisor opens another at once; one
+    /// that did not answer in time, so the supervisor checks it.
     pub(crate) fn report<T>(&self, id: ConnectionId, result: &RedisResult<T>) {
-        if let Err(error) = result
-            && error.is_unrecoverable_error()
-        {
-            self.shared.lost.report(id);
+        match result {
+            Err(error) if error.is_unrecoverable_error() => self.shared.lost.report(id),
+            Err(error) if error.is_timeout() => self.shared.timed_out.report(id),
+            Ok(_) | Err(_) => {}
         }
     }
 }
@@ -281,6 +288,7 @@ pub(crate) async fn start<T: Transport>(start: Start<'_, T>) -> RedisResult<Supe
         retired: Vec::new(),
         pending_connect: None,
         pending_auth: None,
+        pending_probe: None,
         slot: slot_tx,
         shared: shared.clone(),
         trouble: None,
@@ -326,6 +334,8 @@ enum Wake<C> {
     Connected(ConnectionId, RedisResult<C>),
     Auth(ConnectionId, Generation, RedisResult<()>),
     Lost(Vec<ConnectionId>),
+    TimedOut(Vec<ConnectionId>),
+    Probed(ConnectionId, RedisResult<()>),
     Drained(ConnectionId, bool),
     Timer,
 }
@@ -346,6 +356,8 @@ pub(crate) struct Supervisor<T: Transport> {
     retired: Vec<Retired>,
     pending_connect: Option<(ConnectionId, BoxFuture<RedisResult<T::Conn>>)>,
     pending_auth: PendingAuth,
+    /// A health `PING` waiting for its reply.
+    pending_probe: Option<(ConnectionId, BoxFuture<RedisResult<()>>)>,
     slot: watch::Sender<Slot<T::Handle>>,
     shared: Arc<Shared>,
     trouble: Option<Box<Trouble>>,
@@ -364,6 +376,8 @@ impl<T: Transport> Supervisor<T> {
                 (id, result) = wait_pending(&mut self.pending_connect) => Wake::Connected(id, result),
                 ((id, generation), result) = wait_pending(&mut self.pending_auth) => Wake::Auth(id, generation, result),
                 ids = self.shared.lost.next() => Wake::Lost(ids),
+                ids = self.shared.timed_out.next() => Wake::TimedOut(ids),
+                (id, result) = wait_pending(&mut self.pending_probe) => Wake::Probed(id, result),
                 id = self.transport.next_lost() => Wake::Lost(vec![id]),
                 (id, closes) = next_retired(&mut self.retired) => Wake::Drained(id, closes),
                 () = sleep_until(deadline) => Wake::Timer,
@@ -444,6 +458,21 @@ impl<T: Transport> Supervisor<T> {
                     self.lost(now, id);
                 }
             }
+            Wake::TimedOut(ids) => {
+                for id in ids {
+                    self.machine.handle_reply_timeout(now, id);
+                }
+            }
+            Wake::Probed(id, result) => {
+                self.pending_probe = None;
+                if let Err(error) = &result {
+                    tracing::warn!(connection = %id, %error, "no reply to a health PING");
+                }
+                match result {
+                    Err(error) if error.is_unrecoverable_error() => self.lost(now, id),
+                    result => self.machine.handle_probe_result(now, id, result.is_ok()),
+                }
+            }
             Wake::Drained(id, closes) => {
                 if closes {
                     self.retired.retain(|r| r.id != id);
@@ -485,6 +514,13 @@ impl<T: Transport> Supervisor<T> {
                         self.pending_auth = Some(((id, generation), Box::pin(auth)));
                     }
                     _ => self.machine.handle_auth_result(now(), id, generation, false),
+                },
+                ConnectionOutput::Probe { id, timeout } => match self.open.get(&id) {
+                    Some(conn) => {
+                        let probe = within(timeout, "a health PING", self.transport.probe(conn, timeout));
+                        self.pending_probe = Some((id, Box::pin(probe)));
+                    }
+                    None => self.machine.handle_probe_result(now(), id, false),
                 },
                 ConnectionOutput::Use(id) => {
                     if let Some(conn) = self.open.get(&id) {
@@ -544,6 +580,7 @@ impl<T: Transport> Supervisor<T> {
                 Counters::bump(&self.shared.counters.renewal_swaps);
                 tracing::debug!(connection = %id, "renewal: a new connection takes over");
             }
+            ConnectReason::Unresponsive => Counters::bump(&self.shared.counters.unresponsive),
             ConnectReason::First | ConnectReason::Reconnect => {}
         }
         let opened = match self.feed.get(generation) {
@@ -557,10 +594,13 @@ impl<T: Transport> Supervisor<T> {
         self.pending_connect = Some((id, Box::pin(within(timeout, "opening a connection", future))));
     }
 
-    /// A pending `AUTH` on `id` is dropped.
+    /// A pending `AUTH` or health `PING` on `id` is dropped.
     fn stop_using(&mut self, id: ConnectionId) {
         if self.pending_auth.as_ref().is_some_and(|((a, _), _)| *a == id) {
             self.pending_auth = None;
+        }
+        if self.pending_probe.as_ref().is_some_and(|(p, _)| *p == id) {
+            self.pending_probe = None;
         }
     }
 
