@@ -601,6 +601,46 @@ where
     })
 }
 
+/// What figure 4's tasks send on: redis's multiplexed connection, our manager, or
+/// redis's manager, each with its credentials.
+#[derive(Clone)]
+enum Target {
+    Multiplexed(MultiplexedConnection),
+    Ours(redis_entraid::aio::ConnectionManager),
+    Redis(redis::aio::ConnectionManager),
+}
+
+impl redis::aio::ConnectionLike for Target {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Target::Multiplexed(c) => c.req_packed_command(cmd),
+            Target::Ours(c) => c.req_packed_command(cmd),
+            Target::Redis(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Target::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
+            Target::Ours(c) => c.req_packed_commands(pipeline, offset, count),
+            Target::Redis(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Target::Multiplexed(c) => c.get_db(),
+            Target::Ours(c) => c.get_db(),
+            Target::Redis(c) => c.get_db(),
+        }
+    }
+}
+
 /// One run of figure 4.
 struct ThroughputRun {
     label: &'static str,
@@ -615,41 +655,68 @@ struct ThroughputRun {
 async fn throughput(server: &Server, plan: &Plan) -> Result<Throughput, AnyError> {
     let seconds = plan.throughput_secs;
     let rounds: &[&'static str] = if plan.quick {
-        &["static", "A"]
+        &["static", "A", "manager", "redis-manager"]
     } else {
-        &["static", "noop", "A", "A", "noop", "static"]
+        &[
+            "static",
+            "noop",
+            "A",
+            "manager",
+            "redis-manager",
+            "redis-manager",
+            "manager",
+            "A",
+            "noop",
+            "static",
+        ]
     };
     let mut runs: Vec<ThroughputRun> = Vec::new();
     for &label in rounds {
         let gate = Gate::gated();
         // Every connection is made the same way; only the credentials differ.
         let (connection, provider) = match label {
-            "A" => {
+            "A" | "manager" | "redis-manager" => {
                 let provider = Variant::A {
                     spread: redis_entraid::DEFAULT_REAUTH_SPREAD,
                 }
                 .provider(&gate)?;
                 gate.wait_first_token().await;
-                let config = provider.configure(AsyncConnectionConfig::new());
-                (
-                    redis::Client::open(server.url())?
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?,
-                    Some(provider),
-                )
+                let client = redis::Client::open(server.url())?;
+                let connection = match (label, &provider) {
+                    ("manager", fake::Provider::A(p)) => {
+                        Target::Ours(redis_entraid::aio::ConnectionManager::new(client, p.clone()).await?)
+                    }
+                    ("redis-manager", fake::Provider::A(p)) => Target::Redis(
+                        client
+                            .get_connection_manager_with_config(
+                                redis::aio::ConnectionManagerConfig::new().set_credentials_provider(p.clone()),
+                            )
+                            .await?,
+                    ),
+                    _ => Target::Multiplexed(
+                        client
+                            .get_multiplexed_async_connection_with_config(&provider.configure(AsyncConnectionConfig::new()))
+                            .await?,
+                    ),
+                };
+                (connection, Some(provider))
             }
             "noop" => (
-                redis::Client::open(server.url())?
-                    .get_multiplexed_async_connection_with_config(
-                        &AsyncConnectionConfig::new().set_credentials_provider(fake::NoopProvider),
-                    )
-                    .await?,
+                Target::Multiplexed(
+                    redis::Client::open(server.url())?
+                        .get_multiplexed_async_connection_with_config(
+                            &AsyncConnectionConfig::new().set_credentials_provider(fake::NoopProvider),
+                        )
+                        .await?,
+                ),
                 None,
             ),
             _ => (
-                redis::Client::open(format!("redis://{}:s@127.0.0.1:{}", fake::OID, server.port))?
-                    .get_multiplexed_async_connection_with_config(&AsyncConnectionConfig::new())
-                    .await?,
+                Target::Multiplexed(
+                    redis::Client::open(format!("redis://{}:s@127.0.0.1:{}", fake::OID, server.port))?
+                        .get_multiplexed_async_connection_with_config(&AsyncConnectionConfig::new())
+                        .await?,
+                ),
                 None,
             ),
         };
@@ -735,15 +802,19 @@ async fn throughput(server: &Server, plan: &Plan) -> Result<Throughput, AnyError
         })
     };
     let (static_password, noop, a) = (row("static"), row("noop"), row("A"));
-    let ratio = match (&a, &static_password) {
-        (Some(a), Some(s)) => Some(a.ops_per_s / s.ops_per_s),
+    let (manager, redis_manager) = (row("manager"), row("redis-manager"));
+    let over = |a: &Option<ThroughputRow>, b: &Option<ThroughputRow>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.ops_per_s / b.ops_per_s),
         _ => None,
     };
     Ok(Throughput {
+        ratio: over(&a, &static_password),
+        manager_ratio: over(&manager, &redis_manager),
         static_password,
         noop,
         a,
-        ratio,
+        manager,
+        redis_manager,
     })
 }
 

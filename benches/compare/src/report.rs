@@ -112,9 +112,18 @@ pub(crate) struct Throughput {
     pub(crate) noop: Option<ThroughputRow>,
     #[serde(rename = "A", skip_serializing_if = "Option::is_none")]
     pub(crate) a: Option<ThroughputRow>,
+    /// `redis_entraid::aio::ConnectionManager` with A.
+    #[serde(rename = "A-manager", skip_serializing_if = "Option::is_none")]
+    pub(crate) manager: Option<ThroughputRow>,
+    /// redis's `ConnectionManager` with A.
+    #[serde(rename = "redis-manager", skip_serializing_if = "Option::is_none")]
+    pub(crate) redis_manager: Option<ThroughputRow>,
     /// A's ops/s over the static password's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) ratio: Option<f64>,
+    /// Our manager's ops/s over redis's manager's (the supervised hot path's cost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) manager_ratio: Option<f64>,
 }
 
 /// Figure 4 for one variant, over its runs.
@@ -312,7 +321,13 @@ impl Report {
             return;
         };
         out.push_str("\n| | ops/s | p50 ms | p99 ms | max ms | failed |\n|---|---|---|---|---|---|\n");
-        for (label, row) in [("static", &t.static_password), ("noop", &t.noop), ("A", &t.a)] {
+        for (label, row) in [
+            ("static", &t.static_password),
+            ("noop", &t.noop),
+            ("A", &t.a),
+            ("A-manager (`redis_entraid::aio::ConnectionManager`)", &t.manager),
+            ("redis `ConnectionManager` + A", &t.redis_manager),
+        ] {
             let _ = match row {
                 Some(row) => writeln!(
                     out,
@@ -324,9 +339,10 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nA/static ops ratio: {}; rotations during A's runs: {}",
+            "\nA/static ops ratio: {}; rotations during A's runs: {}; A-manager/redis `ConnectionManager` ops ratio: {}",
             t.ratio.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.3}")),
-            count(t.a.as_ref().map(|a| a.rotations))
+            count(t.a.as_ref().map(|a| a.rotations)),
+            t.manager_ratio.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.3}")),
         );
     }
 

@@ -28,6 +28,7 @@ use crate::plaintext_check::{TransportOptOuts, refuse_plaintext_to_azure};
 /// | [`set_auth_timeout`](Self::set_auth_timeout) | 5 s |
 /// | [`set_auth_retry_backoff`](Self::set_auth_retry_backoff) | 200 ms doubling to 5 s |
 /// | [`set_replace_margin`](Self::set_replace_margin) | 30 s (at most a tenth of a token's life) |
+/// | [`set_probe_timeout`](Self::set_probe_timeout) | 2 s |
 /// | [`set_reauth_spread`](Self::set_reauth_spread) | the provider's [`with_reauth_spread`](EntraIdCredentialsProvider::with_reauth_spread) |
 /// | [`set_push_sender`](Self::set_push_sender) | none (`ConnectionManager` on RESP3 only) |
 /// | [`allow_plaintext_to_azure`](Self::allow_plaintext_to_azure) | `false` |
@@ -134,6 +135,14 @@ impl ConnectionConfig {
     /// replaced by a new one (capped at a tenth of the token's lifetime). Default 30 s.
     pub fn set_replace_margin(mut self, margin: Duration) -> Self {
         self.policy.replace_margin = margin;
+        self
+    }
+
+    /// How long a health `PING` may wait once a command got no reply in time; unanswered,
+    /// the connection is taken for a silent path and replaced make-before-break.
+    /// Default 2 s (longer than a server stall worth waiting out).
+    pub fn set_probe_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.probe_timeout = timeout;
         self
     }
 

@@ -179,6 +179,10 @@ impl<H: Clone> SupervisorHandle<H> {
     /// The connection in use, waiting (at most the connection timeout) while one is
     /// being opened; the reason at once when there is none.
     pub(crate) async fn live(&self) -> RedisResult<(ConnectionId, H)> {
+        // The usual case, a connection in use: no timer, no waiting.
+        if let Slot::Ready(id, handle) = &*self.slot.borrow() {
+            return Ok((*id, handle.clone()));
+        }
         let mut slot = self.slot.clone();
         let what = self.what;
         let wait = async move {
