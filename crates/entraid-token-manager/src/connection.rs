@@ -677,6 +677,15 @@ impl ConnectionStateMachine {
         }
     }
 
+    /// How long before its token's expiry the machine closes the connection in use (a
+    /// quarter of the replace margin): a command that cannot outlive this after the
+    /// close (its response timeout is shorter) ends before the server would cut it.
+    pub fn close_grace(&self) -> Option<Duration> {
+        self.active
+            .as_ref()
+            .map(|a| a.in_force.expires_at.saturating_duration_since(a.in_force.close_at()))
+    }
+
     /// Consecutive failed `AUTH`s on the connection in use.
     pub fn auth_failures(&self) -> u32 {
         self.active.as_ref().map_or(0, |a| a.auth_failures)

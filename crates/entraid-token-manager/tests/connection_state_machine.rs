@@ -122,6 +122,8 @@ fn the_first_token_opens_one_connection_authenticated_in_its_handshake() {
 #[test]
 fn a_renewal_is_sent_once_after_a_spread_delay_within_a_tenth_of_the_time_left() {
     let (mut clock, mut sm, id) = connected();
+    // The connection is closed a quarter of the 6 s replace margin before expiry.
+    assert_eq!(sm.close_grace(), Some(1500 * MS));
     let renewal_at = clock.advance(42 * S);
     let generation = sm.handle_token(renewal_at, renewal_at + LIFE, LIFE);
     let (sent_at, (auth_id, auth_generation, timeout)) = run_until(&mut clock, &mut sm, 10 * S, auth_of);

@@ -161,7 +161,7 @@ pub struct ConnectionManager {
 }
 
 struct Inner {
-    supervisor: SupervisorHandle<MultiplexedConnection>,
+    supervisor: SupervisorHandle<Live>,
     shared: Arc<ManagerShared>,
     db: i64,
     resp3: bool,
@@ -268,9 +268,9 @@ impl ConnectionManager {
                     .to_owned(),
             )));
         }
-        let (id, connection) = self.inner.supervisor.live().await?;
+        let (id, live) = self.inner.supervisor.live().await?;
         // Commands have no timeout of their own beyond the connection's.
-        let result = Subscriber::Resp3(connection)
+        let result = Subscriber::Resp3(live.connection)
             .change(change, names.clone(), Duration::MAX)
             .await;
         let dropped = result.as_ref().is_err_and(|e| e.is_unrecoverable_error());
@@ -289,10 +289,15 @@ impl ConnectionManager {
     /// Runs `send` on the connection in use; fails it if the machine closes that
     /// connection first, and reports it if it dropped.
     async fn send<T>(&self, send: impl AsyncFnOnce(&mut MultiplexedConnection) -> RedisResult<T>) -> RedisResult<T> {
-        let (id, mut connection) = self.inner.supervisor.live().await?;
-        let result = tokio::select! {
-            result = send(&mut connection) => result,
-            error = self.inner.shared.closures.closed(id) => Err(error),
+        let (id, mut live) = self.inner.supervisor.live().await?;
+        let result = if live.watch_close {
+            tokio::select! {
+                biased;
+                result = send(&mut live.connection) => result,
+                error = self.inner.shared.closures.closed(id) => Err(error),
+            }
+        } else {
+            send(&mut live.connection).await
         };
         self.inner.supervisor.report(id, &result);
         result
@@ -424,6 +429,15 @@ struct ManagerTransport {
     shared: Arc<ManagerShared>,
 }
 
+/// The connection commands go to.
+#[derive(Clone)]
+struct Live {
+    connection: MultiplexedConnection,
+    /// Whether a command may outlive the close of its connection: then it is failed at
+    /// the close, so the socket closes before the server would cut it.
+    watch_close: bool,
+}
+
 /// A manager's connection, with what it is subscribed to.
 struct Managed {
     connection: MultiplexedConnection,
@@ -469,7 +483,7 @@ impl ManagerTransport {
 
 impl Transport for ManagerTransport {
     type Conn = Managed;
-    type Handle = MultiplexedConnection;
+    type Handle = Live;
 
     /// Authenticated in its handshake, with the user's session state and subscriptions.
     fn open(
@@ -535,8 +549,18 @@ impl Transport for ManagerTransport {
 
     fn take_over(&mut self, _id: ConnectionId, _conn: &Managed) {}
 
-    fn handle(&self, conn: &Managed) -> MultiplexedConnection {
-        conn.connection.clone()
+    /// A command whose response timeout is shorter than the close grace ends (its reply
+    /// or its timeout) before the server would cut a closed connection: it needs no watch
+    /// on the close, which costs two lock round trips per command.
+    fn handle(&self, conn: &Managed, close_grace: Option<Duration>) -> Live {
+        let outlives_close = match (self.shared.response_timeout, close_grace) {
+            (Some(timeout), Some(grace)) => timeout >= grace,
+            (None, _) | (_, None) => true,
+        };
+        Live {
+            connection: conn.connection.clone(),
+            watch_close: outlives_close,
+        }
     }
 
     /// A retired subscribed connection may hold messages the server sent before the new
@@ -566,7 +590,7 @@ impl Transport for ManagerTransport {
         std::future::pending().await
     }
 
-    fn published(&mut self, _slot: &Slot<MultiplexedConnection>) {}
+    fn published(&mut self, _slot: &Slot<Live>) {}
 }
 
 #[cfg(test)]

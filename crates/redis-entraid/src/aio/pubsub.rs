@@ -793,7 +793,7 @@ impl Transport for PubSubTransport {
         tracing::info!(connection = %id, "subscriber connection in use");
     }
 
-    fn handle(&self, _conn: &Physical) {}
+    fn handle(&self, _conn: &Physical, _close_grace: Option<Duration>) {}
 
     /// Reads what the server sent it before its `PING`, then closes it; the new
     /// connection's messages follow.

@@ -63,8 +63,9 @@ pub(crate) trait Transport: Send + 'static {
     /// `conn` takes new commands from now on.
     fn take_over(&mut self, id: ConnectionId, conn: &Self::Conn);
 
-    /// What callers send commands on, for the connection in use.
-    fn handle(&self, conn: &Self::Conn) -> Self::Handle;
+    /// What callers send commands on, for the connection in use, which the machine
+    /// closes `close_grace` before its token expires.
+    fn handle(&self, conn: &Self::Conn, close_grace: Option<Duration>) -> Self::Handle;
 
     /// `conn` takes no new commands; what happens to it until it goes.
     fn retire(&mut self, id: ConnectionId, conn: Self::Conn) -> Retirement;
@@ -630,6 +631,7 @@ impl<T: Transport> Supervisor<T> {
         let state = self.feed.for_callers(self.machine.availability());
         let errors_changed = self.feed.errors_changed();
         let (open, transport) = (&self.open, &self.transport);
+        let close_grace = self.machine.close_grace();
         let changed = self.slot.send_if_modified(|current| {
             let same = match (&*current, &state) {
                 (Slot::Ready(a, _), Ok(Some(b))) => a == b,
@@ -641,7 +643,7 @@ impl<T: Transport> Supervisor<T> {
                 // Built only when it changed: a handle is a clone of the connection.
                 *current = match state {
                     Ok(Some(id)) => match open.get(&id) {
-                        Some(conn) => Slot::Ready(id, transport.handle(conn)),
+                        Some(conn) => Slot::Ready(id, transport.handle(conn, close_grace)),
                         None => Slot::Connecting,
                     },
                     Ok(None) => Slot::Connecting,
