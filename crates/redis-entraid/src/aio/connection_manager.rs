@@ -16,7 +16,7 @@ use redis::{AsyncConnectionConfig, Cmd, ErrorKind, PushInfo, PushKind, RedisErro
 use tokio::sync::Notify;
 
 use super::subscriptions::{Change, Subscriber, Subscriptions};
-use super::supervision::BoxFuture;
+use super::supervision::{BoxFuture, Report};
 use super::supervisor::{CatchUp, Counters, Gone, Retirement, Shared, Slot, Start, SupervisorHandle, Transport, start};
 use crate::EntraIdCredentialsProvider;
 use crate::connection_config::{ConnectionConfig, ConnectionType};
@@ -115,11 +115,10 @@ struct ManagerShared {
     closures: Closures,
     subscriptions: Mutex<Subscriptions>,
     /// Session state the user set (client name and the like), replayed on every new
-    /// connection.
-    session: Mutex<SessionState>,
+    /// connection (boxed when set: most managers never set any).
+    session: Mutex<Option<Box<SessionState>>>,
     response_timeout: Option<Duration>,
     push_sender: Option<Arc<dyn AsyncPushSender>>,
-    supervisor: Arc<Shared>,
 }
 
 /// A Redis connection that stays authenticated with Entra ID for as long as it lives.
@@ -161,8 +160,7 @@ pub struct ConnectionManager {
 }
 
 struct Inner {
-    supervisor: SupervisorHandle<Live>,
-    shared: Arc<ManagerShared>,
+    supervisor: SupervisorHandle<Live, ManagerShared>,
     db: i64,
     resp3: bool,
 }
@@ -191,18 +189,16 @@ impl ConnectionManager {
     ) -> RedisResult<Self> {
         let settings = client.get_connection_info().redis_settings();
         let (resp3, db) = (settings.protocol().supports_resp3(), settings.db());
-        let shared = Arc::new(Shared::default());
-        let manager_shared = Arc::new(ManagerShared {
+        let shared = Shared::new(ManagerShared {
             closures: Closures::default(),
             subscriptions: Mutex::default(),
             session: Mutex::default(),
             response_timeout: config.response_timeout(ConnectionType::Manager),
             push_sender: config.push_sender(),
-            supervisor: shared.clone(),
         });
         let transport = ManagerTransport {
             resp3,
-            shared: manager_shared.clone(),
+            shared: shared.clone(),
         };
         let supervisor = start(Start {
             client,
@@ -216,12 +212,7 @@ impl ConnectionManager {
         })
         .await?;
         Ok(ConnectionManager {
-            inner: Arc::new(Inner {
-                supervisor,
-                shared: manager_shared,
-                db,
-                resp3,
-            }),
+            inner: Arc::new(Inner { supervisor, db, resp3 }),
         })
     }
 
@@ -276,7 +267,9 @@ impl ConnectionManager {
         let dropped = result.as_ref().is_err_and(|e| e.is_unrecoverable_error());
         if result.is_ok() || dropped {
             self.inner
+                .supervisor
                 .shared
+                .of
                 .subscriptions
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -294,7 +287,7 @@ impl ConnectionManager {
             tokio::select! {
                 biased;
                 result = send(&mut live.connection) => result,
-                error = self.inner.shared.closures.closed(id) => Err(error),
+                error = self.inner.supervisor.shared.of.closures.closed(id) => Err(error),
             }
         } else {
             send(&mut live.connection).await
@@ -332,10 +325,13 @@ impl ConnectionManager {
         if let Effect::Setting(setting) = effect {
             let args: Vec<&[u8]> = cmd.args_iter().skip(1).map(arg_bytes).collect();
             self.inner
+                .supervisor
                 .shared
+                .of
                 .session
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert_default()
                 .record(setting, &args);
         }
     }
@@ -406,14 +402,14 @@ fn closed_error() -> RedisError {
 struct PushForwarder {
     id: ConnectionId,
     user: Option<Arc<dyn AsyncPushSender>>,
-    supervisor: Arc<Shared>,
+    supervisor: Arc<Shared<ManagerShared>>,
 }
 
 impl AsyncPushSender for PushForwarder {
     fn send(&self, info: PushInfo) -> Result<(), SendError> {
         if info.kind == PushKind::Disconnection {
             // The manager reconnects by itself; the user's sender does not need this.
-            self.supervisor.lost.report(self.id);
+            self.supervisor.reports.report(self.id, Report::Lost);
             return Ok(());
         }
         match &self.user {
@@ -426,7 +422,7 @@ impl AsyncPushSender for PushForwarder {
 /// The manager's I/O on `MultiplexedConnection`s.
 struct ManagerTransport {
     resp3: bool,
-    shared: Arc<ManagerShared>,
+    shared: Arc<Shared<ManagerShared>>,
 }
 
 /// The connection commands go to.
@@ -447,6 +443,7 @@ struct Managed {
 impl ManagerTransport {
     fn record(&self) -> Subscriptions {
         self.shared
+            .of
             .subscriptions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -470,11 +467,12 @@ impl ManagerTransport {
             if !refused.is_empty() {
                 applied.remove(&refused);
                 shared
+                    .of
                     .subscriptions
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&refused);
-                Counters::add(&shared.supervisor.counters.subscriptions_refused, refused.len());
+                Counters::add(&shared.counters.subscriptions_refused, refused.len());
             }
             Ok(Managed { connection, applied })
         }
@@ -482,6 +480,7 @@ impl ManagerTransport {
 }
 
 impl Transport for ManagerTransport {
+    type Shared = ManagerShared;
     type Conn = Managed;
     type Handle = Live;
 
@@ -495,12 +494,12 @@ impl Transport for ManagerTransport {
     ) -> BoxFuture<RedisResult<Managed>> {
         let mut config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(self.shared.response_timeout);
+            .set_response_timeout(self.shared.of.response_timeout);
         if self.resp3 {
             config = config.set_push_sender(PushForwarder {
                 id,
-                user: self.shared.push_sender.clone(),
-                supervisor: self.shared.supervisor.clone(),
+                user: self.shared.of.push_sender.clone(),
+                supervisor: self.shared.clone(),
             });
         }
         let transport = ManagerTransport {
@@ -509,10 +508,13 @@ impl Transport for ManagerTransport {
         };
         let replay = self
             .shared
+            .of
             .session
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .replay();
+            .as_ref()
+            .map(|session| session.replay())
+            .unwrap_or_default();
         Box::pin(async move {
             let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
             // The user's session state, before the connection takes a command.
@@ -553,7 +555,7 @@ impl Transport for ManagerTransport {
     /// or its timeout) before the server would cut a closed connection: it needs no watch
     /// on the close, which costs two lock round trips per command.
     fn handle(&self, conn: &Managed, close_grace: Option<Duration>) -> Live {
-        let outlives_close = match (self.shared.response_timeout, close_grace) {
+        let outlives_close = match (self.shared.of.response_timeout, close_grace) {
             (Some(timeout), Some(grace)) => timeout >= grace,
             (None, _) | (_, None) => true,
         };
@@ -581,7 +583,7 @@ impl Transport for ManagerTransport {
 
     fn gone(&mut self, id: ConnectionId, why: Gone) {
         match why {
-            Gone::Closed => self.shared.closures.close(id),
+            Gone::Closed => self.shared.of.closures.close(id),
             Gone::Lost | Gone::Drained => {}
         }
     }
@@ -610,6 +612,7 @@ mod tests {
         }
         let task = returned(Supervisor::run) - std::mem::size_of::<redis::Client>();
         eprintln!("supervisor {own}, its task {task}");
+
         assert!(own <= 760, "{own} {}", std::mem::size_of::<redis::Client>());
     }
 }

@@ -29,7 +29,7 @@ use tokio_stream::{Stream, StreamExt};
 
 use super::delivery::Delivery;
 use super::subscriptions::{Change, Subscriber, Subscriptions};
-use super::supervision::BoxFuture;
+use super::supervision::{BoxFuture, Report};
 use super::supervisor::{
     CatchUp, Counters, Gone, Retirement, Shared, Slot, Start, SupervisorHandle, Transport, start, stopped_error,
 };
@@ -171,7 +171,7 @@ pub struct PubSubStream {
 }
 
 struct Inner {
-    supervisor: SupervisorHandle<()>,
+    supervisor: SupervisorHandle<(), ()>,
     shared: Arc<PubSubShared>,
     changes: mpsc::UnboundedSender<ChangeRequest>,
 }
@@ -246,7 +246,7 @@ impl PubSub {
         let shared = Arc::new(PubSubShared {
             delivery: Mutex::new(Delivery::new(messages_tx)),
         });
-        let supervisor_shared = Arc::new(Shared::default());
+        let supervisor_shared = Shared::new(());
         // `None` waits for ever; the drain `PING` still needs a bound.
         let response_timeout = config.response_timeout(ConnectionType::PubSub).unwrap_or(Duration::MAX);
         let transport = PubSubTransport {
@@ -390,14 +390,14 @@ impl Stream for PubSubStream {
 struct PushForwarder {
     id: ConnectionId,
     shared: Weak<PubSubShared>,
-    supervisor: Weak<Shared>,
+    supervisor: Weak<Shared<()>>,
 }
 
 impl AsyncPushSender for PushForwarder {
     fn send(&self, info: PushInfo) -> Result<(), SendError> {
         if info.kind == PushKind::Disconnection {
             if let Some(supervisor) = self.supervisor.upgrade() {
-                supervisor.lost.report(self.id);
+                supervisor.reports.report(self.id, Report::Lost);
             }
             return Ok(());
         }
@@ -417,7 +417,7 @@ async fn read_messages(
     id: ConnectionId,
     mut stream: redis::aio::PubSubStream,
     shared: Weak<PubSubShared>,
-    supervisor: Weak<Shared>,
+    supervisor: Weak<Shared<()>>,
     mut finishing: oneshot::Receiver<()>,
 ) {
     loop {
@@ -438,7 +438,7 @@ async fn read_messages(
         shared.delivery().accept(id, msg);
     }
     if let Some(supervisor) = supervisor.upgrade() {
-        supervisor.lost.report(id);
+        supervisor.reports.report(id, Report::Lost);
     }
 }
 
@@ -475,7 +475,7 @@ struct PubSubTransport {
     /// How long a change waits for a connection being opened.
     connect_wait: Duration,
     shared: Arc<PubSubShared>,
-    supervisor: Weak<Shared>,
+    supervisor: Weak<Shared<()>>,
     requests: mpsc::UnboundedReceiver<ChangeRequest>,
     /// What every connection subscribes to: the changes the server confirmed, and those
     /// made while no connection was in use.
@@ -681,6 +681,8 @@ fn not_in_force(error: &RedisError) -> RedisError {
 }
 
 impl Transport for PubSubTransport {
+    /// Its shared state has an allocation of its own, held weakly by the readers.
+    type Shared = ();
     type Conn = Physical;
     type Handle = ();
 

@@ -72,30 +72,39 @@ impl<V> IdMap<V> {
     }
 }
 
-/// Connections that commands found dropped, for the supervisor. (A `Mutex<Vec>` and a
-/// `Notify` rather than a channel: one lives beside every connection, and tokio's
-/// unbounded channel allocates a block of slots up front.)
+/// What a report says of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// It dropped (an I/O error, a disconnection, its reader ended).
+    Lost,
+    /// A command on it got no reply in time.
+    TimedOut,
+}
+
+/// What commands and readers found out about connections, for the supervisor. (A
+/// `Mutex<Vec>` and a `Notify` rather than a channel: one lives beside every connection,
+/// and tokio's unbounded channel allocates a block of slots up front.)
 #[derive(Default)]
-pub(crate) struct LostReports {
-    ids: Mutex<Vec<ConnectionId>>,
+pub(crate) struct Reports {
+    reports: Mutex<Vec<(ConnectionId, Report)>>,
     notify: Notify,
 }
 
-impl LostReports {
-    pub(crate) fn report(&self, id: ConnectionId) {
-        let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
-        if !ids.contains(&id) {
-            ids.push(id);
+impl Reports {
+    pub(crate) fn report(&self, id: ConnectionId, report: Report) {
+        let mut reports = self.reports.lock().unwrap_or_else(PoisonError::into_inner);
+        if !reports.contains(&(id, report)) {
+            reports.push((id, report));
         }
-        drop(ids);
+        drop(reports);
         self.notify.notify_one();
     }
 
-    pub(crate) async fn next(&self) -> Vec<ConnectionId> {
+    pub(crate) async fn next(&self) -> Vec<(ConnectionId, Report)> {
         loop {
-            let ids = std::mem::take(&mut *self.ids.lock().unwrap_or_else(PoisonError::into_inner));
-            if !ids.is_empty() {
-                return ids;
+            let reports = std::mem::take(&mut *self.reports.lock().unwrap_or_else(PoisonError::into_inner));
+            if !reports.is_empty() {
+                return reports;
             }
             self.notify.notified().await;
         }

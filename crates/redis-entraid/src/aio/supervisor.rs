@@ -23,7 +23,7 @@ use entraid_token_manager::{
 use redis::{ErrorKind, RedisError, RedisResult};
 use tokio::sync::watch;
 
-use super::supervision::{BoxFuture, IdMap, LostReports, next_token, now, sleep_until, wait_pending, within};
+use super::supervision::{BoxFuture, IdMap, Report, Reports, next_token, now, sleep_until, wait_pending, within};
 use crate::EntraIdCredentialsProvider;
 use crate::connection_config::{ConnectionConfig, ConnectionType};
 use crate::health::GaugeShare;
@@ -34,6 +34,9 @@ use crate::token_feed::{TokenFeed, client_with_token, no_token_error};
 /// (when to open, authenticate, retire, close) is the machine's; a transport never
 /// waits on a timer of its own for one.
 pub(crate) trait Transport: Send + 'static {
+    /// What the transport shares with its handles and readers, in the supervisor's one
+    /// shared allocation ([`Shared::of`]).
+    type Shared: Send + Sync + 'static;
     /// An open connection, as the supervisor keeps it.
     type Conn: Send + 'static;
     /// What callers are handed to send commands on, once a connection is in use.
@@ -150,33 +153,43 @@ impl Counters {
     }
 }
 
-/// What a supervisor and its handles (and the transport's readers) share.
-#[derive(Default)]
-pub(crate) struct Shared {
+/// What a supervisor and its handles (and the transport's readers) share: one allocation
+/// per connection, the transport's part (`of`) included.
+pub(crate) struct Shared<X> {
     pub(crate) counters: Counters,
-    /// Connections that commands or readers found dropped.
-    pub(crate) lost: LostReports,
-    /// Connections on which a command got no reply in time.
-    pub(crate) timed_out: LostReports,
+    /// What commands and readers found out: connections dropped, or slow to answer.
+    pub(crate) reports: Reports,
+    /// The transport's own.
+    pub(crate) of: X,
+}
+
+impl<X> Shared<X> {
+    pub(crate) fn new(of: X) -> Arc<Shared<X>> {
+        Arc::new(Shared {
+            counters: Counters::default(),
+            reports: Reports::default(),
+            of,
+        })
+    }
 }
 
 /// The handle side: where commands go, waiting for a connection being opened.
-pub(crate) struct SupervisorHandle<H> {
+pub(crate) struct SupervisorHandle<H, X> {
     slot: watch::Receiver<Slot<H>>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared<X>>,
     /// How long a caller waits for a connection being opened.
     connect_wait: Duration,
     task: tokio::task::JoinHandle<()>,
     what: &'static str,
 }
 
-impl<H> Drop for SupervisorHandle<H> {
+impl<H, X> Drop for SupervisorHandle<H, X> {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-impl<H: Clone> SupervisorHandle<H> {
+impl<H: Clone, X> SupervisorHandle<H, X> {
     /// The connection in use, waiting (at most the connection timeout) while one is
     /// being opened; the reason at once when there is none.
     pub(crate) async fn live(&self) -> RedisResult<(ConnectionId, H)> {
@@ -226,8 +239,8 @@ impl<H: Clone> SupervisorHandle<H> {
     /// that did not answer in time, so the supervisor checks it.
     pub(crate) fn report<T>(&self, id: ConnectionId, result: &RedisResult<T>) {
         match result {
-            Err(error) if error.is_unrecoverable_error() => self.shared.lost.report(id),
-            Err(error) if error.is_timeout() => self.shared.timed_out.report(id),
+            Err(error) if error.is_unrecoverable_error() => self.shared.reports.report(id, Report::Lost),
+            Err(error) if error.is_timeout() => self.shared.reports.report(id, Report::TimedOut),
             Ok(_) | Err(_) => {}
         }
     }
@@ -243,21 +256,21 @@ pub(crate) fn stopped_error(what: &'static str) -> RedisError {
 }
 
 /// Everything a supervisor starts from.
-pub(crate) struct Start<'a, T> {
+pub(crate) struct Start<'a, T: Transport> {
     pub(crate) client: redis::Client,
     pub(crate) provider: &'a EntraIdCredentialsProvider,
     pub(crate) config: &'a ConnectionConfig,
     pub(crate) kind: ConnectionType,
     pub(crate) renewal: Renewal,
     pub(crate) transport: T,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared<T::Shared>>,
     /// For messages: "connection manager", "subscriber".
     pub(crate) what: &'static str,
 }
 
 /// Starts a supervisor on the current tokio runtime once the first token is in, and
 /// waits for its first connection.
-pub(crate) async fn start<T: Transport>(start: Start<'_, T>) -> RedisResult<SupervisorHandle<T::Handle>> {
+pub(crate) async fn start<T: Transport>(start: Start<'_, T>) -> RedisResult<SupervisorHandle<T::Handle, T::Shared>> {
     let Start {
         client,
         provider,
@@ -286,14 +299,12 @@ pub(crate) async fn start<T: Transport>(start: Start<'_, T>) -> RedisResult<Supe
         transport,
         client,
         tokens: Some(manager.subscribe()),
-        restart: None,
         manager: provider.manager_handle(),
         feed: TokenFeed::default(),
         open: IdMap::with_capacity(1),
         retired: Vec::new(),
         pending_connect: None,
         pending_auth: None,
-        pending_probe: None,
         slot: slot_tx,
         shared: shared.clone(),
         trouble: None,
@@ -330,6 +341,28 @@ struct Trouble {
     retrying: Option<ConnectionId>,
     /// `entraid.connection_replacement`, from the replacement's connect to its use.
     replacement: Option<tracing::Span>,
+    /// A health `PING` waiting for its reply.
+    pending_probe: Option<(ConnectionId, BoxFuture<RedisResult<()>>)>,
+    /// While the provider's token manager is stopped: the wait for its next start.
+    restart: Option<((), BoxFuture<TokenStream>)>,
+}
+
+impl Trouble {
+    fn is_over(&self) -> bool {
+        self.retrying.is_none() && self.replacement.is_none() && self.pending_probe.is_none() && self.restart.is_none()
+    }
+}
+
+/// The end of a rare pending operation kept in `trouble` (a health `PING`, the wait for
+/// a stopped provider to start again); never resolves without one.
+async fn rare_wake<C>(trouble: &mut Option<Box<Trouble>>) -> Wake<C> {
+    let Some(trouble) = trouble.as_deref_mut() else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        ((), tokens) = wait_pending(&mut trouble.restart) => Wake::Started(tokens),
+        (id, result) = wait_pending(&mut trouble.pending_probe) => Wake::Probed(id, result),
+    }
 }
 
 enum Wake<C> {
@@ -338,8 +371,8 @@ enum Wake<C> {
     Started(TokenStream),
     Connected(ConnectionId, RedisResult<C>),
     Auth(ConnectionId, Generation, RedisResult<()>),
-    Lost(Vec<ConnectionId>),
-    TimedOut(Vec<ConnectionId>),
+    Lost(ConnectionId),
+    Reports(Vec<(ConnectionId, Report)>),
     Probed(ConnectionId, RedisResult<()>),
     Drained(ConnectionId, bool),
     Timer,
@@ -352,8 +385,6 @@ pub(crate) struct Supervisor<T: Transport> {
     client: redis::Client,
     /// `None` while the provider's token manager is stopped.
     tokens: Option<TokenStream>,
-    /// While it is stopped: the wait for the provider to be started again (boxed: rare).
-    restart: Option<((), BoxFuture<TokenStream>)>,
     /// Keeps the token manager running; a new stream if it had to be started again.
     manager: ManagerHandle,
     feed: TokenFeed,
@@ -361,10 +392,8 @@ pub(crate) struct Supervisor<T: Transport> {
     retired: Vec<Retired>,
     pending_connect: Option<(ConnectionId, BoxFuture<RedisResult<T::Conn>>)>,
     pending_auth: PendingAuth,
-    /// A health `PING` waiting for its reply.
-    pending_probe: Option<(ConnectionId, BoxFuture<RedisResult<()>>)>,
     slot: watch::Sender<Slot<T::Handle>>,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<T::Shared>>,
     trouble: Option<Box<Trouble>>,
     /// This supervisor's share of the provider's connection figures.
     health: GaugeShare,
@@ -377,13 +406,11 @@ impl<T: Transport> Supervisor<T> {
             self.publish();
             let wake = tokio::select! {
                 item = next_token(&mut self.tokens) => Wake::Token(item),
-                ((), tokens) = wait_pending(&mut self.restart) => Wake::Started(tokens),
+                wake = rare_wake(&mut self.trouble) => wake,
                 (id, result) = wait_pending(&mut self.pending_connect) => Wake::Connected(id, result),
                 ((id, generation), result) = wait_pending(&mut self.pending_auth) => Wake::Auth(id, generation, result),
-                ids = self.shared.lost.next() => Wake::Lost(ids),
-                ids = self.shared.timed_out.next() => Wake::TimedOut(ids),
-                (id, result) = wait_pending(&mut self.pending_probe) => Wake::Probed(id, result),
-                id = self.transport.next_lost() => Wake::Lost(vec![id]),
+                reports = self.shared.reports.next() => Wake::Reports(reports),
+                id = self.transport.next_lost() => Wake::Lost(id),
                 (id, closes) = next_retired(&mut self.retired) => Wake::Drained(id, closes),
                 () = sleep_until(deadline) => Wake::Timer,
             };
@@ -409,10 +436,10 @@ impl<T: Transport> Supervisor<T> {
                 self.feed.token_lost(&mut self.machine, now, TokenManagerError::Stopped);
                 self.tokens = None;
                 let manager = self.manager.clone();
-                self.restart = Some(((), Box::pin(async move { manager.next_start().await })));
+                self.trouble_mut().restart = Some(((), Box::pin(async move { manager.next_start().await })));
             }
             Wake::Started(tokens) => {
-                self.restart = None;
+                self.trouble_mut().restart = None;
                 self.tokens = Some(tokens);
             }
             Wake::Connected(id, Ok(conn)) => {
@@ -458,18 +485,17 @@ impl<T: Transport> Supervisor<T> {
                     result => self.machine.handle_auth_result(now, id, generation, result.is_ok()),
                 }
             }
-            Wake::Lost(ids) => {
-                for id in ids {
-                    self.lost(now, id);
-                }
-            }
-            Wake::TimedOut(ids) => {
-                for id in ids {
-                    self.machine.handle_reply_timeout(now, id);
+            Wake::Lost(id) => self.lost(now, id),
+            Wake::Reports(reports) => {
+                for (id, report) in reports {
+                    match report {
+                        Report::Lost => self.lost(now, id),
+                        Report::TimedOut => self.machine.handle_reply_timeout(now, id),
+                    }
                 }
             }
             Wake::Probed(id, result) => {
-                self.pending_probe = None;
+                self.trouble_mut().pending_probe = None;
                 if let Err(error) = &result {
                     tracing::warn!(connection = %id, %error, "no reply to a health PING");
                 }
@@ -523,7 +549,7 @@ impl<T: Transport> Supervisor<T> {
                 ConnectionOutput::Probe { id, timeout } => match self.open.get(&id) {
                     Some(conn) => {
                         let probe = within(timeout, "a health PING", self.transport.probe(conn, timeout));
-                        self.pending_probe = Some((id, Box::pin(probe)));
+                        self.trouble_mut().pending_probe = Some((id, Box::pin(probe)));
                     }
                     None => self.machine.handle_probe_result(now(), id, false),
                 },
@@ -604,8 +630,10 @@ impl<T: Transport> Supervisor<T> {
         if self.pending_auth.as_ref().is_some_and(|((a, _), _)| *a == id) {
             self.pending_auth = None;
         }
-        if self.pending_probe.as_ref().is_some_and(|(p, _)| *p == id) {
-            self.pending_probe = None;
+        if let Some(trouble) = &mut self.trouble
+            && trouble.pending_probe.as_ref().is_some_and(|(p, _)| *p == id)
+        {
+            trouble.pending_probe = None;
         }
     }
 
@@ -620,7 +648,7 @@ impl<T: Transport> Supervisor<T> {
             if trouble.retrying.is_some_and(|id| open.get(&id).is_none()) {
                 trouble.retrying = None;
             }
-            if trouble.retrying.is_none() && trouble.replacement.is_none() {
+            if trouble.is_over() {
                 self.trouble = None;
             }
         }
