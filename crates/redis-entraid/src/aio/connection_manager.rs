@@ -437,7 +437,8 @@ struct Live {
 /// A manager's connection, with what it is subscribed to.
 struct Managed {
     connection: MultiplexedConnection,
-    applied: Subscriptions,
+    /// Boxed: most managers subscribe to nothing, and one lives beside every connection.
+    applied: Box<Subscriptions>,
 }
 
 impl ManagerTransport {
@@ -474,7 +475,10 @@ impl ManagerTransport {
                     .remove(&refused);
                 Counters::add(&shared.counters.subscriptions_refused, refused.len());
             }
-            Ok(Managed { connection, applied })
+            Ok(Managed {
+                connection,
+                applied: Box::new(applied),
+            })
         }
     }
 }
@@ -528,10 +532,10 @@ impl Transport for ManagerTransport {
     /// Makes the subscriptions changed while it was being opened, so none misses the
     /// connection that takes over.
     fn catch_up(&mut self, _id: ConnectionId, conn: Managed) -> CatchUp<Managed> {
-        if conn.applied == self.record() {
+        if *conn.applied == self.record() {
             return CatchUp::Ready(conn);
         }
-        CatchUp::Pending(Box::pin(self.subscribe(conn.connection, conn.applied)))
+        CatchUp::Pending(Box::pin(self.subscribe(conn.connection, *conn.applied)))
     }
 
     fn auth(&self, conn: &Managed, token: &Token, timeout: Duration) -> BoxFuture<RedisResult<()>> {
