@@ -2,7 +2,6 @@
 //! our types make. A subscription made while a new connection is being opened reaches
 //! the one that takes over; one the server refuses never breaks a later connection.
 
-use std::future::Future;
 use std::time::Duration;
 
 use entraid_emulator::Faults;
@@ -13,14 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
 mod support;
-use support::{emulator, exact_renewals, quick_retries, secret_provider, started, stat, tls_client};
-
-/// Runs `test`, failing fast instead of hanging CI if it deadlocks.
-async fn watchdog<F: Future<Output = ()>>(limit: Duration, test: F) {
-    if tokio::time::timeout(limit, test).await.is_err() {
-        panic!("the test did not finish within {limit:?}: a deadlock?");
-    }
-}
+use support::{emulator, exact_renewals, quick_retries, secret_provider, started, stat, tls_client, watchdog};
 
 /// Polls `condition` every 20 ms until it holds or `limit` passes.
 async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {

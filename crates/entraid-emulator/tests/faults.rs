@@ -2,7 +2,6 @@
 //! drops every connection at once meets the reconnect backoff, and a slow reply is not
 //! taken for a lost connection.
 
-use std::future::Future;
 use std::time::Duration;
 
 use entraid_emulator::Faults;
@@ -12,14 +11,9 @@ use redis_entraid::aio::{ConnectionManager, PubSub};
 use tokio_stream::StreamExt;
 
 mod support;
-use support::{emulator, quick_retries, secret_provider, stall_server, stallable_emulator, started, stat, tls_client};
-
-/// Runs `test`, failing fast instead of hanging CI if it deadlocks.
-async fn watchdog<F: Future<Output = ()>>(limit: Duration, test: F) {
-    if tokio::time::timeout(limit, test).await.is_err() {
-        panic!("the test did not finish within {limit:?}: a deadlock?");
-    }
-}
+use support::{
+    emulator, quick_retries, secret_provider, stall_server, stallable_emulator, started, stat, tls_client, watchdog,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_drops_each_connection_at_once_meets_the_reconnect_backoff() {

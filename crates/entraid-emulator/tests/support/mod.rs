@@ -181,3 +181,10 @@ pub(crate) async fn stall_server(emulator: &Emulator, seconds: f64) {
             .await;
     });
 }
+
+/// Runs `test`, failing fast instead of hanging CI if it deadlocks.
+pub(crate) async fn watchdog<F: std::future::Future<Output = ()>>(limit: Duration, test: F) {
+    if tokio::time::timeout(limit, test).await.is_err() {
+        panic!("the test did not finish within {limit:?}: a deadlock?");
+    }
+}
