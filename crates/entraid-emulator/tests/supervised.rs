@@ -224,7 +224,12 @@ async fn twenty_new_connections_send_twenty_auths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp3_subscriptions_keep_receiving_across_replacements() {
-    let emulator = stallable_emulator(Duration::from_secs(6)).await;
+    // 12 s tokens, every re-auth refused: a replacement at the replace margin (1.2 s, a
+    // tenth of the life) before expiry, and the old connection closed at a quarter of it
+    // (0.3 s) before expiry. The new connection (TLS, AUTH, two subscriptions) has the
+    // 0.9 s between to take over; with 6 s tokens it had 0.45 s, and a loaded CI machine
+    // once took longer (2 messages missed). Replacements at about 10.8 s and 21.6 s.
+    let emulator = stallable_emulator(Duration::from_secs(12)).await;
     let provider = started(secret_provider(&emulator), TokenManagerConfig::default());
     provider.token().await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -241,7 +246,7 @@ async fn resp3_subscriptions_keep_receiving_across_replacements() {
         .await
         .unwrap();
     emulator.set_faults(Faults::new().fail_reauth(1_000_000)).unwrap();
-    let sent = 14_000 / 20;
+    let sent = 25_000 / 20;
     for i in 0..sent {
         let _: u64 = redis::cmd("PUBLISH")
             .arg("numbers")
