@@ -193,16 +193,6 @@ pub enum ConnectReason {
     Unresponsive,
 }
 
-impl ConnectReason {
-    /// Whether a connection in use stays in use until this one takes over.
-    pub fn takes_over(self) -> bool {
-        match self {
-            ConnectReason::Replacement | ConnectReason::RenewalSwap | ConnectReason::Unresponsive => true,
-            ConnectReason::First | ConnectReason::Reconnect => false,
-        }
-    }
-}
-
 /// What the machine asks its driver to do. Drain with
 /// [`ConnectionStateMachine::poll_output`] until [`ConnectionOutput::Timeout`] or
 /// [`ConnectionOutput::Idle`].
