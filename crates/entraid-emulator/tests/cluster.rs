@@ -326,7 +326,14 @@ async fn a_stall_on_one_node_during_a_rotation() {
         .overall_response_timeout(Some(Duration::from_millis(500)))
         .build()
         .unwrap();
-    let load_for = Duration::from_secs(21);
+    // The loads end at 1.3 lifetimes after the renewal: past the cut of a connection whose
+    // re-authentication died in the stall (its token expires one lifetime after the
+    // renewal), and inside the only window with no renewal `AUTH` in flight (renewals at
+    // 0.7 and 1.4 lifetimes, each spread over the provider's 5 s): dropping a connection
+    // while its renewal `AUTH` is in flight counts as a lost re-authentication, which
+    // once made the untimed client's count 1 when the loads ended at 1.4 lifetimes.
+    let load_end = renewal + lifetime.mul_f64(1.3);
+    let load_for = load_end.saturating_duration_since(tokio::time::Instant::now());
     let timed_load = tokio::spawn(entraid_test_support::set_get_load(
         timed_client.get_async_connection().await.unwrap(),
         8,
@@ -352,7 +359,6 @@ async fn a_stall_on_one_node_during_a_rotation() {
     // connections that node had by then.
     let mut cut_at = None;
     let mut connections_after_stall = None;
-    let load_end = stall_end + load_for;
     while tokio::time::Instant::now() < load_end && !timed_load.is_finished() {
         let now = tokio::time::Instant::now();
         if connections_after_stall.is_none() && now > stall_end + Duration::from_millis(500) {
