@@ -41,9 +41,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut provider = EntraIdCredentialsProvider::new_with_identity_provider(SidecarTokens {
         issued: AtomicU64::new(0),
     });
-    provider.start_with_config(TokenManagerConfig {
-        expiration_refresh_ratio: 0.5,
-        ..TokenManagerConfig::default()
+    provider.start_with_config({
+        let mut config = TokenManagerConfig::default();
+        config.expiration_refresh_ratio = 0.5;
+        config
     });
 
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());

@@ -36,10 +36,11 @@ impl IdentityProvider for CountingProvider {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_target(false).init();
-    let config = TokenManagerConfig {
-        expiration_refresh_ratio: 0.5,
-        lower_refresh_bound: Duration::ZERO,
-        ..TokenManagerConfig::default()
+    let config = {
+        let mut config = TokenManagerConfig::default();
+        config.expiration_refresh_ratio = 0.5;
+        config.lower_refresh_bound = Duration::ZERO;
+        config
     };
     let manager = TokenManager::start(
         CountingProvider {

@@ -7,30 +7,26 @@
 //! (the client) runs on core 0 and its redis-server on the others, so the two do not
 //! take each other's time slices.
 
-use std::path::Path;
 use std::process::{Command, ExitCode};
 
-pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
-    let mut quick = false;
-    let mut only = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            "--only" => only = Some(it.next().ok_or("--only needs a figure name")?.clone()),
-            other => return Err(format!("unknown argument {other:?}; use --quick and/or --only FIGURE")),
-        }
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no workspace root")?
-        .to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+/// `cargo xtask bench`'s flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// A smoke run: fails only when the benchmark itself breaks.
+    #[arg(long)]
+    quick: bool,
+    /// Run one figure: fanout, probe, memory, throughput, auths, stall or idp.
+    #[arg(long, value_name = "FIGURE")]
+    only: Option<String>,
+}
+
+pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, String> {
+    let BenchArgs { quick, only } = args;
+    let root = crate::repository_root();
+    let target = crate::target_dir();
     // One persistent target directory for the benchmark's own workspace.
     let bench_target = target.join("bench-build");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let cargo = crate::cargo_bin();
     println!("==> building benches/compare (release)");
     let built = Command::new(&cargo)
         .current_dir(root.join("benches/compare"))

@@ -2,23 +2,10 @@
 //! under traffic, with a status line) against it, live.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-}
 
 /// `60`, `60s`, `2m` → seconds.
 fn seconds(text: &str) -> Result<u64, String> {
@@ -67,34 +54,42 @@ fn ensure_redis_server() -> Result<(), String> {
     }
 }
 
-pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
-    let mut duration = 60;
-    let mut lifetime = "20s".to_owned();
-    let mut cluster = None;
-    let mut it = args.iter().peekable();
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--duration" => duration = seconds(it.next().ok_or("--duration needs a value")?)?,
-            "--token-lifetime" => lifetime = it.next().ok_or("--token-lifetime needs a value")?.clone(),
-            // `--cluster` alone: 3 nodes.
-            "--cluster" => {
-                let nodes = match it.peek().and_then(|n| n.parse::<usize>().ok()) {
-                    Some(n) => {
-                        it.next();
-                        n
-                    }
-                    None => 3,
-                };
-                cluster = Some(nodes);
-            }
-            other => return Err(format!("unknown argument {other:?}")),
+/// `cargo xtask demo`'s flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoArgs {
+    /// How long the load runs: 60, 60s or 2m.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = seconds)]
+    duration: u64,
+    /// How long the emulator's tokens live (its own syntax: 20s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "20s")]
+    token_lifetime: String,
+    /// The emulator in cluster mode with N nodes (3 without a number), and the cluster example.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "3")]
+    cluster: Option<usize>,
+}
+
+impl DemoArgs {
+    /// The short demo `cargo xtask test` runs: 10 s on 4 s tokens.
+    pub(crate) fn short() -> DemoArgs {
+        DemoArgs {
+            duration: 10,
+            token_lifetime: "4s".to_owned(),
+            cluster: None,
         }
     }
+}
+
+pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, String> {
+    let DemoArgs {
+        duration,
+        token_lifetime: lifetime,
+        cluster,
+    } = args;
     ensure_redis_server()?;
-    let root = workspace_root();
-    let target = target_dir(&root);
+    let root = crate::repository_root();
+    let target = crate::target_dir();
     println!("==> building the emulator and the examples");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let cargo = crate::cargo_bin();
     let built = Command::new(&cargo)
         .current_dir(&root)
         .args([
@@ -188,12 +183,28 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
             "==> running examples/demo_load for {duration} s through TLS (emulator log: target/demo/emulator.log)"
         );
         let mut outcome = run_example(&target, "demo_load", duration, &env);
-        // The connection types that own re-authentication, each under load for a while.
-        let short = duration.min(12);
+        // The connection types that own re-authentication, each under load through at
+        // least one rotation: a renewal comes at 70 % of a token's life at the latest and
+        // reaches a connection within a tenth of what the old token had left, so three
+        // quarters of a lifetime and 3 s of room cover it.
+        let rotation = (seconds(&lifetime)? * 3).div_ceil(4) + 3;
+        let each = duration.min(12).max(rotation);
         for example in ["supervised", "sync_connection"] {
             if outcome.is_ok() {
-                println!("==> running examples/{example} for {short} s");
-                outcome = run_example(&target, example, short, &env);
+                println!("==> running examples/{example} for {each} s (tokens live {lifetime}: at least one rotation)");
+                let before = emulator_stat(&env, "reauthentications").unwrap_or(0);
+                outcome = run_example(&target, example, each, &env).and_then(|()| {
+                    let done = emulator_stat(&env, "reauthentications")
+                        .unwrap_or(0)
+                        .saturating_sub(before);
+                    if done == 0 {
+                        return Err(format!(
+                            "examples/{example} ran {each} s on {lifetime} tokens and was never re-authenticated"
+                        ));
+                    }
+                    println!("==> examples/{example}: {done} re-authentication(s) in {each} s, no command failed");
+                    Ok(())
+                });
             }
         }
         outcome

@@ -6,65 +6,98 @@
 
 mod bench;
 mod demo;
+mod release;
 mod simulate;
 #[cfg(test)]
 mod tidy;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
-const USAGE: &str = "usage: cargo xtask <command>
+/// The workspace's root: the parent of this crate's folder.
+pub(crate) fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
 
-commands:
-  test    formatting, lints, layering, every test (doc tests included), a quick fleet
-          simulation, every example, and a 10-second demo
-  demo    [--duration 60s] [--token-lifetime 20s] [--cluster [N]]
-          start the local Entra ID + Redis emulator and run examples/demo_load against it
-          through TLS, with a status line each second; exit 0 only if nothing failed;
-          --cluster: the emulator in cluster mode (N nodes, 3 by default) and examples/cluster
-  bench   [--quick]
-          redis-entraid vs redis-rs entra-id, side by side, with the machine's floors;
-          writes target/bench/report.md and report.json (--quick: a smoke run)
-  simulate [--quick] [--only SCENARIO] [--processes N] [--nodes M] [--seed S] ...
-          10 000 token state machines on 500 nodes against IMDS and Entra models, on a
-          virtual clock: deploy wave, steady day, outages, a slow endpoint; writes
-          target/simulate/report.md, report.json and a PNG per scenario; fails when a
-          required goal is missed (--quick: 400 processes, target/simulate/quick)";
+/// Cargo's target directory: `CARGO_TARGET_DIR`, or `target/` at the root.
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repository_root().join("target"))
+}
+
+/// The cargo that runs us (`CARGO`), or the one on `PATH`.
+pub(crate) fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+/// The project's own commands.
+#[derive(Debug, clap::Parser)]
+#[command(name = "cargo xtask", about = "The project's own commands", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Task {
+    /// Everything CI runs, stopping at the first failure: formatting, layering, the lock
+    /// against rust-version, lints, docs (warnings denied), the facade's features one by
+    /// one, every test (doc tests included), every published crate built from its package,
+    /// the README's example in a fresh project without OpenSSL, a quick fleet simulation,
+    /// every example, a 10-second demo.
+    Test {
+        /// Run only these steps (by name, as the summary prints them), in their order.
+        #[arg(long, value_name = "STEP", value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// The local Entra ID + Redis emulator and examples/demo_load against it through TLS,
+    /// with a status line each second, then the supervised and sync examples through a
+    /// rotation; exit 0 only if nothing failed and nothing was cut.
+    Demo(demo::DemoArgs),
+    /// redis-entraid vs redis-rs entra-id side by side, with the machine's floors; writes
+    /// target/bench/report.md and report.json.
+    Bench(bench::BenchArgs),
+    /// 10 000 token state machines on 500 nodes against IMDS and Entra models, on a
+    /// virtual clock; writes target/simulate/report.md, report.json and a PNG per
+    /// scenario; fails when a required goal is missed.
+    Simulate(simulate::SimulateArgs),
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("test") => run_steps(&test_steps()),
-        Some("bench") => match bench::run(&args[1..]) {
-            Ok(code) => code,
-            Err(message) => {
-                eprintln!("cargo xtask bench: {message}");
-                ExitCode::FAILURE
+    let cli = <Cli as clap::Parser>::parse();
+    let (name, result) = match cli.command {
+        Task::Test { only } => {
+            let steps = test_steps();
+            if let Some(unknown) = only
+                .iter()
+                .find(|name| !steps.iter().any(|step| step.name == name.as_str()))
+            {
+                let names: Vec<&str> = steps.iter().map(|step| step.name).collect();
+                eprintln!(
+                    "cargo xtask test: no step {unknown:?}; the steps are {}",
+                    names.join(", ")
+                );
+                return ExitCode::from(2);
             }
-        },
-        Some("simulate") => match simulate::run(&args[1..]) {
-            Ok(code) => code,
-            Err(message) => {
-                eprintln!("cargo xtask simulate: {message}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("demo") => match demo::run(&args[1..]) {
-            Ok(code) => code,
-            Err(message) => {
-                eprintln!("cargo xtask demo: {message}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
+            let chosen: Vec<Step> = steps
+                .into_iter()
+                .filter(|step| only.is_empty() || only.iter().any(|name| name == step.name))
+                .collect();
+            return run_steps(&chosen);
         }
-        other => {
-            eprintln!("unknown command {other:?}\n\n{USAGE}");
-            ExitCode::from(2)
-        }
-    }
+        Task::Demo(args) => ("demo", demo::run(args)),
+        Task::Bench(args) => ("bench", bench::run(args)),
+        Task::Simulate(args) => ("simulate", simulate::run(args)),
+    };
+    result.unwrap_or_else(|message| {
+        eprintln!("cargo xtask {name}: {message}");
+        ExitCode::FAILURE
+    })
 }
 
 /// One step of a command: what it is called and how to run it.
@@ -75,7 +108,7 @@ struct Step {
 
 fn cargo(args: &'static [&'static str]) -> Box<dyn Fn() -> Result<(), String>> {
     Box::new(move || {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let cargo = crate::cargo_bin();
         // The end-to-end suites hold a thousand connections, both ends in one process:
         // about 3 000 descriptors, above a 1 024 default soft limit.
         let status = Command::new("sh")
@@ -104,6 +137,10 @@ fn test_steps() -> Vec<Step> {
             run: Box::new(check_layering),
         },
         Step {
+            name: "msrv",
+            run: Box::new(release::msrv),
+        },
+        Step {
             name: "clippy",
             run: cargo(&[
                 "clippy",
@@ -117,20 +154,31 @@ fn test_steps() -> Vec<Step> {
             ]),
         },
         Step {
+            name: "docs",
+            run: Box::new(release::docs),
+        },
+        Step {
+            name: "features",
+            run: Box::new(release::features),
+        },
+        Step {
             name: "tests",
             run: cargo(&["test", "--workspace", "--all-features", "--quiet"]),
         },
         Step {
+            name: "package",
+            run: Box::new(release::package),
+        },
+        Step {
+            name: "fresh",
+            run: Box::new(release::fresh_project),
+        },
+        Step {
             name: "simulate",
-            run: Box::new(|| {
-                let args = ["--quick".to_owned()];
-                match simulate::run(&args) {
-                    Ok(code) if code == ExitCode::SUCCESS => Ok(()),
-                    Ok(_) => {
-                        Err("the quick fleet simulation missed a goal (target/simulate/quick/report.md)".to_owned())
-                    }
-                    Err(message) => Err(message),
-                }
+            run: Box::new(|| match simulate::run(simulate::SimulateArgs::quick()) {
+                Ok(code) if code == ExitCode::SUCCESS => Ok(()),
+                Ok(_) => Err("the quick fleet simulation missed a goal (target/simulate/quick/report.md)".to_owned()),
+                Err(message) => Err(message),
             }),
         },
         Step {
@@ -139,82 +187,86 @@ fn test_steps() -> Vec<Step> {
         },
         Step {
             name: "demo",
-            run: Box::new(|| {
-                let args = ["--duration", "10", "--token-lifetime", "4s"].map(String::from);
-                match demo::run(&args) {
-                    Ok(code) if code == ExitCode::SUCCESS => Ok(()),
-                    Ok(_) => Err("the short demo (10 s, 4 s tokens) failed".to_owned()),
-                    Err(message) => Err(message),
-                }
+            run: Box::new(|| match demo::run(demo::DemoArgs::short()) {
+                Ok(code) if code == ExitCode::SUCCESS => Ok(()),
+                Ok(_) => Err("the short demo (10 s, 4 s tokens) failed".to_owned()),
+                Err(message) => Err(message),
             }),
         },
     ]
 }
 
-/// What each crate must not depend on, whatever features are on.
-const LAYERING: [(&str, &[&str], &[&str]); 6] = [
-    (
-        // Azure identities know nothing of Redis or of refreshing.
-        "entraid-azure",
-        &["tree", "-p", "entraid-azure", "-e", "normal,build", "--all-features"],
-        &["redis ", "redis-entraid ", "entraid-token-manager "],
-    ),
-    (
-        // The token manager works with any identity: Azure is one implementation.
-        "entraid-token-manager",
-        &[
-            "tree",
-            "-p",
-            "entraid-token-manager",
-            "-e",
-            "normal,build",
-            "--all-features",
-        ],
-        &["entraid-azure ", "azure_core ", "azure_identity ", "redis "],
-    ),
-    (
-        // The doctor speaks RESP itself so each failure is named for its step.
-        "entraid-cli",
-        &["tree", "-p", "entraid-cli", "-e", "normal,build", "--all-features"],
-        &["redis ", "redis-entraid "],
-    ),
-    (
-        "entraid-identity",
-        &["tree", "-p", "entraid-identity", "-e", "normal,build", "--all-features"],
-        &["tokio ", "reqwest ", "hyper ", "azure_core ", "redis "],
-    ),
-    (
-        "entraid-token-manager --no-default-features",
-        &[
-            "tree",
-            "-p",
-            "entraid-token-manager",
-            "--no-default-features",
-            "-e",
-            "normal,build",
-        ],
-        &["tokio ", "reqwest ", "hyper ", "azure_core ", "redis "],
-    ),
-    (
-        "redis-entraid --no-default-features",
-        &[
-            "tree",
-            "-p",
-            "redis-entraid",
-            "--no-default-features",
-            "-e",
-            "normal,build",
-        ],
-        &["azure_identity ", "azure_core ", "reqwest "],
-    ),
+/// One layering rule: a package, built with these feature flags, must not depend on any
+/// of `forbidden` (normal and build edges).
+struct Layer {
+    package: &'static str,
+    features: &'static [&'static str],
+    forbidden: &'static [&'static str],
+}
+
+/// What each crate must not depend on.
+const LAYERING: &[Layer] = &[
+    // The default build links no OpenSSL: `cargo add redis-entraid` builds where no
+    // OpenSSL headers are installed (the certificate credential is feature `certificate`).
+    Layer {
+        package: "redis-entraid",
+        features: &[],
+        forbidden: &["openssl-sys", "openssl", "native-tls"],
+    },
+    // Azure identities know nothing of Redis or of refreshing.
+    Layer {
+        package: "entraid-azure",
+        features: &["--all-features"],
+        forbidden: &["redis", "redis-entraid", "entraid-token-manager"],
+    },
+    // The token manager works with any identity: Azure is one implementation.
+    Layer {
+        package: "entraid-token-manager",
+        features: &["--all-features"],
+        forbidden: &["entraid-azure", "azure_core", "azure_identity", "redis"],
+    },
+    // The doctor speaks RESP itself so each failure is named for its step.
+    Layer {
+        package: "entraid-cli",
+        features: &["--all-features"],
+        forbidden: &["redis", "redis-entraid"],
+    },
+    Layer {
+        package: "entraid-identity",
+        features: &["--all-features"],
+        forbidden: &["tokio", "reqwest", "hyper", "azure_core", "redis"],
+    },
+    Layer {
+        package: "entraid-token-manager",
+        features: &["--no-default-features"],
+        forbidden: &["tokio", "reqwest", "hyper", "azure_core", "redis"],
+    },
+    Layer {
+        package: "redis-entraid",
+        features: &["--no-default-features"],
+        forbidden: &["azure_identity", "azure_core", "reqwest"],
+    },
 ];
 
-/// The layers stay apart: checked on the resolved dependency trees.
+/// The layers stay apart: checked on each package's own resolved tree, by exact crate
+/// name (`cargo metadata` would unify features across the workspace and hide a layer's
+/// own tree).
 fn check_layering() -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    for (what, args, forbidden) in LAYERING {
-        let output = Command::new(&cargo)
-            .args(args)
+    for layer in LAYERING {
+        let what = format!("{} {}", layer.package, layer.features.join(" "));
+        let output = Command::new(cargo_bin())
+            .args([
+                "tree",
+                "-p",
+                layer.package,
+                "-e",
+                "normal,build",
+                "--prefix",
+                "none",
+                "--format",
+                "{p}",
+            ])
+            .args(layer.features)
             .output()
             .map_err(|e| format!("could not run cargo tree: {e}"))?;
         if !output.status.success() {
@@ -224,9 +276,9 @@ fn check_layering() -> Result<(), String> {
             ));
         }
         let tree = String::from_utf8_lossy(&output.stdout);
-        for name in forbidden {
-            if tree.lines().any(|line| line.contains(name)) {
-                return Err(format!("{what} depends on {}, which its layer must not", name.trim()));
+        for name in layer.forbidden {
+            if tree.lines().any(|line| release::crate_name(line) == *name) {
+                return Err(format!("{what} depends on {name}, which its layer must not"));
             }
         }
     }

@@ -6,28 +6,40 @@
 //!
 //! A debug build is enough: the full run takes about 20 s on one core.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no workspace root")?
-        .to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+/// `cargo xtask simulate`'s flags: handed to the simulation as they are (its own `--help`
+/// lists them), `--quick` also choosing the output folder.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SimulateArgs {
+    /// The simulation's flags: --quick, --only SCENARIO, --processes N, --nodes M, --seed S, ...
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "FLAGS")]
+    args: Vec<String>,
+}
+
+impl SimulateArgs {
+    /// The quick run `cargo xtask test` makes.
+    pub(crate) fn quick() -> SimulateArgs {
+        SimulateArgs {
+            args: vec!["--quick".to_owned()],
+        }
+    }
+}
+
+pub(crate) fn run(SimulateArgs { args }: SimulateArgs) -> Result<ExitCode, String> {
+    let root = crate::repository_root();
+    let target = crate::target_dir();
     let quick = args.iter().any(|a| a == "--quick");
     let out = if quick {
         target.join("simulate").join("quick")
     } else {
         target.join("simulate")
     };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let cargo = crate::cargo_bin();
     let status = Command::new(cargo)
         .current_dir(&root)
         .args(["run", "--quiet", "-p", "entraid-fleet-sim", "--bin", "simulate", "--"])
-        .args(args)
+        .args(&args)
         .arg("--out")
         .arg(&out)
         .status()

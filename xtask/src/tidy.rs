@@ -6,6 +6,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::repository_root;
+
 /// Each source tree and the code map section that must name its modules.
 const TREES: &[(&str, &str)] = &[
     ("crates/entraid-identity/src", "### `crates/entraid-identity`"),
@@ -22,13 +24,6 @@ const TREES: &[(&str, &str)] = &[
 
 /// Where comments are checked for issue citations.
 const COMMENTED: &[&str] = &["crates", "examples", "xtask", "benches"];
-
-pub(crate) fn repository_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
 
 /// Every `.rs` file under `dir`, skipping build output.
 fn rust_files(dir: &Path) -> Vec<PathBuf> {

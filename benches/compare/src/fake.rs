@@ -194,12 +194,11 @@ impl Variant {
                     redis_entraid::EntraIdCredentialsProvider::new_with_identity_provider(GatedIdentity(gate.clone()))
                         .with_reauth_spread(*spread);
                 let config = if gate.permits.is_some() {
-                    TokenManagerConfig {
-                        expiration_refresh_ratio: 0.002,
-                        lower_refresh_bound: Duration::ZERO,
-                        token_request_timeout: Duration::from_secs(3600),
-                        ..TokenManagerConfig::default()
-                    }
+                    let mut config = TokenManagerConfig::default();
+                    config.expiration_refresh_ratio = 0.002;
+                    config.lower_refresh_bound = Duration::ZERO;
+                    config.token_request_timeout = Duration::from_secs(3600);
+                    config
                 } else {
                     TokenManagerConfig::default()
                 };

@@ -92,6 +92,7 @@ impl EnvIdentityKind {
 /// What [`AzureIdentityProvider::from_env`] chooses and why, for diagnosis: variable
 /// names only, never their values.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EnvSelection {
     /// The identity chosen.
     pub kind: EnvIdentityKind,
@@ -177,6 +178,15 @@ impl AzureIdentityProvider {
                 let secret = get(env, "AZURE_CLIENT_SECRET").unwrap_or_default();
                 AzureIdentityProvider::client_secret(&tenant()?, &client()?, &secret)?
             }
+            #[cfg(not(feature = "certificate"))]
+            EnvIdentityKind::ClientCertificate => {
+                return Err(AzureConfigError::FeatureDisabled {
+                    what: "a service principal with a certificate (AZURE_CLIENT_CERTIFICATE_PATH is set)",
+                    feature: "certificate",
+                    krate: "entraid-azure (or redis-entraid)",
+                });
+            }
+            #[cfg(feature = "certificate")]
             EnvIdentityKind::ClientCertificate => {
                 let path = get(env, "AZURE_CLIENT_CERTIFICATE_PATH").unwrap_or_default();
                 let (tenant, client) = (tenant()?, client()?);

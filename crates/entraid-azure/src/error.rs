@@ -60,6 +60,19 @@ pub enum AzureConfigError {
         /// Why it is needed.
         hint: &'static str,
     },
+    /// The identity needs a cargo feature this build does not have.
+    #[error(
+        "{what} needs the `{feature}` feature, which this build of {krate} does not have: \
+         add `features = [\"{feature}\"]` to the {krate} dependency in Cargo.toml"
+    )]
+    FeatureDisabled {
+        /// What was asked for.
+        what: &'static str,
+        /// The feature that brings it.
+        feature: &'static str,
+        /// The crate whose feature it is.
+        krate: &'static str,
+    },
     /// `azure_identity` refused the configuration.
     #[error("{0}")]
     Azure(String),

@@ -38,9 +38,25 @@
 //! println!("AUTH {} <token>", token.username());
 //! # Ok(()) }
 //! ```
+//!
+//! # Feature flags
+//!
+#![doc = document_features::document_features!()]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+#[cfg(not(any(feature = "rustls", feature = "native-tls")))]
+compile_error!(
+    "entraid-azure needs a TLS backend for Entra ID traffic: enable its `rustls` feature (the default) \
+     or `native-tls` (through redis-entraid: features = [\"azure\", \"rustls\"] or [\"azure\", \"native-tls\"])"
+);
+
+// The crates.io page's code blocks are compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
 
 mod attempt;
 mod classify;

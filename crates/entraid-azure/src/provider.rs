@@ -6,14 +6,18 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
-use azure_core::credentials::{AccessToken, Secret, SecretBytes, TokenCredential};
+#[cfg(feature = "certificate")]
+use azure_core::credentials::SecretBytes;
+use azure_core::credentials::{AccessToken, Secret, TokenCredential};
 use azure_core::http::{ClientOptions, RetryOptions};
 use azure_identity::{
-    ClientAssertionCredentialOptions, ClientCertificateCredential, ClientCertificateCredentialOptions,
-    ClientSecretCredential, ClientSecretCredentialOptions, DeveloperToolsCredential, DeveloperToolsCredentialOptions,
-    Executor, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
-    WorkloadIdentityCredentialOptions,
+    ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions, DeveloperToolsCredential,
+    DeveloperToolsCredentialOptions, Executor, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
+    UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
+#[cfg(feature = "certificate")]
+use azure_identity::{ClientCertificateCredential, ClientCertificateCredentialOptions};
+#[cfg(feature = "certificate")]
 use base64::Engine as _;
 use entraid_identity::{ErrorOrigin, IdentityError, IdentityProvider, REDIS_SCOPE, Token};
 
@@ -73,6 +77,7 @@ enum Source {
         client_id: String,
         secret: Secret,
     },
+    #[cfg(feature = "certificate")]
     ClientCertificate {
         tenant_id: String,
         client_id: String,
@@ -134,6 +139,10 @@ impl AzureIdentityProvider {
 
     /// A service principal that signs in with a certificate: the PKCS12 (`.pfx`) bytes,
     /// holding the certificate and its RSA private key, and the password if it has one.
+    ///
+    /// Needs the `certificate` feature: `azure_identity` reads PKCS12 with OpenSSL.
+    #[cfg(feature = "certificate")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "certificate")))]
     pub fn client_certificate(
         tenant_id: &str,
         client_id: &str,
@@ -161,6 +170,8 @@ impl AzureIdentityProvider {
 
     /// Like [`client_certificate`](Self::client_certificate), with the PKCS12 bytes encoded
     /// as base64 (the form the redis.io examples use).
+    #[cfg(feature = "certificate")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "certificate")))]
     pub fn client_certificate_base64(
         tenant_id: &str,
         client_id: &str,
@@ -293,6 +304,7 @@ impl AzureIdentityProvider {
     pub fn principal(&self) -> String {
         match &self.source {
             Source::ClientSecret { client_id, .. } => format!("service principal {client_id} (client secret)"),
+            #[cfg(feature = "certificate")]
             Source::ClientCertificate { client_id, .. } => format!("service principal {client_id} (certificate)"),
             Source::ManagedIdentity(id) => id.describe(),
             Source::WorkloadIdentity { client_id, .. } => format!("workload identity {client_id}"),
@@ -329,6 +341,7 @@ impl AzureIdentityProvider {
                 secret.clone(),
                 Some(ClientSecretCredentialOptions { client_options }),
             )?,
+            #[cfg(feature = "certificate")]
             Source::ClientCertificate {
                 tenant_id,
                 client_id,
@@ -372,9 +385,9 @@ impl AzureIdentityProvider {
 
     fn endpoint(&self) -> Endpoint {
         match self.source {
-            Source::ClientSecret { .. } | Source::ClientCertificate { .. } | Source::WorkloadIdentity { .. } => {
-                Endpoint::Entra
-            }
+            Source::ClientSecret { .. } | Source::WorkloadIdentity { .. } => Endpoint::Entra,
+            #[cfg(feature = "certificate")]
+            Source::ClientCertificate { .. } => Endpoint::Entra,
             Source::ManagedIdentity(_) => Endpoint::ManagedIdentity,
             Source::DeveloperTools { .. } | Source::Credential(_) => Endpoint::Other,
         }
@@ -447,6 +460,9 @@ impl fmt::Debug for AzureIdentityProvider {
 /// Maps `azure_identity`'s construction errors to typed ones.
 fn config_error(source: &Source, error: &azure_core::Error) -> AzureConfigError {
     let text = error.to_string();
+    #[cfg(not(feature = "certificate"))]
+    let _ = source;
+    #[cfg(feature = "certificate")]
     if matches!(source, Source::ClientCertificate { .. }) {
         let problem = if text.contains("deserializing PKCS12") {
             "it is not a PKCS12 (.pfx/.p12) file; export the certificate with its private key as PKCS12".to_owned()

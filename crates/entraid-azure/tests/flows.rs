@@ -7,17 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use entraid_azure::azure_identity::{Executor, ManagedIdentityCredentialOptions, UserAssignedId};
 use entraid_azure::{AzureConfigError, AzureIdentityProvider, ManagedIdentityId};
 use entraid_identity::{ErrorOrigin, IdentityProvider};
 use mockito::Matcher;
 use support::*;
 
-const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
 const SECRET: &str = "very-secret-value~123";
-const TOKEN_PATH: &str = "/72f988bf-86f1-41af-91ab-2d7cd011db47/oauth2/v2.0/token";
 
 fn secret_provider(server: &mockito::ServerGuard) -> (AzureIdentityProvider, Arc<ToMock>) {
     let (options, to_mock) = options_to(server);
@@ -25,15 +22,6 @@ fn secret_provider(server: &mockito::ServerGuard) -> (AzureIdentityProvider, Arc
         .unwrap()
         .with_client_options(options);
     (provider, to_mock)
-}
-
-fn form(pairs: &[(&str, &str)]) -> Matcher {
-    Matcher::AllOf(
-        pairs
-            .iter()
-            .map(|(k, v)| Matcher::UrlEncoded((*k).into(), (*v).into()))
-            .collect(),
-    )
 }
 
 // ---------- service principal with a client secret ----------
@@ -250,103 +238,6 @@ fn bad_input_is_refused_at_construction() {
     assert!(provider.clone().with_scopes(vec![" ".into()]).is_err());
     let shown = format!("{provider:?}");
     assert!(shown.contains(CLIENT) && !shown.contains(SECRET), "{shown}");
-}
-
-// ---------- service principal with a certificate ----------
-
-use entraid_test_support::test_certificate;
-
-#[tokio::test]
-async fn client_certificate_sends_a_signed_assertion() {
-    let cert = test_certificate("entraid-azure-test", "pfx-password");
-    let mut server = mockito::Server::new_async().await;
-    let captured = Arc::new(Mutex::new(String::new()));
-    let capture = captured.clone();
-    let jwt = access_token("oid-cert");
-    let body = entra_token_body(&jwt, 3599);
-    let mock = server
-        .mock("POST", TOKEN_PATH)
-        .match_body(form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", CLIENT),
-            ("scope", "https://redis.azure.com/.default"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-        ]))
-        .with_body_from_request(move |request| {
-            *capture.lock().unwrap() = String::from_utf8_lossy(request.body().unwrap()).into_owned();
-            body.clone().into_bytes()
-        })
-        .create_async()
-        .await;
-    let (options, _) = options_to(&server);
-    let provider = AzureIdentityProvider::client_certificate_base64(
-        TENANT,
-        CLIENT,
-        &STANDARD.encode(&cert.pkcs12),
-        Some("pfx-password"),
-    )
-    .unwrap()
-    .with_client_options(options);
-    let token = provider.request_token().await.unwrap();
-    mock.assert_async().await;
-    assert_eq!(token.username(), "oid-cert");
-
-    // The assertion: an RS256 JWT for our client, for the token endpoint, signed by the key.
-    let form_body = captured.lock().unwrap().clone();
-    let assertion = url::form_urlencoded::parse(form_body.as_bytes())
-        .find(|(k, _)| k == "client_assertion")
-        .map(|(_, v)| v.into_owned())
-        .expect("client_assertion sent");
-    let parts: Vec<&str> = assertion.split('.').collect();
-    assert_eq!(parts.len(), 3);
-    let header: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
-    assert_eq!(header["alg"], "RS256");
-    assert_eq!(claims["iss"], CLIENT);
-    assert_eq!(claims["sub"], CLIENT);
-    assert_eq!(claims["aud"], format!("https://login.microsoftonline.com{TOKEN_PATH}"));
-    let signature = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
-    let mut verifier = openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &cert.public_key).unwrap();
-    verifier
-        .update(format!("{}.{}", parts[0], parts[1]).as_bytes())
-        .unwrap();
-    assert!(
-        verifier.verify(&signature).unwrap(),
-        "signed with the certificate's key"
-    );
-}
-
-#[test]
-fn bad_certificates_are_refused_with_the_reason() {
-    let cert = test_certificate("entraid-azure-test", "right");
-    let wrong =
-        AzureIdentityProvider::client_certificate(TENANT, CLIENT, cert.pkcs12.clone(), Some("wrong")).unwrap_err();
-    assert!(
-        matches!(&wrong, AzureConfigError::Certificate { problem } if problem.contains("password")),
-        "{wrong}"
-    );
-    let no_key =
-        AzureIdentityProvider::client_certificate(TENANT, CLIENT, cert.pkcs12_without_key.clone(), Some("right"))
-            .unwrap_err();
-    assert!(
-        matches!(&no_key, AzureConfigError::Certificate { problem } if problem.contains("private key")),
-        "{no_key}"
-    );
-    let garbage = AzureIdentityProvider::client_certificate(TENANT, CLIENT, b"not a pfx".to_vec(), None).unwrap_err();
-    assert!(
-        matches!(&garbage, AzureConfigError::Certificate { problem } if problem.contains("PKCS12")),
-        "{garbage}"
-    );
-    let b64 = AzureIdentityProvider::client_certificate_base64(TENANT, CLIENT, "%%%not base64%%%", None).unwrap_err();
-    assert!(matches!(b64, AzureConfigError::CertificateBase64 { .. }), "{b64}");
-    let empty = AzureIdentityProvider::client_certificate(TENANT, CLIENT, Vec::new(), None).unwrap_err();
-    assert!(matches!(empty, AzureConfigError::Empty { .. }));
-    // The right password works, and Debug does not show the certificate.
-    let ok = AzureIdentityProvider::client_certificate(TENANT, CLIENT, cert.pkcs12.clone(), Some("right")).unwrap();
-    assert!(!format!("{ok:?}").contains("right"));
 }
 
 // ---------- managed identity (IMDS through the transport) ----------
@@ -669,8 +560,20 @@ fn from_env_chooses_the_identity_by_the_sdk_conventions() {
         ("AZURE_CLIENT_CERTIFICATE_PATH", "/nonexistent/cert.pfx"),
     ]))
     .unwrap_err();
+    #[cfg(feature = "certificate")]
     assert!(
         matches!(&cert, AzureConfigError::UnreadableFile { path, .. } if path == "/nonexistent/cert.pfx"),
+        "{cert}"
+    );
+    #[cfg(not(feature = "certificate"))]
+    assert!(
+        matches!(
+            &cert,
+            AzureConfigError::FeatureDisabled {
+                feature: "certificate",
+                ..
+            }
+        ),
         "{cert}"
     );
 

@@ -9,6 +9,7 @@
 //! The binary is a thin `clap` front end over these; they are a library so the checks
 //! can be tested one by one.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod checks;

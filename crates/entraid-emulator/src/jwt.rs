@@ -93,7 +93,7 @@ pub(crate) enum JwtError {
     #[error("the JWT payload is not base64url JSON")]
     Payload,
     /// OpenSSL could not run the verification.
-    #[error("{0}")]
+    #[error(transparent)]
     Crypto(#[from] openssl::error::ErrorStack),
 }
 

@@ -2,37 +2,20 @@
 //! certificate) and for the redis-server it starts.
 //!
 //! A fixed name in the shared temporary directory could be created first by another user,
-//! or be a symlink to a file of ours that a plain write would overwrite. This one has a
-//! random name and is made with `mkdir` (mode 0700), which fails on any existing path,
-//! symlinks included, and never follows one; files in it are made with `O_EXCL`. It is
-//! removed, with what is in it, when dropped.
+//! or be a symlink to a file of ours that a plain write would overwrite. `tempfile` gives
+//! the directory a random name and makes it with `mkdir` (mode 0700), which fails on any
+//! existing path, symlinks included, retrying another name; files in it are made with
+//! `O_EXCL`. It is removed, with what is in it, when dropped.
 
-use std::fs::{DirBuilder, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-
-/// How many random names to try before giving up (each collides with odds of 2^-64).
-const ATTEMPTS: usize = 8;
 
 /// A directory only we can enter, removed on drop.
 #[derive(Debug)]
 pub(crate) struct PrivateDir {
-    path: PathBuf,
-}
-
-fn random_hex() -> String {
-    let mut bytes = [0u8; 8];
-    // Without randomness the name is still unique (pid and time) and still made with
-    // mkdir, which refuses an existing path.
-    if openssl::rand::rand_bytes(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        bytes = (nanos as u64).to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    dir: tempfile::TempDir,
 }
 
 impl PrivateDir {
@@ -42,31 +25,21 @@ impl PrivateDir {
     }
 
     fn create_in(base: &Path, prefix: &str) -> std::io::Result<PrivateDir> {
-        let mut last = None;
-        for _ in 0..ATTEMPTS {
-            let path = base.join(format!("{prefix}-{}-{}", std::process::id(), random_hex()));
-            // Not `recursive`: an existing path, or a symlink, is an error, never reused.
-            match DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => {
-                    let dir = PrivateDir { path };
-                    // The umask may have taken bits off, never added any: set exactly 0700.
-                    std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o700))?;
-                    return Ok(dir);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AlreadyExists)))
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-{}-", std::process::id()))
+            .tempdir_in(base)?;
+        // The umask may have taken bits off, never added any: set exactly 0700.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        Ok(PrivateDir { dir })
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.dir.path()
     }
 
     /// Writes a new file `name` in the directory (`O_EXCL`: never an existing one).
     pub(crate) fn write_new(&self, name: &str, contents: &[u8]) -> std::io::Result<PathBuf> {
-        let path = self.path.join(name);
+        let path = self.path().join(name);
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -77,20 +50,12 @@ impl PrivateDir {
     }
 }
 
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        // `remove_dir_all` does not follow symlinks inside the directory.
-        if let Err(e) = std::fs::remove_dir_all(&self.path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %self.path.display(), error = %e, "cannot remove the temporary directory");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt as _;
+
+    use std::fs::DirBuilder;
+    use std::os::unix::fs::DirBuilderExt as _;
 
     use super::*;
 

@@ -11,7 +11,7 @@ use entraid_emulator::{Faults, Principals};
 use entraid_identity::{IdentityError, IdentityProvider, Token};
 use redis::aio::ConnectionManagerConfig;
 use redis::{AsyncConnectionConfig, PushKind, TlsCertificates};
-use redis_entraid::{RetryPolicy, TokenManagerConfig};
+use redis_entraid::TokenManagerConfig;
 
 mod support;
 use support::{emulator, env, load, secret_provider, started, stat, tls_client};
@@ -137,13 +137,11 @@ async fn a_token_service_outage_inside_the_token_life_changes_nothing() {
     // 10 s tokens refresh at 7 s. The outage runs from 6 s to 8.5 s: past the refresh
     // instant, before the 10 s expiry. Retries every ≤ 0.5 s find it back.
     let emulator = emulator(Duration::from_secs(10), None).await;
-    let config = TokenManagerConfig {
-        retry: RetryPolicy {
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(500),
-            ..RetryPolicy::default()
-        },
-        ..TokenManagerConfig::default()
+    let config = {
+        let mut config = TokenManagerConfig::default();
+        config.retry.initial_delay = Duration::from_millis(100);
+        config.retry.max_delay = Duration::from_millis(500);
+        config
     };
     let credentials = started(secret_provider(&emulator), config);
     credentials.token().await.unwrap();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use entraid_emulator::{Emulator, EmulatorConfig, Faults};
 use redis::{Commands, RedisResult};
-use redis_entraid::{Connection, EntraIdCredentialsProvider, RetryPolicy, TokenManagerConfig};
+use redis_entraid::{Connection, EntraIdCredentialsProvider, TokenManagerConfig};
 
 mod support;
 use support::{secret_provider, stat, tls_client};
@@ -165,14 +165,12 @@ fn an_idle_sync_connection_reconnects_before_its_next_command() {
 #[test]
 fn a_sync_connection_fails_fast_without_a_token_and_recovers_by_itself() {
     let harness = Harness::start(Duration::from_secs(3));
-    let provider = harness.provider(TokenManagerConfig {
-        token_request_timeout: Duration::from_secs(1),
-        retry: RetryPolicy {
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(200),
-            ..RetryPolicy::default()
-        },
-        ..TokenManagerConfig::default()
+    let provider = harness.provider({
+        let mut config = TokenManagerConfig::default();
+        config.token_request_timeout = Duration::from_secs(1);
+        config.retry.initial_delay = Duration::from_millis(100);
+        config.retry.max_delay = Duration::from_millis(200);
+        config
     });
     let mut connection = harness.connection(&provider);
     let token = provider.current_token().unwrap();

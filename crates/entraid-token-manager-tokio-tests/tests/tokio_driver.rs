@@ -92,9 +92,10 @@ fn start_on_own_runtime_runs_without_a_caller_runtime_and_its_thread_ends_on_sto
         std::thread::yield_now();
     }
     assert_eq!(threads(), 0, "the thread ends with the manager");
-    let bad = TokenManagerConfig {
-        expiration_refresh_ratio: 2.0,
-        ..config()
+    let bad = {
+        let mut config = TokenManagerConfig::default();
+        config.expiration_refresh_ratio = 2.0;
+        config
     };
     let refused = TokenManager::builder(provider)
         .config(bad)
@@ -105,16 +106,18 @@ fn start_on_own_runtime_runs_without_a_caller_runtime_and_its_thread_ends_on_sto
 
 #[tokio::test(start_paused = true)]
 async fn a_builder_takes_a_config_or_a_state_machine_and_the_last_one_given_wins() {
-    let bad = TokenManagerConfig {
-        expiration_refresh_ratio: 0.0,
-        ..config()
+    let bad = {
+        let mut config = TokenManagerConfig::default();
+        config.expiration_refresh_ratio = 0.0;
+        config
     };
     // Refreshed at exactly half their life: the state machine's own configuration.
-    let halfway = TokenManagerConfig {
-        expiration_refresh_ratio: 0.5,
-        lower_refresh_bound: Duration::ZERO,
-        refresh_jitter: 0.0,
-        ..config()
+    let halfway = {
+        let mut config = TokenManagerConfig::default();
+        config.expiration_refresh_ratio = 0.5;
+        config.lower_refresh_bound = Duration::ZERO;
+        config.refresh_jitter = 0.0;
+        config
     };
     let provider = ScriptedProvider::always("oid-sm", 100 * SEC);
     let builder = TokenManager::builder(provider.clone())
@@ -147,9 +150,10 @@ async fn a_builder_takes_a_config_or_a_state_machine_and_the_last_one_given_wins
 
 #[tokio::test(start_paused = true)]
 async fn invalid_config_is_refused() {
-    let bad = TokenManagerConfig {
-        expiration_refresh_ratio: 0.0,
-        ..config()
+    let bad = {
+        let mut config = TokenManagerConfig::default();
+        config.expiration_refresh_ratio = 0.0;
+        config
     };
     let err = TokenManager::start(ScriptedProvider::always("oid", SEC), bad).unwrap_err();
     assert_eq!(err, StartError::InvalidConfig(ConfigError::RefreshRatio(0.0)));

@@ -48,16 +48,27 @@ pub(crate) fn request_span(id: crate::RequestId, machine: &crate::TokenStateMach
 #[cfg(test)]
 mod tests {
     use super::*;
-    use entraid_test_support::{ScriptedProvider, Step};
-    use std::time::Duration;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, SystemTime};
+
+    /// Panics at its first request, then hands out tokens. Written here rather than taken
+    /// from the workspace's test support, so the unit tests build from the published package.
+    struct PanicsOnce(AtomicBool);
+
+    #[async_trait::async_trait]
+    impl IdentityProvider for PanicsOnce {
+        async fn request_token(&self) -> Result<Token, IdentityError> {
+            if !self.0.swap(true, Ordering::SeqCst) {
+                panic!("the provider's bug");
+            }
+            let now = SystemTime::now();
+            Ok(Token::new("secret", "oid", now + Duration::from_secs(60), now))
+        }
+    }
 
     #[test]
     fn a_panic_becomes_a_transient_error_with_its_origin() {
-        let provider = std::sync::Arc::new(ScriptedProvider::new(
-            "oid",
-            [Step::Panic],
-            Step::Token(Duration::from_secs(60)),
-        ));
+        let provider = std::sync::Arc::new(PanicsOnce(AtomicBool::new(false)));
         let error = crate::blocking::block_on(request(&provider)).unwrap_err();
         assert!(error.is_transient());
         assert_eq!(error.origin(), Some(ErrorOrigin::ProviderPanicked));

@@ -23,17 +23,19 @@ pub const DEFAULT_REFRESH_JITTER: f64 = 0.1;
 /// use entraid_token_manager::{RetryPolicy, TokenManagerConfig};
 /// use std::time::Duration;
 ///
-/// let config = TokenManagerConfig {
-///     expiration_refresh_ratio: 0.8,
-///     retry: RetryPolicy { max_attempts: 3, ..RetryPolicy::default() },
-///     ..TokenManagerConfig::default()
-/// };
+/// // `#[non_exhaustive]`: start from the defaults and set what differs, so a new setting
+/// // in a later version is not a breaking change.
+/// let mut config = TokenManagerConfig::default();
+/// config.expiration_refresh_ratio = 0.8;
+/// config.retry = RetryPolicy::default().with_is_retryable(|error| error.is_transient());
+/// config.retry.max_attempts = 3;
 /// config.validate()?;
 /// // A 60-minute token is refreshed after 48 minutes (80 %), which is more than 3 minutes before expiry.
 /// assert_eq!(config.refresh_delay(Duration::from_secs(3600)), Duration::from_secs(48 * 60));
 /// # Ok::<(), entraid_token_manager::ConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TokenManagerConfig {
     /// The fraction of a token's lifetime after which it is refreshed; in (0, 1]. Default 0.7.
     pub expiration_refresh_ratio: f64,
@@ -116,7 +118,8 @@ impl TokenManagerConfig {
     /// use entraid_token_manager::TokenManagerConfig;
     /// use std::time::Duration;
     ///
-    /// let config = TokenManagerConfig { refresh_jitter: 0.2, ..TokenManagerConfig::default() };
+    /// let mut config = TokenManagerConfig::default();
+    /// config.refresh_jitter = 0.2;
     /// // A 60-minute token: somewhere between 33.6 and 42 minutes.
     /// let (earliest, latest) = config.refresh_delay_band(Duration::from_secs(3600));
     /// assert_eq!((earliest.as_secs_f64().round(), latest.as_secs()), (2016.0, 42 * 60));
@@ -145,6 +148,7 @@ fn scale_down(duration: Duration, factor: f64) -> Duration {
 /// The manager never gives up: after `max_attempts` consecutive failures it reports the
 /// error and keeps trying every `max_delay`.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Consecutive failures before the error is reported to connections; at least 1. Default 5.
     pub max_attempts: u32,

@@ -29,6 +29,7 @@ impl fmt::Display for ConnectionId {
 /// (close) of the token's lifetime, so a token of a few seconds still leaves room for
 /// the renewal, which the token manager sends at least 30 % of a lifetime before expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConnectionPolicy {
     /// Renewals reach each connection after a random delay in `[0, reauth_spread)`, and
     /// never more than a tenth of the time the token in force has left. Default 5 s.

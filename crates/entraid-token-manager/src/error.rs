@@ -15,8 +15,9 @@ pub enum TokenManagerError {
     /// policy does not retry). The manager keeps trying in the background.
     #[error("could not get an Entra ID token ({attempts} failed attempt(s) in a row; still retrying): {error}")]
     RequestFailed {
-        /// The last error from the identity provider.
-        #[source]
+        /// The last error from the identity provider. Its text is in this error's own
+        /// (most callers show only that, and redis errors keep only text), so it is not
+        /// also returned by `source()`, where reporters would print it twice.
         error: IdentityError,
         /// Consecutive failed attempts.
         attempts: u32,
@@ -46,8 +47,9 @@ pub enum TokenManagerError {
     RuntimeShutDown,
     /// The manager could not start: its configuration was refused, or its runtime or
     /// thread could not be had.
+    /// Its text includes the cause; `source()` is empty so that it is not printed twice.
     #[error("the token manager did not start: {0}")]
-    NotStarted(#[from] StartError),
+    NotStarted(StartError),
     /// No token arrived within the time the caller was willing to wait.
     #[error("no Entra ID token arrived within {0:?}; the identity provider may be slow or unreachable")]
     WaitTimedOut(std::time::Duration),
@@ -86,6 +88,41 @@ impl From<RefreshFailure> for TokenManagerError {
             error: failure.error,
             attempts: failure.attempts,
             retryable: failure.retryable,
+        }
+    }
+}
+
+impl From<StartError> for TokenManagerError {
+    fn from(error: StartError) -> Self {
+        TokenManagerError::NotStarted(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// An error whose text holds its cause returns no `source()`, so reporters that walk
+    /// the chain (`anyhow`'s `{:#}`, `tracing`'s error fields) do not print it twice.
+    #[test]
+    fn no_cause_is_printed_twice() {
+        let errors = [
+            TokenManagerError::RequestFailed {
+                error: IdentityError::permanent("AADSTS7000215: invalid client secret"),
+                attempts: 3,
+                retryable: false,
+            },
+            TokenManagerError::NotStarted(StartError::InvalidConfig(ConfigError::RefreshRatio(2.0))),
+        ];
+        for error in errors {
+            let text = error.to_string();
+            let mut source = error.source();
+            while let Some(cause) = source {
+                assert!(!text.contains(&cause.to_string()), "{text:?} repeats its cause {cause}");
+                source = cause.source();
+            }
         }
     }
 }

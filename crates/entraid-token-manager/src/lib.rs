@@ -40,9 +40,19 @@
 //! `tracing` events: token renewed (`info`, with username and lifetime, never the
 //! secret), request failed (`warn` when reported, `debug` while retrying silently), token
 //! expired (`warn`), manager stopped (`info`).
+//!
+//! # Feature flags
+//!
+#![doc = document_features::document_features!()]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+// The crates.io page's code blocks are compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
 
 pub mod blocking;
 mod catch_panic;

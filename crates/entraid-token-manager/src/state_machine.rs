@@ -23,6 +23,7 @@ impl fmt::Display for RequestId {
 
 /// A failed request that is reported to the application, with what happens next.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RefreshFailure {
     /// The last error.
     pub error: IdentityError,

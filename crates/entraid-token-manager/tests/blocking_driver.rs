@@ -19,18 +19,19 @@ const WATCHDOG: Duration = Duration::from_secs(10);
 
 /// Refresh halfway through the token's life; fast retries.
 fn fast_config() -> TokenManagerConfig {
-    TokenManagerConfig {
-        expiration_refresh_ratio: 0.5,
-        lower_refresh_bound: Duration::ZERO,
-        refresh_jitter: 0.0,
-        token_request_timeout: 200 * MS,
-        retry: RetryPolicy {
-            max_attempts: 3,
-            initial_delay: 5 * MS,
-            max_delay: 20 * MS,
-            ..RetryPolicy::default()
-        },
-    }
+    let mut config = TokenManagerConfig::default();
+    config.expiration_refresh_ratio = 0.5;
+    config.lower_refresh_bound = Duration::ZERO;
+    config.refresh_jitter = 0.0;
+    config.token_request_timeout = 200 * MS;
+    config.retry = {
+        let mut policy = RetryPolicy::default();
+        policy.max_attempts = 3;
+        policy.initial_delay = 5 * MS;
+        policy.max_delay = 20 * MS;
+        policy
+    };
+    config
 }
 
 /// Runs `f` on another thread and fails the test if it does not finish in time.
@@ -149,9 +150,10 @@ fn a_hanging_provider_times_out_and_token_timeout_gives_up() {
 
 #[test]
 fn a_builder_takes_a_config_or_a_state_machine_and_the_last_one_given_wins() {
-    let bad = TokenManagerConfig {
-        expiration_refresh_ratio: 0.0,
-        ..fast_config()
+    let bad = {
+        let mut config = fast_config();
+        config.expiration_refresh_ratio = 0.0;
+        config
     };
     let provider = ScriptedProvider::always("oid-sm", Duration::from_secs(3600));
     let builder = TokenManager::builder(provider.clone())
@@ -216,16 +218,14 @@ fn stop_is_seen_by_token() {
 #[test]
 fn a_provider_that_always_hangs_holds_at_most_four_threads_through_a_thousand_timeouts() {
     let provider = ScriptedProvider::new("oid-hang", [], Step::Hang);
-    let config = TokenManagerConfig {
-        token_request_timeout: MS,
-        retry: RetryPolicy {
-            max_attempts: 1,
-            initial_delay: MS,
-            max_delay: MS,
-            jitter: 0.0,
-            ..RetryPolicy::default()
-        },
-        ..TokenManagerConfig::default()
+    let config = {
+        let mut config = TokenManagerConfig::default();
+        config.token_request_timeout = MS;
+        config.retry.max_attempts = 1;
+        config.retry.initial_delay = MS;
+        config.retry.max_delay = MS;
+        config.retry.jitter = 0.0;
+        config
     };
     let manager = TokenManager::start(provider.clone(), config).unwrap();
     // Each hung request holds its thread for ever, so the requests that reached the

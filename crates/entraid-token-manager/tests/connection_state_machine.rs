@@ -413,17 +413,19 @@ fn time_going_backwards_is_taken_as_the_latest_instant() {
 
 #[test]
 fn invalid_policies_are_refused_with_the_value_to_fix() {
-    let zero = ConnectionPolicy {
-        auth_timeout: Duration::ZERO,
-        ..ConnectionPolicy::default()
+    let zero = {
+        let mut policy = ConnectionPolicy::default();
+        policy.auth_timeout = Duration::ZERO;
+        policy
     };
     assert_eq!(
         ConnectionStateMachine::new(zero).unwrap_err(),
         ConnectionPolicyError::Zero("auth_timeout")
     );
-    let inverted = ConnectionPolicy {
-        reconnect_max: 10 * MS,
-        ..ConnectionPolicy::default()
+    let inverted = {
+        let mut policy = ConnectionPolicy::default();
+        policy.reconnect_max = 10 * MS;
+        policy
     };
     let error = ConnectionStateMachine::new(inverted).unwrap_err();
     assert!(error.to_string().contains("reconnect_max"), "{error}");
@@ -548,9 +550,10 @@ fn far_future_and_absurd_lifetimes_never_panic() {
 #[test]
 fn durations_past_a_day_are_refused_and_a_day_everywhere_never_panics() {
     // `Duration::MAX` meant as "no limit" overflowed an instant inside the machine.
-    let unbounded = ConnectionPolicy {
-        connect_timeout: Duration::MAX,
-        ..ConnectionPolicy::default()
+    let unbounded = {
+        let mut policy = ConnectionPolicy::default();
+        policy.connect_timeout = Duration::MAX;
+        policy
     };
     let error = ConnectionStateMachine::new(unbounded).unwrap_err();
     assert!(
@@ -566,17 +569,19 @@ fn durations_past_a_day_are_refused_and_a_day_everywhere_never_panics() {
     assert!(error.to_string().contains("at most"), "{error}");
     // Every duration at the limit: a whole life of failures, replacements and losses.
     let day = MAX_POLICY_DURATION;
-    let policy = ConnectionPolicy {
-        reauth_spread: day,
-        auth_timeout: day,
-        auth_retry_initial: day,
-        auth_retry_max: day,
-        replace_margin: day,
-        connect_timeout: day,
-        reconnect_initial: day,
-        reconnect_max: day,
-        stable_after: day,
-        probe_timeout: day,
+    let policy = {
+        let mut policy = ConnectionPolicy::default();
+        policy.reauth_spread = day;
+        policy.auth_timeout = day;
+        policy.auth_retry_initial = day;
+        policy.auth_retry_max = day;
+        policy.replace_margin = day;
+        policy.connect_timeout = day;
+        policy.reconnect_initial = day;
+        policy.reconnect_max = day;
+        policy.stable_after = day;
+        policy.probe_timeout = day;
+        policy
     };
     let mut clock = FakeClock::new();
     let mut sm = ConnectionStateMachine::with_seed(policy, 3).unwrap();

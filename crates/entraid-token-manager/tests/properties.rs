@@ -4,9 +4,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use entraid_identity::{IdentityError, Token};
 use entraid_test_support::FakeClock;
-use entraid_token_manager::{
-    DEFAULT_REFRESH_JITTER, Output, RequestId, RetryPolicy, TokenManagerConfig, TokenStateMachine,
-};
+use entraid_token_manager::{DEFAULT_REFRESH_JITTER, Output, RequestId, TokenManagerConfig, TokenStateMachine};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -46,20 +44,17 @@ fn config() -> impl Strategy<Value = TokenManagerConfig> {
     )
         .prop_map(
             |((ratio, refresh_jitter), bound, timeout, (attempts, initial, max_factor, multiplier, jitter))| {
-                TokenManagerConfig {
-                    expiration_refresh_ratio: ratio,
-                    lower_refresh_bound: Duration::from_millis(bound),
-                    refresh_jitter,
-                    token_request_timeout: Duration::from_millis(timeout),
-                    retry: RetryPolicy {
-                        max_attempts: attempts,
-                        initial_delay: Duration::from_millis(initial),
-                        max_delay: Duration::from_millis(initial * max_factor),
-                        backoff_multiplier: multiplier,
-                        jitter,
-                        ..RetryPolicy::default()
-                    },
-                }
+                let mut config = TokenManagerConfig::default();
+                config.expiration_refresh_ratio = ratio;
+                config.lower_refresh_bound = Duration::from_millis(bound);
+                config.refresh_jitter = refresh_jitter;
+                config.token_request_timeout = Duration::from_millis(timeout);
+                config.retry.max_attempts = attempts;
+                config.retry.initial_delay = Duration::from_millis(initial);
+                config.retry.max_delay = Duration::from_millis(initial * max_factor);
+                config.retry.backoff_multiplier = multiplier;
+                config.retry.jitter = jitter;
+                config
             },
         )
 }
@@ -233,10 +228,11 @@ proptest! {
         // A provider that always answers at once with the same lifetime: count requests
         // over a simulated hour. At most one per (1 − refresh_jitter)·ratio·min(L, bound)
         // (bound 0: L): the default refresh jitter may bring each refresh that much earlier.
-        let config = TokenManagerConfig {
-            expiration_refresh_ratio: ratio,
-            lower_refresh_bound: Duration::from_millis(bound_ms),
-            ..TokenManagerConfig::default()
+        let config = {
+            let mut config = TokenManagerConfig::default();
+            config.expiration_refresh_ratio = ratio;
+            config.lower_refresh_bound = Duration::from_millis(bound_ms);
+            config
         };
         let lifetime = Duration::from_millis(lifetime_ms);
         let floor = if bound_ms == 0 { lifetime } else { lifetime.min(Duration::from_millis(bound_ms)) };
@@ -281,16 +277,14 @@ proptest! {
         wall_ahead in any::<bool>(),
         attempts in 1u32..4,
     ) {
-        let config = TokenManagerConfig {
-            retry: RetryPolicy {
-                max_attempts: attempts,
-                initial_delay: Duration::from_millis(1),
-                max_delay: Duration::from_secs(max_delay_secs),
-                backoff_multiplier: multiplier,
-                jitter,
-                ..RetryPolicy::default()
-            },
-            ..TokenManagerConfig::default()
+        let config = {
+            let mut config = TokenManagerConfig::default();
+            config.retry.max_attempts = attempts;
+            config.retry.initial_delay = Duration::from_millis(1);
+            config.retry.max_delay = Duration::from_secs(max_delay_secs);
+            config.retry.backoff_multiplier = multiplier;
+            config.retry.jitter = jitter;
+            config
         };
         prop_assert!(config.validate().is_ok());
         let mut sm = TokenStateMachine::with_seed(config, 3).unwrap();

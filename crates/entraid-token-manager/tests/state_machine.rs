@@ -23,10 +23,9 @@ fn token(secret: &str, lifetime: Duration) -> Token {
 /// expiry and the wall clock assert exact instants. The jitter's band has its own tests
 /// at the end, on the real defaults.
 fn exact() -> TokenManagerConfig {
-    TokenManagerConfig {
-        refresh_jitter: 0.0,
-        ..TokenManagerConfig::default()
-    }
+    let mut config = TokenManagerConfig::default();
+    config.refresh_jitter = 0.0;
+    config
 }
 
 fn transient() -> IdentityError {
@@ -197,10 +196,11 @@ fn a_token_shorter_than_the_bound_is_refreshed_at_the_ratio_not_at_once() {
 
 #[test]
 fn the_ratio_is_honoured_not_ignored() {
-    let config = TokenManagerConfig {
-        expiration_refresh_ratio: 0.5,
-        lower_refresh_bound: Duration::ZERO,
-        ..exact()
+    let config = {
+        let mut config = exact();
+        config.expiration_refresh_ratio = 0.5;
+        config.lower_refresh_bound = Duration::ZERO;
+        config
     };
     let mut h = Harness::new(config);
     let id = h.start();
@@ -224,12 +224,14 @@ fn a_zero_lifetime_token_counts_as_a_failure() {
 
 #[test]
 fn backoff_grows_by_the_multiplier_within_its_jitter_band_and_caps() {
-    let config = TokenManagerConfig {
-        retry: RetryPolicy {
-            max_attempts: 20,
-            ..RetryPolicy::default()
-        },
-        ..exact()
+    let config = {
+        let mut config = exact();
+        config.retry = {
+            let mut policy = RetryPolicy::default();
+            policy.max_attempts = 20;
+            policy
+        };
+        config
     };
     let mut h = Harness::new(config);
     let mut id = h.start();
@@ -252,12 +254,14 @@ fn backoff_grows_by_the_multiplier_within_its_jitter_band_and_caps() {
 
 #[test]
 fn jitter_zero_gives_exact_delays() {
-    let config = TokenManagerConfig {
-        retry: RetryPolicy {
-            jitter: 0.0,
-            ..RetryPolicy::default()
-        },
-        ..exact()
+    let config = {
+        let mut config = exact();
+        config.retry = {
+            let mut policy = RetryPolicy::default();
+            policy.jitter = 0.0;
+            policy
+        };
+        config
     };
     let mut h = Harness::new(config);
     let id = h.start();
@@ -322,9 +326,10 @@ fn a_non_retryable_error_is_reported_at_once_and_retried_at_max_delay() {
 
 #[test]
 fn a_custom_predicate_decides_what_is_retryable() {
-    let config = TokenManagerConfig {
-        retry: RetryPolicy::default().with_is_retryable(|e| e.code() != Some("fatal")),
-        ..exact()
+    let config = {
+        let mut config = exact();
+        config.retry = RetryPolicy::default().with_is_retryable(|e| e.code() != Some("fatal"));
+        config
     };
     let mut h = Harness::new(config);
     let id = h.start();
@@ -513,9 +518,10 @@ fn absurd_lifetimes_and_retry_after_do_not_panic() {
 
 #[test]
 fn invalid_config_is_refused_when_the_machine_is_built() {
-    let config = TokenManagerConfig {
-        expiration_refresh_ratio: 1.2,
-        ..exact()
+    let config = {
+        let mut config = exact();
+        config.expiration_refresh_ratio = 1.2;
+        config
     };
     assert_eq!(
         TokenStateMachine::new(config).unwrap_err(),
@@ -535,13 +541,15 @@ fn a_day_long_retry_after_postpones_the_next_attempt_by_five_minutes_at_most() {
     assert_eq!(delay, 5 * MIN);
 
     // A max_delay above five minutes is the cap instead.
-    let mut h = Harness::new(TokenManagerConfig {
-        retry: RetryPolicy {
-            max_delay: 20 * MIN,
-            jitter: 0.0,
-            ..RetryPolicy::default()
-        },
-        ..exact()
+    let mut h = Harness::new({
+        let mut config = exact();
+        config.retry = {
+            let mut policy = RetryPolicy::default();
+            policy.max_delay = 20 * MIN;
+            policy.jitter = 0.0;
+            policy
+        };
+        config
     });
     let id = h.start();
     let (_, delay, _) = h.fail_and_measure(id, transient().with_retry_after(86_400 * SEC));
@@ -552,14 +560,16 @@ fn a_day_long_retry_after_postpones_the_next_attempt_by_five_minutes_at_most() {
 fn a_retry_after_never_postpones_past_the_current_tokens_refresh_margin() {
     // 20-minute tokens refreshed at half their life (10 min): the refresh margin is the
     // 3-minute lower bound, so a retry may wait until 17 minutes, no later.
-    let mut h = Harness::new(TokenManagerConfig {
-        expiration_refresh_ratio: 0.5,
-        retry: RetryPolicy {
-            max_delay: 30 * MIN,
-            jitter: 0.0,
-            ..RetryPolicy::default()
-        },
-        ..exact()
+    let mut h = Harness::new({
+        let mut config = exact();
+        config.expiration_refresh_ratio = 0.5;
+        config.retry = {
+            let mut policy = RetryPolicy::default();
+            policy.max_delay = 30 * MIN;
+            policy.jitter = 0.0;
+            policy
+        };
+        config
     });
     let id = h.start();
     let t0 = h.clock.now();
@@ -571,12 +581,14 @@ fn a_retry_after_never_postpones_past_the_current_tokens_refresh_margin() {
 
     // With the margin already reached, the retry_after cannot postpone at all: the
     // backoff alone decides.
-    let mut h = Harness::new(TokenManagerConfig {
-        retry: RetryPolicy {
-            jitter: 0.0,
-            ..RetryPolicy::default()
-        },
-        ..exact()
+    let mut h = Harness::new({
+        let mut config = exact();
+        config.retry = {
+            let mut policy = RetryPolicy::default();
+            policy.jitter = 0.0;
+            policy
+        };
+        config
     });
     let id = h.start();
     let d = h.respond(id, Ok(token("a", 10 * MIN)));
@@ -833,9 +845,10 @@ fn the_band_is_drawn_again_for_each_token() {
 #[test]
 fn a_refresh_jitter_outside_0_to_1_is_refused_by_name() {
     for bad in [1.0, 1.5, -0.1] {
-        let config = TokenManagerConfig {
-            refresh_jitter: bad,
-            ..TokenManagerConfig::default()
+        let config = {
+            let mut config = TokenManagerConfig::default();
+            config.refresh_jitter = bad;
+            config
         };
         let err = TokenStateMachine::new(config).unwrap_err();
         assert_eq!(err, ConfigError::RefreshJitter(bad));

@@ -1,12 +1,13 @@
 //! The constructors of the redis.io page, on `entraid-azure` (feature `azure`).
 
+#[cfg(feature = "certificate")]
 use std::fmt;
 use std::sync::Arc;
 
 use entraid_azure::azure_core::credentials::TokenCredential;
-use entraid_azure::azure_identity::{
-    ClientCertificateCredentialOptions, ClientSecretCredentialOptions, ManagedIdentityCredentialOptions,
-};
+#[cfg(feature = "certificate")]
+use entraid_azure::azure_identity::ClientCertificateCredentialOptions;
+use entraid_azure::azure_identity::{ClientSecretCredentialOptions, ManagedIdentityCredentialOptions};
 use entraid_azure::{AzureConfigError, AzureIdentityProvider, ManagedIdentityId};
 use redis::{ErrorKind, RedisError, RedisResult};
 
@@ -14,6 +15,11 @@ use crate::EntraIdCredentialsProvider;
 
 /// A client certificate as the redis.io page passes it: the PKCS12 (`.pfx`) file's bytes
 /// encoded as base64, and its password if it has one.
+///
+/// Needs the `certificate` feature, which links OpenSSL (`azure_identity` reads PKCS12
+/// with it).
+#[cfg(feature = "certificate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "certificate")))]
 #[derive(Clone, Default)]
 pub struct ClientCertificate {
     /// The PKCS12 bytes, base64-encoded.
@@ -22,6 +28,7 @@ pub struct ClientCertificate {
     pub password: Option<String>,
 }
 
+#[cfg(feature = "certificate")]
 impl fmt::Debug for ClientCertificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientCertificate")
@@ -82,7 +89,9 @@ impl EntraIdCredentialsProvider {
         )
     }
 
-    /// A service principal with a certificate.
+    /// A service principal with a certificate (feature `certificate`).
+    #[cfg(feature = "certificate")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "certificate")))]
     pub fn new_client_certificate(
         tenant_id: String,
         client_id: String,
@@ -99,6 +108,8 @@ impl EntraIdCredentialsProvider {
 
     /// A service principal with a certificate, for these scopes and HTTP options. The
     /// certificate's own password wins over one in `options`.
+    #[cfg(feature = "certificate")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "certificate")))]
     pub fn new_client_certificate_with_scopes(
         tenant_id: String,
         client_id: String,

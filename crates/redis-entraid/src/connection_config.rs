@@ -224,10 +224,9 @@ impl ConnectionConfig {
 
     /// The policy in force with `provider`: its spread unless one was set here.
     pub(crate) fn policy(&self, provider: &EntraIdCredentialsProvider) -> ConnectionPolicy {
-        ConnectionPolicy {
-            reauth_spread: self.reauth_spread.unwrap_or(provider.reauth_spread()),
-            ..self.policy.clone()
-        }
+        let mut policy = self.policy.clone();
+        policy.reauth_spread = self.reauth_spread.unwrap_or(provider.reauth_spread());
+        policy
     }
 
     /// A connection state machine for this configuration, or why it cannot work.

@@ -32,18 +32,19 @@
 //! Any identity works, Azure or not, through [`EntraIdCredentialsProvider::new_with_identity_provider`]
 //! and the [`IdentityProvider`] trait. Refresh and retry are done by
 //! [`entraid_token_manager`]; this crate only adapts its tokens to the `redis` crate.
+//!
+//! # Feature flags
+//!
+#![doc = document_features::document_features!()]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 #[cfg(feature = "azure")]
 mod azure;
-// The user guide's and the README's code blocks are compiled as doc tests.
-#[cfg(all(doctest, feature = "azure", feature = "r2d2"))]
-#[doc = include_str!("../../../docs/USER_GUIDE.md")]
-mod user_guide {}
 #[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../README.md")]
 mod readme {}
 pub mod aio;
 mod connection;
@@ -60,7 +61,7 @@ mod retry_config;
 mod session;
 mod token_feed;
 
-#[cfg(feature = "azure")]
+#[cfg(feature = "certificate")]
 pub use azure::ClientCertificate;
 pub use connection::Connection;
 pub use connection_config::ConnectionConfig;
@@ -69,6 +70,12 @@ pub use provider::{DEFAULT_REAUTH_SPREAD, EntraIdCredentialsProvider};
 pub use retry_config::RetryConfig;
 
 #[cfg(feature = "azure")]
-pub use entraid_azure::{AzureIdentityProvider, ManagedIdentityId};
+pub use entraid_azure::{AzureConfigError, AzureIdentityProvider, ManagedIdentityId};
+/// The `azure_core` and `azure_identity` versions the Azure constructors take types of
+/// (`ClientOptions`, the `*CredentialOptions`, `TokenCredential`), so they always match.
+#[cfg(feature = "azure")]
+pub use entraid_azure::{azure_core, azure_identity};
 pub use entraid_identity::{ErrorOrigin, IdentityError, IdentityProvider, Token};
 pub use entraid_token_manager::{ConnectionPolicy, RefreshOutcome, RetryPolicy, TokenManagerConfig, TokenStatus};
+/// The `redis` version this crate is built on: its types are in our signatures.
+pub use redis;

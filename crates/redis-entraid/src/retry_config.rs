@@ -63,18 +63,14 @@ impl RetryConfig {
     /// The full token-manager configuration this retry configuration gives, with the other
     /// settings at their defaults. Validated when the provider starts.
     pub fn to_token_manager_config(&self) -> TokenManagerConfig {
-        TokenManagerConfig {
-            retry: RetryPolicy {
-                max_attempts: u32::try_from(self.number_of_retries)
-                    .unwrap_or(u32::MAX - 1)
-                    .saturating_add(1),
-                initial_delay: self.min_delay,
-                max_delay: self.max_delay,
-                backoff_multiplier: f64::from(self.exponent_base),
-                ..RetryPolicy::default()
-            },
-            ..TokenManagerConfig::default()
-        }
+        let mut config = TokenManagerConfig::default();
+        config.retry.max_attempts = u32::try_from(self.number_of_retries)
+            .unwrap_or(u32::MAX - 1)
+            .saturating_add(1);
+        config.retry.initial_delay = self.min_delay;
+        config.retry.max_delay = self.max_delay;
+        config.retry.backoff_multiplier = f64::from(self.exponent_base);
+        config
     }
 }
 

@@ -18,9 +18,10 @@ const TASKS: usize = 64;
 /// renewal it computes as 70 % of the token's life.
 fn started(provider: &AclProvider) -> EntraIdCredentialsProvider {
     let mut credentials = EntraIdCredentialsProvider::new_with_identity_provider(provider.clone());
-    credentials.start_with_config(TokenManagerConfig {
-        refresh_jitter: 0.0,
-        ..TokenManagerConfig::default()
+    credentials.start_with_config({
+        let mut config = TokenManagerConfig::default();
+        config.refresh_jitter = 0.0;
+        config
     });
     credentials
 }
@@ -279,15 +280,13 @@ async fn identity_provider_down_mid_run_then_back() {
     let provider = AclProvider::new("oid-mid", Duration::from_secs(6), vec![server.port]);
     let mut credentials = EntraIdCredentialsProvider::new_with_identity_provider(provider.clone());
     credentials
-        .try_start_with_config(TokenManagerConfig {
-            retry: redis_entraid::RetryPolicy {
-                initial_delay: Duration::from_millis(100),
-                max_delay: Duration::from_millis(500),
-                ..redis_entraid::RetryPolicy::default()
-            },
+        .try_start_with_config({
+            let mut config = TokenManagerConfig::default();
+            config.retry.initial_delay = Duration::from_millis(100);
+            config.retry.max_delay = Duration::from_millis(500);
             // The outage is timed against the exact refresh instant.
-            refresh_jitter: 0.0,
-            ..TokenManagerConfig::default()
+            config.refresh_jitter = 0.0;
+            config
         })
         .unwrap();
     let client = Client::open(server.url()).unwrap();

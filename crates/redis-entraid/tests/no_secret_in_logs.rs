@@ -67,9 +67,10 @@ async fn a_rotation_at_trace_level_logs_no_token() {
     };
     let mut provider = EntraIdCredentialsProvider::new_with_identity_provider(identity.clone());
     provider
-        .try_start_with_config(TokenManagerConfig {
-            refresh_jitter: 0.0,
-            ..TokenManagerConfig::default()
+        .try_start_with_config({
+            let mut config = TokenManagerConfig::default();
+            config.refresh_jitter = 0.0;
+            config
         })
         .unwrap();
     let client = redis::Client::open(server.url()).unwrap();

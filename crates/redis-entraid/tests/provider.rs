@@ -66,9 +66,10 @@ async fn clones_share_one_manager() {
 async fn an_invalid_configuration_is_reported_not_clamped() {
     let scripted = ScriptedProvider::new("oid", [], Step::Token(HOUR));
     let mut provider = EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone());
-    let bad = TokenManagerConfig {
-        expiration_refresh_ratio: 1.5,
-        ..TokenManagerConfig::default()
+    let bad = {
+        let mut config = TokenManagerConfig::default();
+        config.expiration_refresh_ratio = 1.5;
+        config
     };
     let error = provider.try_start_with_config(bad.clone()).unwrap_err();
     assert!(error.to_string().contains("expiration_refresh_ratio"));
@@ -177,11 +178,10 @@ fn a_provider_whose_runtime_shut_down_restarts_on_a_runtime_of_its_own() {
 
 /// Refresh at half a token's life, fast retries: for the real-time tests here.
 fn fast_config() -> TokenManagerConfig {
-    TokenManagerConfig {
-        expiration_refresh_ratio: 0.5,
-        lower_refresh_bound: Duration::ZERO,
-        ..TokenManagerConfig::default()
-    }
+    let mut config = TokenManagerConfig::default();
+    config.expiration_refresh_ratio = 0.5;
+    config.lower_refresh_bound = Duration::ZERO;
+    config
 }
 
 #[tokio::test(start_paused = true)]

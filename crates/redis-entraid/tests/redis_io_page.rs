@@ -20,6 +20,8 @@ mod service_principal_ex0 {
     }
 }
 
+// The certificate example needs feature `certificate` (OpenSSL).
+#[cfg(feature = "certificate")]
 mod service_principal_ex1 {
     use redis::RedisResult;
     use redis_entraid::{ClientCertificate, EntraIdCredentialsProvider, RetryConfig};
@@ -179,6 +181,7 @@ fn managed_identity_with_options_example_runs() {
     });
 }
 
+#[cfg(feature = "certificate")]
 #[test]
 fn certificate_example_reports_a_missing_file_as_the_page_says() {
     // The page's own `.expect` fires when the file is missing: that is its documented

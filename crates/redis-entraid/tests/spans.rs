@@ -52,9 +52,10 @@ async fn a_connection_that_cannot_reauthenticate_is_replaced_inside_its_own_span
     let provider = AclProvider::new("oid-spans", Duration::from_secs(4), vec![server.port]);
     let mut credentials = EntraIdCredentialsProvider::new_with_identity_provider(provider.clone());
     credentials
-        .try_start_with_config(TokenManagerConfig {
-            refresh_jitter: 0.0,
-            ..TokenManagerConfig::default()
+        .try_start_with_config({
+            let mut config = TokenManagerConfig::default();
+            config.refresh_jitter = 0.0;
+            config
         })
         .unwrap();
     let manager = ConnectionManager::new(redis::Client::open(server.url()).unwrap(), credentials)

@@ -14,9 +14,10 @@ fn provider(lifetime: Duration, spread: Duration) -> (ScriptedProvider, EntraIdC
     let mut credentials =
         EntraIdCredentialsProvider::new_with_identity_provider(scripted.clone()).with_reauth_spread(spread);
     // The spread is measured from the exact refresh instant: no refresh jitter.
-    credentials.start_with_config(TokenManagerConfig {
-        refresh_jitter: 0.0,
-        ..TokenManagerConfig::default()
+    credentials.start_with_config({
+        let mut config = TokenManagerConfig::default();
+        config.refresh_jitter = 0.0;
+        config
     });
     (scripted, credentials)
 }

@@ -7,6 +7,21 @@ use std::time::{Duration, SystemTime};
 
 use azure_core::http::{AsyncRawResponse, ClientOptions, HttpClient, Request, Transport};
 use entraid_azure::azure_core;
+use mockito::Matcher;
+
+pub(crate) const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+pub(crate) const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
+pub(crate) const TOKEN_PATH: &str = "/72f988bf-86f1-41af-91ab-2d7cd011db47/oauth2/v2.0/token";
+
+/// Matches a form body holding every one of these pairs.
+pub(crate) fn form(pairs: &[(&str, &str)]) -> Matcher {
+    Matcher::AllOf(
+        pairs
+            .iter()
+            .map(|(k, v)| Matcher::UrlEncoded((*k).into(), (*v).into()))
+            .collect(),
+    )
+}
 
 /// An HTTP client that sends every request to `mock` instead, remembering the URL it was
 /// meant for.

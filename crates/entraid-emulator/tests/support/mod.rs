@@ -8,7 +8,7 @@ use entraid_azure::AzureIdentityProvider;
 use entraid_emulator::{Emulator, EmulatorConfig, Faults, Principals};
 use entraid_identity::IdentityProvider;
 use redis::{AsyncConnectionConfig, RedisResult, TlsCertificates};
-use redis_entraid::{EntraIdCredentialsProvider, RetryPolicy, TokenManagerConfig};
+use redis_entraid::{EntraIdCredentialsProvider, TokenManagerConfig};
 
 pub(crate) async fn emulator(lifetime: Duration, principals: Option<Principals>) -> Emulator {
     start(EmulatorConfig {
@@ -99,15 +99,11 @@ pub(crate) fn token_client(emulator: &Emulator, token: &entraid_identity::Token,
 
 /// Retries every 200 ms at most, so a test's token manager finds the service back fast.
 pub(crate) fn quick_retries() -> TokenManagerConfig {
-    TokenManagerConfig {
-        token_request_timeout: Duration::from_secs(1),
-        retry: RetryPolicy {
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(200),
-            ..RetryPolicy::default()
-        },
-        ..TokenManagerConfig::default()
-    }
+    let mut config = TokenManagerConfig::default();
+    config.token_request_timeout = Duration::from_secs(1);
+    config.retry.initial_delay = Duration::from_millis(100);
+    config.retry.max_delay = Duration::from_millis(200);
+    config
 }
 
 /// Stops the token service until every token has expired for `past_expiry`, then
@@ -147,10 +143,9 @@ pub(crate) async fn stallable_emulator(lifetime: Duration) -> Emulator {
 /// The defaults without the refresh jitter, for tests that time something to the renewal
 /// instant ([`next_renewal`]).
 pub(crate) fn exact_renewals() -> TokenManagerConfig {
-    TokenManagerConfig {
-        refresh_jitter: 0.0,
-        ..TokenManagerConfig::default()
-    }
+    let mut config = TokenManagerConfig::default();
+    config.refresh_jitter = 0.0;
+    config
 }
 
 /// When the token manager will renew the provider's current token (70 % of its life; the
