@@ -27,17 +27,19 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, String> {
     // One persistent target directory for the benchmark's own workspace.
     let bench_target = target.join("bench-build");
     let cargo = crate::cargo_bin();
-    println!("==> building benches/compare (release)");
+    // The smoke run needs every figure to run, not to be fast: a cheaper profile.
+    let profile = if quick { "smoke" } else { "release" };
+    println!("==> building benches/compare ({profile})");
     let built = Command::new(&cargo)
         .current_dir(root.join("benches/compare"))
         .env("CARGO_TARGET_DIR", &bench_target)
-        .args(["build", "--release", "--quiet"])
+        .args(["build", "--profile", profile, "--quiet"])
         .status()
         .map_err(|e| e.to_string())?;
     if !built.success() {
         return Err("building the benchmark failed".to_owned());
     }
-    let binary = bench_target.join("release").join("redis-entraid-bench");
+    let binary = bench_target.join(profile).join("redis-entraid-bench");
     let out = target.join("bench");
     println!("==> running{}", if quick { " (quick)" } else { " (several minutes)" });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 
-use crate::faults::{Faults, FaultsError};
+use crate::faults::{Faults, FaultsError, Maintenance};
 use crate::http::{Reply, json_reply, read_body, serve_http};
 use crate::serve::{Shutdown, serve_connections};
 use crate::token_service::TokenService;
@@ -62,7 +62,8 @@ async fn handle(service: Arc<TokenService>, request: Request<Incoming>) -> Resul
 }
 
 /// A `POST /faults` body as a [`Faults`] change: any of `fail_next`, `status`,
-/// `retry_after`, `aadsts`, `latency_ms`, `stop_answering`, `fail_reauth`, `drop_after_auth`, `hold_handshakes_ms`, `silence_connections` (true);
+/// `retry_after`, `aadsts`, `latency_ms`, `stop_answering`, `fail_reauth`, `drop_after_auth`, `hold_handshakes_ms`, `silence_connections` (true),
+/// `reject_maint_notifications`, `moving` (`{"time_s": 15, "endpoint": true}`) or `migrating` (`{"time_s": 15}`);
 /// `"reset": true` clears everything first. `retry_after` and `aadsts` given as `null`
 /// clear those; fields of another type than these, and other fields, are ignored.
 fn faults_from_json(body: &Value) -> Result<Faults, FaultsError> {
@@ -109,6 +110,20 @@ fn faults_from_json(body: &Value) -> Result<Faults, FaultsError> {
     }
     if body.get("silence_connections").and_then(Value::as_bool) == Some(true) {
         faults = faults.silence_connections();
+    }
+    if let Some(reject) = body.get("reject_maint_notifications").and_then(Value::as_bool) {
+        faults = faults.reject_maint_notifications(reject);
+    }
+    let seconds = |object: &Value| Duration::from_secs(object.get("time_s").and_then(Value::as_u64).unwrap_or(15));
+    if let Some(moving) = body.get("moving") {
+        faults = faults.maintenance(Maintenance::Moving {
+            time: seconds(moving),
+            endpoint: moving.get("endpoint").and_then(Value::as_bool).unwrap_or(true),
+        });
+    } else if let Some(migrating) = body.get("migrating") {
+        faults = faults.maintenance(Maintenance::Migrating {
+            time: seconds(migrating),
+        });
     }
     Ok(faults)
 }

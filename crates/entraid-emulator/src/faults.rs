@@ -37,6 +37,29 @@ pub struct Faults {
     drop_after_auth: Option<bool>,
     hold_handshakes: Option<Duration>,
     silence_connections: bool,
+    reject_maint_notifications: Option<bool>,
+    maintenance: Option<Maintenance>,
+}
+
+/// A server maintenance the gateway announces to every connection that asked for
+/// notifications (`CLIENT MAINT_NOTIFICATIONS ON`, on RESP3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Maintenance {
+    /// `MOVING <seq> <time> <endpoint>` to the connections that asked; every connection
+    /// open now is closed after `time`, told or not; the
+    /// endpoint is the emulator's second gateway ([`Emulator::handoff_port`](crate::Emulator::handoff_port)),
+    /// or none (`_`: reconnect to the same address).
+    Moving {
+        /// Until the gateway closes the connection.
+        time: Duration,
+        /// Whether `MOVING` names the second gateway (`true`) or no endpoint.
+        endpoint: bool,
+    },
+    /// `MIGRATING <seq> <time> 1`, then `MIGRATED <seq+1> 1` after `time`.
+    Migrating {
+        /// Until the end is announced.
+        time: Duration,
+    },
 }
 
 impl Faults {
@@ -120,6 +143,19 @@ impl Faults {
         self.hold_handshakes = Some(hold);
         self
     }
+
+    /// Refuse `CLIENT MAINT_NOTIFICATIONS` as open-source Redis does (`-ERR unknown
+    /// subcommand`), or accept it again (`false`, the default).
+    pub fn reject_maint_notifications(mut self, reject: bool) -> Faults {
+        self.reject_maint_notifications = Some(reject);
+        self
+    }
+
+    /// Announce a maintenance now to every connection that asked for notifications.
+    pub fn maintenance(mut self, maintenance: Maintenance) -> Faults {
+        self.maintenance = Some(maintenance);
+        self
+    }
 }
 
 /// Why a fault setting was refused; nothing was changed.
@@ -166,6 +202,8 @@ pub(crate) struct Active {
     pub(crate) drop_after_auth: bool,
     /// Hold each new connection this long before its handshake.
     pub(crate) hold_handshakes: Duration,
+    /// Refuse `CLIENT MAINT_NOTIFICATIONS`.
+    pub(crate) reject_maint_notifications: bool,
 }
 
 /// What the next request should do, taken from the fault state.
@@ -185,6 +223,24 @@ pub(crate) struct FaultState {
     active: Mutex<Active>,
     /// Bumped by each `silence_connections`: a connection opened before goes silent.
     silences: tokio::sync::watch::Sender<u64>,
+    /// Each announced maintenance, with the sequence number of its first notification.
+    maintenance: MaintenanceEvents,
+}
+
+/// Announced maintenances, to every gateway connection.
+#[derive(Debug)]
+pub(crate) struct MaintenanceEvents {
+    sender: tokio::sync::broadcast::Sender<(u64, Maintenance)>,
+    next_seq: std::sync::atomic::AtomicU64,
+}
+
+impl Default for MaintenanceEvents {
+    fn default() -> Self {
+        MaintenanceEvents {
+            sender: tokio::sync::broadcast::channel(16).0,
+            next_seq: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
 }
 
 impl FaultState {
@@ -195,6 +251,16 @@ impl FaultState {
     /// Resolves when a connection open now must go silent.
     pub(crate) fn silences(&self) -> tokio::sync::watch::Receiver<u64> {
         self.silences.subscribe()
+    }
+
+    /// The maintenances announced from now on: (first sequence number, what).
+    pub(crate) fn maintenances(&self) -> tokio::sync::broadcast::Receiver<(u64, Maintenance)> {
+        self.maintenance.sender.subscribe()
+    }
+
+    /// Whether `CLIENT MAINT_NOTIFICATIONS` is refused.
+    pub(crate) fn reject_maint_notifications(&self) -> bool {
+        self.lock().reject_maint_notifications
     }
 
     pub(crate) fn plan(&self) -> (Duration, Planned) {
@@ -274,8 +340,20 @@ impl FaultState {
         if let Some(hold) = change.hold_handshakes {
             f.hold_handshakes = hold;
         }
+        if let Some(reject) = change.reject_maint_notifications {
+            f.reject_maint_notifications = reject;
+        }
         if change.silence_connections {
             self.silences.send_modify(|n| *n += 1);
+        }
+        if let Some(maintenance) = change.maintenance {
+            // Two numbers each: the start's and the end's (never the same, as servers do).
+            let seq = self
+                .maintenance
+                .next_seq
+                .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+            // No receiver: no connection to tell.
+            let _ = self.maintenance.sender.send((seq, maintenance));
         }
         Ok(f.clone())
     }

@@ -37,11 +37,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::access_token;
+use crate::faults::Maintenance;
+use crate::reply_frames::{Frames, whole_frames};
 use crate::resp::{CommandReader, encode_command};
 use crate::serve::{Shutdown, serve_connections};
 use crate::stats::GatewayStats;
@@ -167,6 +169,8 @@ struct Session {
     resp3: bool,
     /// Channels, patterns and shard channels it is subscribed to, by kind.
     subscriptions: HashSet<(SubscriptionKind, Vec<u8>)>,
+    /// It asked for maintenance notifications (`CLIENT MAINT_NOTIFICATIONS ON`).
+    maintenance: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -200,6 +204,10 @@ struct Relay<C, S, F> {
     downstream: Option<AbortOnDrop>,
     /// Held by `downstream`: dropped when it ends, which wakes the relay.
     downstream_alive: Option<oneshot::Sender<()>>,
+    /// The gateway's own pushes, which `downstream` writes between two whole replies.
+    pushes: mpsc::UnboundedSender<Vec<u8>>,
+    /// Taken by `downstream` when it starts.
+    pushes_out: Option<mpsc::UnboundedReceiver<Vec<u8>>>,
 }
 
 /// Relays one authenticated-or-not client connection until one of: the client closes,
@@ -223,6 +231,7 @@ async fn relay<C, S, F, Fut>(
 {
     let (client_read, client_write) = tokio::io::split(client);
     let (alive, mut downstream_ended) = oneshot::channel::<()>();
+    let (pushes, pushes_out) = mpsc::unbounded_channel();
     let mut relay = Relay {
         session: Session {
             id,
@@ -233,6 +242,7 @@ async fn relay<C, S, F, Fut>(
             queued_expiry: None,
             resp3: false,
             subscriptions: HashSet::new(),
+            maintenance: false,
         },
         service,
         stats: stats.clone(),
@@ -244,9 +254,16 @@ async fn relay<C, S, F, Fut>(
         upstream: None,
         downstream: None,
         downstream_alive: Some(alive),
+        pushes,
+        pushes_out: Some(pushes_out),
     };
     let auth_deadline = Instant::now() + auth_timeout;
     let mut silences = relay.service.faults.silences();
+    let mut maintenances = relay.service.faults.maintenances();
+    // When a `MOVING` window ends (the connection is closed), and when a migration's
+    // end is announced (with its sequence number).
+    let mut moved_at: Option<Instant> = None;
+    let mut migrated: Option<(Instant, u64)> = None;
     let reason: Cow<'static, str> = loop {
         let authenticated = relay.session.authenticated;
         let deadline = match relay.session.expires_at {
@@ -277,10 +294,124 @@ async fn relay<C, S, F, Fut>(
                 shutdown.wait().await;
                 break "the emulator is stopping".into();
             }
+            Ok((seq, maintenance)) = maintenances.recv(), if relay.session.authenticated => {
+                let now = Instant::now();
+                let push = match maintenance {
+                    // The server closes every connection when the time is up, told or not.
+                    Maintenance::Moving { time, endpoint } => {
+                        moved_at = Some(now + time);
+                        let endpoint = relay.service.handoff_endpoint.as_deref().filter(|_| endpoint);
+                        moving_push(seq, time, endpoint)
+                    }
+                    Maintenance::Migrating { time } => {
+                        migrated = Some((now + time, seq + 1));
+                        migrating_push(seq, time)
+                    }
+                };
+                if relay.session.listens_for_maintenance() {
+                    stats.bump(|s| &s.maintenance_pushes);
+                    let _ = relay.pushes.send(push);
+                }
+            }
+            () = sleep_until_some(migrated.map(|(at, _)| at)) => {
+                if let Some((_, seq)) = migrated.take()
+                    && relay.session.listens_for_maintenance()
+                {
+                    stats.bump(|s| &s.maintenance_pushes);
+                    let _ = relay.pushes.send(migrated_push(seq));
+                }
+            }
+            () = sleep_until_some(moved_at) => {
+                stats.bump(|s| &s.moved_connections_closed);
+                break "the endpoint moved (MOVING): the connection is closed at the announced time".into();
+            }
             () = shutdown.wait() => break "the emulator is stopping".into(),
         }
     };
     relay.close(&reason).await;
+}
+
+/// `MOVING <seq> <time> <endpoint>`, the endpoint `_` (null) when there is none.
+fn moving_push(seq: u64, time: Duration, endpoint: Option<&str>) -> Vec<u8> {
+    let endpoint = match endpoint {
+        Some(e) => format!("${}\r\n{e}\r\n", e.len()),
+        None => "_\r\n".to_owned(),
+    };
+    format!(">4\r\n$6\r\nMOVING\r\n:{seq}\r\n:{}\r\n{endpoint}", time.as_secs()).into_bytes()
+}
+
+/// `MIGRATING <seq> <time> <shards>` (one shard, `1`).
+fn migrating_push(seq: u64, time: Duration) -> Vec<u8> {
+    format!(">4\r\n$9\r\nMIGRATING\r\n:{seq}\r\n:{}\r\n$1\r\n1\r\n", time.as_secs()).into_bytes()
+}
+
+/// `MIGRATED <seq> <shards>`.
+fn migrated_push(seq: u64) -> Vec<u8> {
+    format!(">3\r\n$8\r\nMIGRATED\r\n:{seq}\r\n$1\r\n1\r\n").into_bytes()
+}
+
+/// Copies the server's bytes to the client until either side ends, writing each push of
+/// `pushes` at the first point where no reply is half-written.
+async fn downstream<S, C>(
+    mut server_read: ReadHalf<S>,
+    to_client: Arc<Mutex<WriteHalf<C>>>,
+    pushes: Option<mpsc::UnboundedReceiver<Vec<u8>>>,
+) where
+    S: AsyncRead + Send,
+    C: AsyncWrite + Send,
+{
+    let mut buf = vec![0u8; READ_BUFFER];
+    // The start of a reply not yet whole, and pushes waiting for its end.
+    let mut partial: Vec<u8> = Vec::new();
+    let mut waiting: Vec<Vec<u8>> = Vec::new();
+    // After bytes the frame scanner cannot follow: copy only, inject nothing.
+    let mut framing = true;
+    let mut pushes = pushes;
+    loop {
+        let next_push = async {
+            match pushes.as_mut() {
+                Some(pushes) => pushes.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let write: Vec<u8> = tokio::select! {
+            read = server_read.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) if !framing => buf[..n].to_vec(),
+                Ok(n) => {
+                    partial.extend_from_slice(&buf[..n]);
+                    let whole = match whole_frames(&partial) {
+                        Frames::Whole(whole) => whole,
+                        Frames::Unreadable => {
+                            framing = false;
+                            partial.len()
+                        }
+                    };
+                    let mut out: Vec<u8> = partial.drain(..whole).collect();
+                    if partial.is_empty() {
+                        for push in waiting.drain(..) {
+                            out.extend_from_slice(&push);
+                        }
+                    }
+                    out
+                }
+            },
+            push = next_push => match push {
+                Some(push) if partial.is_empty() && framing => push,
+                Some(push) => {
+                    waiting.push(push);
+                    continue;
+                }
+                None => {
+                    pushes = None;
+                    continue;
+                }
+            },
+        };
+        if !write.is_empty() && to_client.lock().await.write_all(&write).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Resolves at `at`; never without one.
@@ -344,23 +475,15 @@ where
             let server = (self.connect)()
                 .await
                 .map_err(|_| "cannot reach the upstream redis-server")?;
-            let (mut server_read, server_write) = tokio::io::split(server);
+            let (server_read, server_write) = tokio::io::split(server);
             let to_client = self.client_write.clone();
             let alive = self.downstream_alive.take();
-            // Server to client: bytes through, unchanged.
+            let pushes = self.pushes_out.take();
+            // Server to client: bytes through, unchanged, with the gateway's own pushes
+            // between two whole replies.
             self.downstream = Some(AbortOnDrop(tokio::spawn(async move {
                 let _alive = alive;
-                let mut buf = vec![0u8; READ_BUFFER];
-                loop {
-                    match server_read.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if to_client.lock().await.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
+                downstream(server_read, to_client, pushes).await;
             })));
             self.upstream = Some(server_write);
         }
@@ -452,12 +575,34 @@ impl Session {
             }
             b"QUIT" if !self.authenticated => Route::ReplyAndClose(b"+OK\r\n"),
             _ if !self.authenticated => Route::Reply(NOAUTH),
+            b"CLIENT"
+                if args
+                    .get(1)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"MAINT_NOTIFICATIONS")) =>
+            {
+                if service.faults.reject_maint_notifications() {
+                    // The upstream is open-source Redis: it refuses the subcommand itself.
+                    return Route::Forward(encode_command(&args));
+                }
+                // The gateway sends the notifications; the upstream answers `+OK` in
+                // its place, so replies stay in order.
+                self.maintenance = args.get(2).is_some_and(|a| a.eq_ignore_ascii_case(b"ON"));
+                if self.maintenance {
+                    stats.bump(|s| &s.maintenance_opt_ins);
+                }
+                Route::Forward(encode_command(&[b"CLIENT".to_vec(), b"REPLY".to_vec(), b"ON".to_vec()]))
+            }
             _ => {
                 self.track(&name, &args);
                 self.follow_transaction(&name);
                 Route::Forward(encode_command(&args))
             }
         }
+    }
+
+    /// Whether maintenance notifications go to this connection: asked for, on RESP3.
+    fn listens_for_maintenance(&self) -> bool {
+        self.authenticated && self.maintenance && self.resp3
     }
 
     /// Follows `MULTI`/`EXEC`/`DISCARD`, as the server runs them: an `AUTH` queued in a

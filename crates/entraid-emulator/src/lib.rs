@@ -45,6 +45,7 @@ mod pki;
 mod principals;
 mod private_dir;
 mod redis_process;
+mod reply_frames;
 mod resp;
 mod serve;
 mod stats;
@@ -54,7 +55,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use faults::{Faults, FaultsError};
+pub use faults::{Faults, FaultsError, Maintenance};
 pub use pki::Pki;
 pub use principals::{ManagedIdentity, Principals, ServicePrincipal};
 pub use stats::Stats;
@@ -204,6 +205,8 @@ impl Node {
 /// A running emulator. Dropping it stops the listeners and its redis-servers.
 pub struct Emulator {
     service: Arc<TokenService>,
+    /// The second gateway (single node): its port and its own counters.
+    handoff: Option<(u16, Arc<Stats>)>,
     token_port: u16,
     nodes: Vec<Node>,
     cluster: bool,
@@ -293,6 +296,12 @@ impl Emulator {
             };
             gateway_listeners.push(bind(port).await?);
         }
+        // The second gateway a `MOVING` names, in front of the same server (single node).
+        let handoff_listener = match config.cluster_nodes {
+            None => Some(bind(None).await?),
+            Some(_) => None,
+        };
+        let handoff_port = handoff_listener.as_ref().map(local_port).transpose()?;
         let admin_listener = bind(None).await?;
         let (token_port, admin_port) = (local_port(&token_listener)?, local_port(&admin_listener)?);
         let gateway_ports = gateway_listeners
@@ -376,6 +385,7 @@ impl Emulator {
             faults: FaultState::default(),
             identity_header: principals::random_secret(),
             authority: format!("https://127.0.0.1:{token_port}"),
+            handoff_endpoint: handoff_port.map(|port| format!("127.0.0.1:{port}")),
             stats: Arc::new(Stats::default()),
             nodes: if cluster {
                 nodes.iter().map(|n| (n.gateway_address(), n.stats.clone())).collect()
@@ -399,6 +409,22 @@ impl Emulator {
             )),
             tokio::spawn(admin::serve(admin_listener, service.clone(), shutdown.clone())),
         ];
+        let handoff_stats = Arc::new(Stats::default());
+        if let (Some(listener), Some(node)) = (handoff_listener, nodes.first()) {
+            let stats = GatewayStats {
+                total: service.stats.clone(),
+                node: handoff_stats.clone(),
+            };
+            tasks.push(tokio::spawn(gateway::serve(
+                listener,
+                tls.clone(),
+                node.upstream.clone(),
+                service.clone(),
+                stats,
+                timeouts,
+                shutdown.clone(),
+            )));
+        }
         for (listener, node) in gateway_listeners.into_iter().zip(&nodes) {
             let stats = GatewayStats {
                 total: service.stats.clone(),
@@ -415,6 +441,7 @@ impl Emulator {
             )));
         }
         let emulator = Emulator {
+            handoff: handoff_port.map(|port| (port, handoff_stats)),
             service,
             token_port,
             nodes,
@@ -503,6 +530,17 @@ impl Emulator {
     /// `https://127.0.0.1:<port>`: the authority host for Entra clients.
     pub fn authority_host(&self) -> &str {
         &self.service.authority
+    }
+
+    /// The second gateway's port, in front of the same server: the endpoint a
+    /// `MOVING` names ([`Faults::maintenance`]). Single-node mode only.
+    pub fn handoff_port(&self) -> Option<u16> {
+        self.handoff.as_ref().map(|(port, _)| *port)
+    }
+
+    /// The second gateway's own counters (its connections count in [`stats`](Self::stats) too).
+    pub fn handoff_stats(&self) -> Option<&Stats> {
+        self.handoff.as_ref().map(|(_, stats)| &**stats)
     }
 
     /// The gateway's port on 127.0.0.1 (in cluster mode, the first node's).

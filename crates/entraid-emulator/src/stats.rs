@@ -22,6 +22,14 @@ pub struct Stats {
     pub cut_connections: AtomicU64,
     /// Connections closed right after they authenticated (the `drop_after_auth` fault).
     pub dropped_connections: AtomicU64,
+    /// Connections that asked for maintenance notifications and got them.
+    pub maintenance_opt_ins: AtomicU64,
+    /// Maintenance notifications pushed (`MOVING`, `MIGRATING`, `MIGRATED`).
+    pub maintenance_pushes: AtomicU64,
+    /// Connections the gateway closed at the end of a `MOVING` window (every connection
+    /// still open then, told or not, as a server does): a client that moved in time has
+    /// none.
+    pub moved_connections_closed: AtomicU64,
 }
 
 impl Stats {
@@ -41,6 +49,9 @@ impl Stats {
             "auth_failures": get(&self.auth_failures),
             "cut_connections": get(&self.cut_connections),
             "dropped_connections": get(&self.dropped_connections),
+            "maintenance_opt_ins": get(&self.maintenance_opt_ins),
+            "maintenance_pushes": get(&self.maintenance_pushes),
+            "moved_connections_closed": get(&self.moved_connections_closed),
         })
     }
 
@@ -65,6 +76,9 @@ impl Stats {
             &self.auth_failures,
             &self.cut_connections,
             &self.dropped_connections,
+            &self.maintenance_opt_ins,
+            &self.maintenance_pushes,
+            &self.moved_connections_closed,
         ] {
             counter.store(0, Ordering::Relaxed);
         }

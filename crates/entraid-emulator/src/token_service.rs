@@ -29,6 +29,8 @@ pub(crate) struct TokenService {
     pub(crate) identity_header: String,
     /// `https://127.0.0.1:<port>`.
     pub(crate) authority: String,
+    /// `127.0.0.1:<port>` of the second gateway, which `MOVING` names.
+    pub(crate) handoff_endpoint: Option<String>,
     pub(crate) stats: Arc<Stats>,
     /// In cluster mode, each gateway's address and counters, for `/stats`.
     pub(crate) nodes: Vec<(String, Arc<Stats>)>,
@@ -472,6 +474,7 @@ pub(crate) mod tests {
                     faults: FaultState::default(),
                     identity_header: "header".to_owned(),
                     authority: "https://127.0.0.1:1".to_owned(),
+                    handoff_endpoint: None,
                     stats: Arc::new(Stats::default()),
                     nodes: Vec::new(),
                 })

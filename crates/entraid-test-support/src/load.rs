@@ -34,10 +34,12 @@ where
                     let set: redis::RedisResult<()> =
                         redis::cmd("SET").arg(&key).arg(i).query_async(&mut connection).await;
                     let get: redis::RedisResult<u64> = redis::cmd("GET").arg(&key).query_async(&mut connection).await;
+                    let mut any_failed = false;
                     for result in [set.map(drop), get.map(drop)] {
                         match result {
                             Ok(()) => report.ok += 1,
                             Err(e) => {
+                                any_failed = true;
                                 report.failed += 1;
                                 report.last_failure_at = Some(tokio::time::Instant::now());
                                 if report.first_errors.len() < 3 {
@@ -45,6 +47,13 @@ where
                                 }
                             }
                         }
+                    }
+                    // A command that fails at once (a dead connection) returns without
+                    // waiting on anything: without a yield, eight such loops would hold
+                    // both worker threads and starve the tasks that recover (a client's
+                    // reconnect, another client's token renewal).
+                    if any_failed {
+                        tokio::task::yield_now().await;
                     }
                 }
                 report

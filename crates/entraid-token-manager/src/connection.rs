@@ -6,6 +6,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::jitter::Jitter;
+use crate::maintenance::{Endpoint, Maintenance, MaintenanceNotice};
 use crate::spread::spread_delay;
 
 /// Identifies one token handed to a [`ConnectionStateMachine`]; later tokens have
@@ -64,6 +65,11 @@ pub struct ConnectionPolicy {
     /// behind a load balancer, a failover that left no reset) and replaced
     /// make-before-break. Default 2 s: longer than a server stall worth waiting out.
     pub probe_timeout: Duration,
+    /// The response timeout commands get while the server announces maintenance
+    /// (`MIGRATING`, `FAILING_OVER`, `MOVING`), until it announces the end (or, if it
+    /// never does, three times the announced time). `None`: timeouts are never relaxed.
+    /// Default 10 s, as the other Redis clients.
+    pub relaxed_timeout: Option<Duration>,
 }
 
 impl Default for ConnectionPolicy {
@@ -79,6 +85,7 @@ impl Default for ConnectionPolicy {
             reconnect_max: Duration::from_secs(10),
             stable_after: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(2),
+            relaxed_timeout: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -131,6 +138,7 @@ impl ConnectionPolicy {
             ("reconnect_max", self.reconnect_max),
             ("stable_after", self.stable_after),
             ("probe_timeout", self.probe_timeout),
+            ("relaxed_timeout", self.relaxed_timeout.unwrap_or_default()),
         ] {
             if value > MAX_POLICY_DURATION {
                 return Err(ConnectionPolicyError::TooLong { name, value });
@@ -142,6 +150,10 @@ impl ConnectionPolicy {
             ("auth_retry_initial", self.auth_retry_initial),
             ("connect_timeout", self.connect_timeout),
             ("reconnect_initial", self.reconnect_initial),
+            (
+                "relaxed_timeout (None turns relaxing off)",
+                self.relaxed_timeout.unwrap_or(Duration::MAX),
+            ),
         ] {
             if value.is_zero() {
                 return Err(ConnectionPolicyError::Zero(name));
@@ -192,6 +204,10 @@ pub enum ConnectReason {
     /// The connection in use stopped answering (a command and then a health `PING` got
     /// no reply: a silent path): this one takes over, make-before-break.
     Unresponsive,
+    /// The server announced that the endpoint moves (`MOVING`): this one, to the
+    /// announced endpoint (or the original address), takes over before the server
+    /// closes the one in use.
+    Handoff,
 }
 
 /// What the machine asks its driver to do. Drain with
@@ -215,6 +231,9 @@ pub enum ConnectionOutput {
         timeout: Duration,
         /// Why.
         reason: ConnectReason,
+        /// Where to connect, when the server moved the endpoint (`MOVING`); `None`: the
+        /// configured address.
+        endpoint: Option<Endpoint>,
     },
     /// Route new commands to this connection from now on.
     Use(ConnectionId),
@@ -242,6 +261,10 @@ pub enum ConnectionOutput {
     /// Close this connection now: its token is about to expire, and the server would
     /// otherwise cut it. Commands still in flight on it fail.
     Close(ConnectionId),
+    /// Give commands this response timeout from now on: `Some` while the server
+    /// announces maintenance ([`ConnectionPolicy::relaxed_timeout`]), `None` to go back
+    /// to the configured one.
+    RelaxTimeouts(Option<Duration>),
     /// Nothing more to do until this instant: call
     /// [`ConnectionStateMachine::handle_timeout`] then (or on an earlier event).
     Timeout(Instant),
@@ -333,6 +356,8 @@ struct Connecting {
     id: ConnectionId,
     token: TokenInfo,
     deadline: Instant,
+    /// Opened for a `MOVING` handoff.
+    handoff: bool,
 }
 
 #[derive(Debug)]
@@ -352,11 +377,14 @@ struct Retired {
 /// loop {
 ///     loop {
 ///         match sm.poll_output() {
-///             Connect { id, generation, timeout, reason } => open a connection with the newest token
+///             Connect { id, generation, timeout, reason, endpoint } => open a connection with the newest token
+///                                       (to `endpoint` when the server moved, else the configured address)
 ///             Use(id)                 => route new commands to connection id
 ///             SendAuth { id, generation, timeout } => send AUTH with the newest token on id
 ///             Retire(id)              => no new commands on id; it closes when idle
 ///             Close(id)               => close id now (in-flight commands fail)
+///             Probe { id, timeout }   => send a health PING on id
+///             RelaxTimeouts(t)        => commands get response timeout t (None: the configured one)
 ///             Timeout(at)             => { deadline = at; break }
 ///             Idle                    => { deadline = never; break }
 ///         }
@@ -381,6 +409,9 @@ struct Retired {
 ///   lost within `stable_after` of opening counts as a failure (a kill loop backs off).
 /// - With no valid token, no connection is opened and the last one is closed before its
 ///   token expires; the first new token opens one again.
+/// - Maintenance the server announces ([`handle_maintenance`](Self::handle_maintenance)):
+///   `MOVING` hands the connection off make-before-break before the server closes it;
+///   migrations and failovers relax command timeouts until they end.
 /// - Time never goes backwards: an earlier `now` than one seen is taken as the later one.
 #[derive(Debug)]
 pub struct ConnectionStateMachine {
@@ -399,6 +430,8 @@ pub struct ConnectionStateMachine {
     /// When the next connection attempt may start, after failures.
     reconnect_at: Option<Instant>,
     connect_failures: u32,
+    /// Announced server maintenance; boxed, as most connections never see one.
+    maintenance: Option<Box<Maintenance>>,
     outputs: VecDeque<ConnectionOutput>,
 }
 
@@ -429,6 +462,7 @@ impl ConnectionStateMachine {
             retired: Vec::new(),
             reconnect_at: None,
             connect_failures: 0,
+            maintenance: None,
             outputs: VecDeque::new(),
         })
     }
@@ -488,11 +522,18 @@ impl ConnectionStateMachine {
         // `handle_connection_lost`): a server that drops each connection at once must
         // meet the backoff, not a tight reconnect loop.
         self.reconnect_at = None;
+        // A handoff's old connection is closed, at the latest, when the server would
+        // close it; the handoff is done.
+        let moved_by = match (connecting.handoff, self.maintenance.as_deref_mut()) {
+            (true, Some(maintenance)) => maintenance.handoff.take().map(|h| h.deadline),
+            _ => None,
+        };
         if let Some(old) = self.active.take() {
             self.outputs.push_back(ConnectionOutput::Retire(old.id));
+            let close_at = old.in_force.close_at();
             self.retired.push(Retired {
                 id: old.id,
-                close_at: old.in_force.close_at(),
+                close_at: moved_by.map_or(close_at, |by| by.min(close_at)),
             });
         }
         let newer = self.newer_than(connecting.token.generation);
@@ -625,6 +666,23 @@ impl ConnectionStateMachine {
             && !answered
         {
             active.unresponsive = true;
+        }
+        self.process(now);
+    }
+
+    /// The server pushed a maintenance notification on connection `id`. `MOVING` on the
+    /// connection in use starts a handoff: a connection to the announced endpoint (at
+    /// once), or to the original address (after half the announced time), takes over
+    /// make-before-break, and the old one is closed before the server would close it;
+    /// connections opened during the window go to the announced endpoint. Migrations and
+    /// failovers relax command timeouts until they end ([`ConnectionOutput::RelaxTimeouts`]).
+    pub fn handle_maintenance(&mut self, now: Instant, id: ConnectionId, notice: MaintenanceNotice) {
+        let now = self.observe(now);
+        let active = self.active.as_ref().map(|a| a.id);
+        let relaxed_timeout = self.policy.relaxed_timeout();
+        let maintenance = self.maintenance.get_or_insert_with(Box::default);
+        if maintenance.notice(now, id, active, notice, relaxed_timeout) {
+            tracing::info!(connection = %id, "the server announced a move: handing the connection off");
         }
         self.process(now);
     }
@@ -800,7 +858,10 @@ impl ConnectionStateMachine {
                             connection = %active.id,
                             "no reply to a command nor to a health PING: replacing the connection"
                         ),
-                        ConnectReason::Replacement | ConnectReason::First | ConnectReason::Reconnect => {
+                        ConnectReason::Replacement
+                        | ConnectReason::First
+                        | ConnectReason::Reconnect
+                        | ConnectReason::Handoff => {
                             tracing::warn!(
                                 connection = %active.id,
                                 failed_auths = active.auth_failures,
@@ -822,6 +883,44 @@ impl ConnectionStateMachine {
             };
             self.start_connect(now, reason);
         }
+        self.process_maintenance(now);
+    }
+
+    /// Starts a due handoff, gives up one past its deadline, and tells the driver when
+    /// timeouts relax or go back.
+    fn process_maintenance(&mut self, now: Instant) {
+        let Some(maintenance) = self.maintenance.as_deref_mut() else {
+            return;
+        };
+        let active = self.active.as_ref().map(|a| a.id);
+        let mut start = false;
+        if let Some(handoff) = &maintenance.handoff {
+            if active != Some(handoff.from) {
+                // The connection went (lost, closed, replaced): nothing left to move.
+                maintenance.handoff = None;
+            } else if handoff.deadline <= now {
+                tracing::warn!(
+                    connection = %handoff.from,
+                    "the handoff did not finish before the server's deadline; the server closes the connection and it is opened again"
+                );
+                maintenance.handoff = None;
+            } else {
+                start = handoff.start_at <= now;
+            }
+        }
+        if let Some(relax) = maintenance.relax_change(now) {
+            let timeout = if relax { self.policy.relaxed_timeout() } else { None };
+            if !relax || timeout.is_some() {
+                self.outputs.push_back(ConnectionOutput::RelaxTimeouts(timeout));
+            }
+        }
+        let may_connect = self.reconnect_at.is_none_or(|at| at <= now);
+        if start && self.connecting.is_none() && may_connect {
+            self.start_connect(now, ConnectReason::Handoff);
+        }
+        if self.maintenance.as_ref().is_some_and(|m| m.is_over()) {
+            self.maintenance = None;
+        }
     }
 
     fn start_connect(&mut self, now: Instant, reason: ConnectReason) {
@@ -829,16 +928,23 @@ impl ConnectionStateMachine {
         let id = ConnectionId(self.next_connection);
         self.next_connection += 1;
         let timeout = self.policy.connect_timeout();
+        let handoff = reason == ConnectReason::Handoff;
+        let endpoint = self
+            .maintenance
+            .as_deref_mut()
+            .and_then(|maintenance| maintenance.target(now, handoff));
         self.connecting = Some(Connecting {
             id,
             token,
             deadline: now + timeout,
+            handoff,
         });
         self.outputs.push_back(ConnectionOutput::Connect {
             id,
             generation: token.generation,
             timeout,
             reason,
+            endpoint,
         });
     }
 
@@ -860,6 +966,9 @@ impl ConnectionStateMachine {
             }
         }
         candidates.extend(self.reconnect_at);
+        if let Some(maintenance) = &self.maintenance {
+            candidates.extend(maintenance.deadlines());
+        }
         candidates.into_iter().filter(|at| *at > now).min()
     }
 }
@@ -879,6 +988,8 @@ struct CompactPolicy {
     reconnect_max: u32,
     stable_after: u32,
     probe_timeout: u32,
+    /// Zero: never relaxed.
+    relaxed_timeout: u32,
 }
 
 fn millis_up(duration: Duration) -> u32 {
@@ -898,7 +1009,12 @@ impl CompactPolicy {
             reconnect_max: millis_up(policy.reconnect_max),
             stable_after: millis_up(policy.stable_after),
             probe_timeout: millis_up(policy.probe_timeout),
+            relaxed_timeout: policy.relaxed_timeout.map_or(0, millis_up),
         }
+    }
+
+    fn relaxed_timeout(&self) -> Option<Duration> {
+        (self.relaxed_timeout != 0).then(|| Duration::from_millis(u64::from(self.relaxed_timeout)))
     }
 }
 

@@ -60,6 +60,7 @@ mod config;
 mod connection;
 mod error;
 mod jitter;
+mod maintenance;
 mod snapshot;
 mod spread;
 mod state_machine;
@@ -73,6 +74,7 @@ pub use connection::{
     ConnectionStateMachine, Generation, MAX_POLICY_DURATION, Renewal,
 };
 pub use error::{StartError, TokenManagerError};
+pub use maintenance::{Endpoint, EndpointError, MaintenanceNotice};
 pub use spread::RenewalSpread;
 pub use state_machine::{
     Output, RETRY_AFTER_CAP, RefreshFailure, RequestId, TokenStateMachine, WALL_CLOCK_CHECK_INTERVAL,

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use entraid_test_support::FakeClock;
 use entraid_token_manager::{
     Availability, ConnectReason, ConnectionId, ConnectionOutput as Out, ConnectionPolicy, ConnectionPolicyError,
-    ConnectionStateMachine, Generation, MAX_POLICY_DURATION, Renewal,
+    ConnectionStateMachine, Endpoint, Generation, MAX_POLICY_DURATION, MaintenanceNotice, Renewal,
 };
 
 const S: Duration = Duration::from_secs(1);
@@ -111,6 +111,7 @@ fn the_first_token_opens_one_connection_authenticated_in_its_handshake() {
             generation,
             timeout: 5 * S,
             reason: ConnectReason::First,
+            endpoint: None,
         }]
     );
     // Nothing else while it connects: one connection, one AUTH.
@@ -720,4 +721,191 @@ fn a_command_without_a_reply_is_probed_and_a_silent_connection_replaced_make_bef
     // No second replacement for the new one.
     sm.handle_timeout(clock.advance(5 * S));
     assert!(connect_reason(&drain(&mut sm).0).is_none());
+}
+
+// ---------- maintenance notifications ----------
+
+fn moving(seq: u64, time: Duration, endpoint: Option<&str>) -> MaintenanceNotice {
+    MaintenanceNotice::Moving {
+        seq,
+        time,
+        endpoint: endpoint.map(|e| Endpoint::parse(e).unwrap()),
+    }
+}
+
+/// The `Connect` in `outputs`: (id, reason, endpoint).
+fn connect_of(outputs: &[Out]) -> Option<(ConnectionId, ConnectReason, Option<Endpoint>)> {
+    outputs.iter().find_map(|o| match o {
+        Out::Connect {
+            id, reason, endpoint, ..
+        } => Some((*id, *reason, endpoint.clone())),
+        _ => None,
+    })
+}
+
+#[test]
+fn moving_with_an_endpoint_hands_off_at_once_and_closes_the_old_connection_by_the_deadline() {
+    let (mut clock, mut sm, old) = connected();
+    let notified = clock.advance(S);
+    sm.handle_maintenance(notified, old, moving(7, 15 * S, Some("10.0.0.2:12000")));
+    let (outputs, _) = drain(&mut sm);
+    let (new, reason, endpoint) = connect_of(&outputs).expect("a handoff connection at once");
+    assert_eq!(reason, ConnectReason::Handoff);
+    assert_eq!(endpoint, Some(Endpoint::new("10.0.0.2", 12000)));
+    // Replies slow down while the endpoint moves: relaxed, 10 s by default.
+    assert!(outputs.contains(&Out::RelaxTimeouts(Some(10 * S))), "{outputs:?}");
+    // The old connection serves commands until the new one is up.
+    assert_eq!(sm.availability(), Availability::Connected(old));
+    // The same notification again (a replay) starts nothing.
+    sm.handle_maintenance(clock.advance(MS), old, moving(7, 15 * S, Some("10.0.0.2:12000")));
+    assert!(connect_of(&drain(&mut sm).0).is_none());
+    sm.handle_connected(clock.advance(20 * MS), new);
+    let (outputs, next) = drain(&mut sm);
+    assert_eq!(outputs, vec![Out::Retire(old), Out::Use(new)]);
+    // Still open at the server's deadline (a command holds it): closed then, not later.
+    assert_eq!(next, Some(notified + 15 * S));
+    sm.handle_timeout(clock.set(notified + 15 * S));
+    let (outputs, _) = drain(&mut sm);
+    assert!(outputs.contains(&Out::Close(old)), "{outputs:?}");
+    assert!(outputs.contains(&Out::RelaxTimeouts(None)), "{outputs:?}");
+}
+
+#[test]
+fn moving_without_an_endpoint_reconnects_to_the_original_address_after_half_the_time() {
+    let (mut clock, mut sm, old) = connected();
+    let notified = clock.advance(S);
+    sm.handle_maintenance(notified, old, moving(3, 10 * S, None));
+    let (at, (new, reason, endpoint)) = run_until(&mut clock, &mut sm, 10 * S, connect_of);
+    assert_eq!(at, notified + 5 * S);
+    assert_eq!((reason, endpoint), (ConnectReason::Handoff, None));
+    sm.handle_connected(clock.advance(10 * MS), new);
+    assert_eq!(drain(&mut sm).0, vec![Out::Retire(old), Out::Use(new)]);
+}
+
+#[test]
+fn connections_opened_during_the_moving_window_go_to_the_new_endpoint_and_after_it_back() {
+    let (mut clock, mut sm, old) = connected();
+    let notified = clock.advance(S);
+    sm.handle_maintenance(notified, old, moving(1, 15 * S, Some("moved.example:6380")));
+    let (handoff, _, _) = connect_of(&drain(&mut sm).0).unwrap();
+    sm.handle_connected(clock.advance(10 * MS), handoff);
+    drain(&mut sm);
+    // The new connection drops inside the window: its replacement goes to the endpoint.
+    sm.handle_connection_lost(clock.advance(2 * S), handoff);
+    let (_, reason, endpoint) = connect_of(&drain(&mut sm).0).unwrap();
+    assert_eq!(reason, ConnectReason::Reconnect);
+    assert_eq!(endpoint, Some(Endpoint::new("moved.example", 6380)));
+    // After the window, back to the configured address.
+    let (mut clock2, mut sm2, old2) = connected();
+    let notified2 = clock2.advance(S);
+    sm2.handle_maintenance(notified2, old2, moving(1, 15 * S, Some("moved.example:6380")));
+    let (handoff2, _, _) = connect_of(&drain(&mut sm2).0).unwrap();
+    sm2.handle_connected(clock2.advance(10 * MS), handoff2);
+    drain(&mut sm2);
+    sm2.handle_connection_lost(clock2.set(notified2 + 16 * S), handoff2);
+    let (_, _, endpoint) = connect_of(&drain(&mut sm2).0).unwrap();
+    assert_eq!(endpoint, None);
+}
+
+#[test]
+fn a_failed_handoff_is_retried_until_the_deadline_then_given_up() {
+    let (mut clock, mut sm, old) = connected();
+    let notified = clock.advance(S);
+    sm.handle_maintenance(notified, old, moving(9, 4 * S, Some("10.0.0.9:6379")));
+    let mut attempts = 0;
+    loop {
+        let (outputs, next) = drain(&mut sm);
+        if let Some((id, reason, _)) = connect_of(&outputs) {
+            assert_eq!(reason, ConnectReason::Handoff);
+            attempts += 1;
+            sm.handle_connect_failed(clock.advance(10 * MS), id);
+            continue;
+        }
+        match next {
+            Some(at) if at <= notified + 4 * S => {
+                let now = clock.set(at);
+                sm.handle_timeout(now);
+            }
+            _ => break,
+        }
+    }
+    assert!(attempts >= 3, "{attempts} attempts in 4 s");
+    // Past the deadline the old connection is still the one in use; the server closes it
+    // and the usual reconnect follows.
+    assert_eq!(sm.availability(), Availability::Connected(old));
+    sm.handle_connection_lost(clock.set(notified + 4 * S + 10 * MS), old);
+    assert_eq!(
+        connect_of(&drain(&mut sm).0).map(|c| c.1),
+        Some(ConnectReason::Reconnect)
+    );
+}
+
+#[test]
+fn moving_on_a_connection_not_in_use_moves_nothing() {
+    let (mut clock, mut sm, old) = connected();
+    sm.handle_maintenance(clock.advance(S), old, moving(1, 15 * S, Some("10.0.0.2:12000")));
+    let (new, _, _) = connect_of(&drain(&mut sm).0).unwrap();
+    sm.handle_connected(clock.advance(10 * MS), new);
+    drain(&mut sm);
+    // The retired connection hears of another move: it goes anyway, nothing to hand off.
+    sm.handle_maintenance(clock.advance(S), old, moving(2, 10 * S, None));
+    assert!(connect_of(&drain(&mut sm).0).is_none());
+    assert_eq!(sm.availability(), Availability::Connected(new));
+}
+
+#[test]
+fn migrations_relax_timeouts_until_they_end_without_pairing_by_sequence_number() {
+    let (mut clock, mut sm, id) = connected();
+    sm.handle_maintenance(
+        clock.advance(S),
+        id,
+        MaintenanceNotice::Migrating { seq: 10, time: 5 * S },
+    );
+    assert_eq!(drain(&mut sm).0, vec![Out::RelaxTimeouts(Some(10 * S))]);
+    // A failover starts too; the migration's end (another sequence number) does not end it.
+    sm.handle_maintenance(
+        clock.advance(S),
+        id,
+        MaintenanceNotice::FailingOver { seq: 11, time: 5 * S },
+    );
+    assert!(drain(&mut sm).0.is_empty());
+    sm.handle_maintenance(clock.advance(S), id, MaintenanceNotice::Migrated { seq: 12 });
+    assert!(drain(&mut sm).0.is_empty(), "one window still open");
+    sm.handle_maintenance(clock.advance(S), id, MaintenanceNotice::FailedOver { seq: 13 });
+    assert_eq!(drain(&mut sm).0, vec![Out::RelaxTimeouts(None)]);
+}
+
+#[test]
+fn a_migration_whose_end_never_comes_is_unrelaxed_by_the_backstop() {
+    let (mut clock, mut sm, id) = connected();
+    let started = clock.advance(S);
+    sm.handle_maintenance(started, id, MaintenanceNotice::Migrating { seq: 1, time: 8 * S });
+    drain(&mut sm);
+    // Three times the announced time (24 s; more than twice the relaxed timeout).
+    let (at, ()) = run_until(&mut clock, &mut sm, 30 * S, |o| {
+        o.contains(&Out::RelaxTimeouts(None)).then_some(())
+    });
+    assert_eq!(at, started + 24 * S);
+}
+
+#[test]
+fn relaxing_can_be_turned_off() {
+    let mut policy = ConnectionPolicy::default();
+    policy.relaxed_timeout = None;
+    let mut sm = ConnectionStateMachine::with_seed(policy, 7).unwrap();
+    let mut clock = FakeClock::new();
+    let now = clock.now();
+    sm.handle_token(now, now + LIFE, LIFE);
+    let id = connect_id(&drain(&mut sm).0);
+    sm.handle_connected(now, id);
+    drain(&mut sm);
+    sm.handle_maintenance(
+        clock.advance(S),
+        id,
+        MaintenanceNotice::Migrating { seq: 1, time: 8 * S },
+    );
+    assert!(drain(&mut sm).0.is_empty());
+    let mut zero = ConnectionPolicy::default();
+    zero.relaxed_timeout = Some(Duration::ZERO);
+    assert!(matches!(zero.validate(), Err(ConnectionPolicyError::Zero(_))));
 }

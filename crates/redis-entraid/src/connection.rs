@@ -280,18 +280,22 @@ impl Connection {
     fn act(&mut self) {
         loop {
             match self.machine.poll_output() {
+                // The sync connection reads no pushes and asks for no maintenance
+                // notifications, so the machine names no endpoint and relaxes nothing.
                 ConnectionOutput::Connect {
                     id,
                     generation,
                     timeout,
                     reason,
+                    endpoint: _,
                 } => {
                     match reason {
                         ConnectReason::Replacement => self.provider.health().replaced(),
                         ConnectReason::First
                         | ConnectReason::Reconnect
                         | ConnectReason::RenewalSwap
-                        | ConnectReason::Unresponsive => {}
+                        | ConnectReason::Unresponsive
+                        | ConnectReason::Handoff => {}
                     }
                     let opened = match self.feed.get(generation) {
                         Some(token) => self.open(token, timeout),
@@ -363,7 +367,7 @@ impl Connection {
                     return;
                 }
                 // Commands go to the machine's availability, read after each step.
-                ConnectionOutput::Use(_) => {}
+                ConnectionOutput::Use(_) | ConnectionOutput::RelaxTimeouts(_) => {}
                 // Never asked here (a sync connection that times out is retired), but
                 // answered as asked: a PING within the timeout.
                 ConnectionOutput::Probe { id, timeout } => {

@@ -11,6 +11,7 @@ use redis::aio::AsyncPushSender;
 use redis::{ErrorKind, RedisError, RedisResult};
 
 use crate::EntraIdCredentialsProvider;
+use crate::maintenance::{MaintenanceNotifications, MovingEndpointType};
 use crate::plaintext_check::{TransportOptOuts, refuse_plaintext_to_azure};
 
 /// How a connection type connects, times out and re-authenticates.
@@ -33,6 +34,9 @@ use crate::plaintext_check::{TransportOptOuts, refuse_plaintext_to_azure};
 /// | [`set_push_sender`](Self::set_push_sender) | none (`ConnectionManager` on RESP3 only) |
 /// | [`allow_plaintext_to_azure`](Self::allow_plaintext_to_azure) | `false` |
 /// | [`allow_insecure_tls_to_azure`](Self::allow_insecure_tls_to_azure) | `false` |
+/// | [`set_maintenance_notifications`](Self::set_maintenance_notifications) | [`MaintenanceNotifications::Auto`] (`ConnectionManager` on RESP3) |
+/// | [`set_moving_endpoint_type`](Self::set_moving_endpoint_type) | from the address: a host name over TLS, an IP address otherwise |
+/// | [`set_relaxed_timeout`](Self::set_relaxed_timeout) | 10 s |
 #[derive(Clone, Default)]
 pub struct ConnectionConfig {
     /// Every timing rule but the spread, which is `reauth_spread`.
@@ -43,6 +47,9 @@ pub struct ConnectionConfig {
     response_timeout: Option<Option<Duration>>,
     push_sender: Option<Arc<dyn AsyncPushSender>>,
     opt_outs: TransportOptOuts,
+    maintenance: MaintenanceNotifications,
+    /// `None`: chosen from the address.
+    moving_endpoint_type: Option<MovingEndpointType>,
 }
 
 impl fmt::Debug for ConnectionConfig {
@@ -54,6 +61,8 @@ impl fmt::Debug for ConnectionConfig {
             .field("push_sender", &self.push_sender.is_some())
             .field("allow_plaintext_to_azure", &self.opt_outs.plaintext)
             .field("allow_insecure_tls_to_azure", &self.opt_outs.insecure_tls)
+            .field("maintenance_notifications", &self.maintenance)
+            .field("moving_endpoint_type", &self.moving_endpoint_type)
             .finish()
     }
 }
@@ -163,6 +172,33 @@ impl ConnectionConfig {
         self
     }
 
+    /// Whether an [`aio::ConnectionManager`](crate::aio::ConnectionManager) on RESP3 asks
+    /// the server for maintenance notifications (`CLIENT MAINT_NOTIFICATIONS ON`), so it
+    /// moves to a new endpoint before the server moves it (`MOVING`) and relaxes command
+    /// timeouts during migrations and failovers. Default [`MaintenanceNotifications::Auto`]:
+    /// asked, and done without where the server does not offer them.
+    pub fn set_maintenance_notifications(mut self, mode: MaintenanceNotifications) -> Self {
+        self.maintenance = mode;
+        self
+    }
+
+    /// The kind of address the server should name in `MOVING`. Default: chosen from the
+    /// address, as the other Redis clients do (a host name over TLS, so the new
+    /// endpoint's certificate can be checked; an IP address otherwise; internal for
+    /// loopback and private addresses).
+    pub fn set_moving_endpoint_type(mut self, endpoint_type: MovingEndpointType) -> Self {
+        self.moving_endpoint_type = Some(endpoint_type);
+        self
+    }
+
+    /// The response timeout commands get while the server announces maintenance, until
+    /// it announces the end (at most three times the announced time); `None` keeps the
+    /// usual one throughout. Default 10 s.
+    pub fn set_relaxed_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.policy.relaxed_timeout = timeout;
+        self
+    }
+
     /// Allows `redis://` (plain TCP) to an Azure cache host, which is refused by default
     /// because the token would travel in clear.
     pub fn allow_plaintext_to_azure(mut self, allow: bool) -> Self {
@@ -220,6 +256,17 @@ impl ConnectionConfig {
     /// The push sender, if one was set.
     pub(crate) fn push_sender(&self) -> Option<Arc<dyn AsyncPushSender>> {
         self.push_sender.clone()
+    }
+
+    /// Whether to ask for maintenance notifications.
+    pub(crate) fn maintenance_notifications(&self) -> MaintenanceNotifications {
+        self.maintenance
+    }
+
+    /// The `moving-endpoint-type` for connections to `addr`.
+    pub(crate) fn moving_endpoint_type(&self, addr: &redis::ConnectionAddr) -> MovingEndpointType {
+        self.moving_endpoint_type
+            .unwrap_or_else(|| MovingEndpointType::for_address(addr))
     }
 
     /// The policy in force with `provider`: its spread unless one was set here.

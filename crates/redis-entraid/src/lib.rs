@@ -51,6 +51,7 @@ mod connection;
 mod connection_config;
 mod credentials_stream;
 mod health;
+mod maintenance;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod plaintext_check;
@@ -66,6 +67,7 @@ pub use azure::ClientCertificate;
 pub use connection::Connection;
 pub use connection_config::ConnectionConfig;
 pub use health::{ConnectionsStatus, ProviderStatus};
+pub use maintenance::{MaintenanceNotifications, MovingEndpointType};
 pub use provider::{DEFAULT_REAUTH_SPREAD, EntraIdCredentialsProvider};
 pub use retry_config::RetryConfig;
 

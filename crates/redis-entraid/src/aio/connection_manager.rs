@@ -20,6 +20,7 @@ use super::supervision::{BoxFuture, Report};
 use super::supervisor::{CatchUp, Counters, Gone, Retirement, Shared, Slot, Start, SupervisorHandle, Transport, start};
 use crate::EntraIdCredentialsProvider;
 use crate::connection_config::{ConnectionConfig, ConnectionType};
+use crate::maintenance::{self, MaintenanceNotifications, MovingEndpointType, OptIn};
 use crate::session::{self, Effect, SessionState};
 use crate::token_feed::auth_accepted;
 
@@ -51,6 +52,19 @@ pub struct ConnectionStats {
     /// Connections replaced because they stopped answering: a command and then a health
     /// `PING` got no reply (a silent network path).
     pub unresponsive: u64,
+    /// Connections handed off to the endpoint a server's `MOVING` named (or to the
+    /// original address) before the server closed the old one.
+    pub handoffs: u64,
+    /// Handoff connections that could not be opened (each retried until the server's
+    /// deadline).
+    pub handoff_failures: u64,
+    /// Times command timeouts were relaxed for announced maintenance (`MIGRATING`,
+    /// `FAILING_OVER`, `MOVING`).
+    pub relaxed_windows: u64,
+    /// Whether the server refused maintenance notifications (`CLIENT
+    /// MAINT_NOTIFICATIONS`): with [`MaintenanceNotifications::Auto`](crate::MaintenanceNotifications::Auto)
+    /// the manager then goes on without them.
+    pub maintenance_refused: bool,
 }
 
 impl ConnectionStats {
@@ -65,6 +79,10 @@ impl ConnectionStats {
             connections_lost: Counters::get(&c.connections_lost),
             subscriptions_refused: Counters::get(&c.subscriptions_refused),
             unresponsive: Counters::get(&c.unresponsive),
+            handoffs: Counters::get(&c.handoffs),
+            handoff_failures: Counters::get(&c.handoff_failures),
+            relaxed_windows: Counters::get(&c.relaxed_windows),
+            maintenance_refused: Counters::get(&c.maintenance_refused) > 0,
         }
     }
 }
@@ -119,6 +137,9 @@ struct ManagerShared {
     session: Mutex<Option<Box<SessionState>>>,
     response_timeout: Option<Duration>,
     push_sender: Option<Arc<dyn AsyncPushSender>>,
+    /// Whether connections ask for maintenance notifications, and how they name a move.
+    maintenance: MaintenanceNotifications,
+    moving_endpoint_type: MovingEndpointType,
 }
 
 /// A Redis connection that stays authenticated with Entra ID for as long as it lives.
@@ -195,6 +216,8 @@ impl ConnectionManager {
             session: Mutex::default(),
             response_timeout: config.response_timeout(ConnectionType::Manager),
             push_sender: config.push_sender(),
+            maintenance: config.maintenance_notifications(),
+            moving_endpoint_type: config.moving_endpoint_type(client.get_connection_info().addr()),
         });
         let transport = ManagerTransport {
             resp3,
@@ -412,6 +435,11 @@ impl AsyncPushSender for PushForwarder {
             self.supervisor.reports.report(self.id, Report::Lost);
             return Ok(());
         }
+        // The server's maintenance notifications are the supervisor's, not the user's.
+        if let Some(notice) = maintenance::notice(&info.kind, &info.data) {
+            self.supervisor.reports.report(self.id, Report::Maintenance(notice));
+            return Ok(());
+        }
         match &self.user {
             Some(user) => user.send(info),
             None => Ok(()),
@@ -442,6 +470,20 @@ struct Managed {
 }
 
 impl ManagerTransport {
+    /// The opt-in a new connection sends, unless maintenance notifications are off: by
+    /// configuration, on RESP2 (no pushes), or after the server refused them in `Auto`.
+    fn maintenance_opt_in(&self) -> Option<(MaintenanceNotifications, Cmd)> {
+        let mode = self.shared.of.maintenance;
+        let refused = Counters::get(&self.shared.counters.maintenance_refused) > 0;
+        match mode {
+            MaintenanceNotifications::Disabled => None,
+            _ if !self.resp3 || (refused && mode == MaintenanceNotifications::Auto) => None,
+            MaintenanceNotifications::Auto | MaintenanceNotifications::Enabled => {
+                Some((mode, maintenance::opt_in(self.shared.of.moving_endpoint_type)))
+            }
+        }
+    }
+
     fn record(&self) -> Subscriptions {
         self.shared
             .of
@@ -519,8 +561,16 @@ impl Transport for ManagerTransport {
             .as_ref()
             .map(|session| session.replay())
             .unwrap_or_default();
+        let opt_in = transport.maintenance_opt_in();
         Box::pin(async move {
             let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
+            // Maintenance notifications, asked for before the connection takes a command.
+            if let Some((mode, command)) = opt_in {
+                let answer = command.query_async::<Value>(&mut connection).await;
+                if maintenance::opt_in_outcome(mode, answer)? == OptIn::Refused {
+                    Counters::bump_once(&transport.shared.counters.maintenance_refused);
+                }
+            }
             // The user's session state, before the connection takes a command.
             for command in replay {
                 command.query_async::<()>(&mut connection).await?;
@@ -558,13 +608,18 @@ impl Transport for ManagerTransport {
     /// A command whose response timeout is shorter than the close grace ends (its reply
     /// or its timeout) before the server would cut a closed connection: it needs no watch
     /// on the close, which costs two lock round trips per command.
-    fn handle(&self, conn: &Managed, close_grace: Option<Duration>) -> Live {
-        let outlives_close = match (self.shared.of.response_timeout, close_grace) {
+    fn handle(&self, conn: &Managed, close_grace: Option<Duration>, relaxed: Option<Duration>) -> Live {
+        let timeout = relaxed.or(self.shared.of.response_timeout);
+        let outlives_close = match (timeout, close_grace) {
             (Some(timeout), Some(grace)) => timeout >= grace,
             (None, _) | (_, None) => true,
         };
+        let mut connection = conn.connection.clone();
+        if let Some(relaxed) = relaxed {
+            connection.set_response_timeout(relaxed);
+        }
         Live {
-            connection: conn.connection.clone(),
+            connection,
             watch_close: outlives_close,
         }
     }

@@ -795,7 +795,7 @@ impl Transport for PubSubTransport {
         tracing::info!(connection = %id, "subscriber connection in use");
     }
 
-    fn handle(&self, _conn: &Physical, _close_grace: Option<Duration>) {}
+    fn handle(&self, _conn: &Physical, _close_grace: Option<Duration>, _relaxed: Option<Duration>) {}
 
     /// Reads what the server sent it before its `PING`, then closes it; the new
     /// connection's messages follow.

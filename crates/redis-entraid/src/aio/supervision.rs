@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use entraid_token_manager::{ConnectionId, TokenManagerError, TokenStream};
+use entraid_token_manager::{ConnectionId, MaintenanceNotice, TokenManagerError, TokenStream};
 use redis::{RedisError, RedisResult};
 use tokio::sync::Notify;
 use tokio_stream::StreamExt;
@@ -73,12 +73,14 @@ impl<V> IdMap<V> {
 }
 
 /// What a report says of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Report {
     /// It dropped (an I/O error, a disconnection, its reader ended).
     Lost,
     /// A command on it got no reply in time.
     TimedOut,
+    /// The server pushed a maintenance notification on it.
+    Maintenance(MaintenanceNotice),
 }
 
 /// What commands and readers found out about connections, for the supervisor. (A
@@ -93,7 +95,7 @@ pub(crate) struct Reports {
 impl Reports {
     pub(crate) fn report(&self, id: ConnectionId, report: Report) {
         let mut reports = self.reports.lock().unwrap_or_else(PoisonError::into_inner);
-        if !reports.contains(&(id, report)) {
+        if !reports.iter().any(|(i, r)| *i == id && *r == report) {
             reports.push((id, report));
         }
         drop(reports);

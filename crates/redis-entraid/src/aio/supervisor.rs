@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use entraid_identity::Token;
 use entraid_token_manager::{
-    ConnectReason, ConnectionId, ConnectionOutput, ConnectionStateMachine, Generation, Renewal, TokenManagerError,
-    TokenStream,
+    ConnectReason, ConnectionId, ConnectionOutput, ConnectionStateMachine, Endpoint, Generation, Renewal,
+    TokenManagerError, TokenStream,
 };
 use redis::{ErrorKind, RedisError, RedisResult};
 use tokio::sync::watch;
@@ -27,6 +27,7 @@ use super::supervision::{BoxFuture, IdMap, Report, Reports, next_token, now, sle
 use crate::EntraIdCredentialsProvider;
 use crate::connection_config::{ConnectionConfig, ConnectionType};
 use crate::health::GaugeShare;
+use crate::maintenance::client_at;
 use crate::provider::ManagerHandle;
 use crate::token_feed::{TokenFeed, client_with_token, no_token_error};
 
@@ -67,8 +68,9 @@ pub(crate) trait Transport: Send + 'static {
     fn take_over(&mut self, id: ConnectionId, conn: &Self::Conn);
 
     /// What callers send commands on, for the connection in use, which the machine
-    /// closes `close_grace` before its token expires.
-    fn handle(&self, conn: &Self::Conn, close_grace: Option<Duration>) -> Self::Handle;
+    /// closes `close_grace` before its token expires; `relaxed`: the response timeout
+    /// commands get while the server announces maintenance, instead of the configured one.
+    fn handle(&self, conn: &Self::Conn, close_grace: Option<Duration>, relaxed: Option<Duration>) -> Self::Handle;
 
     /// `conn` takes no new commands; what happens to it until it goes.
     fn retire(&mut self, id: ConnectionId, conn: Self::Conn) -> Retirement;
@@ -137,6 +139,10 @@ pub(crate) struct Counters {
     pub(crate) connections_lost: AtomicU64,
     pub(crate) subscriptions_refused: AtomicU64,
     pub(crate) unresponsive: AtomicU64,
+    pub(crate) handoffs: AtomicU64,
+    pub(crate) handoff_failures: AtomicU64,
+    pub(crate) relaxed_windows: AtomicU64,
+    pub(crate) maintenance_refused: AtomicU64,
 }
 
 impl Counters {
@@ -150,6 +156,11 @@ impl Counters {
 
     pub(crate) fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Sets a flag kept as a counter (0 or 1).
+    pub(crate) fn bump_once(counter: &AtomicU64) {
+        counter.store(1, Ordering::Relaxed);
     }
 }
 
@@ -345,11 +356,23 @@ struct Trouble {
     pending_probe: Option<(ConnectionId, BoxFuture<RedisResult<()>>)>,
     /// While the provider's token manager is stopped: the wait for its next start.
     restart: Option<((), BoxFuture<TokenStream>)>,
+    /// `entraid.handoff`, from the handoff's connect to its use, with its connection.
+    handoff: Option<(ConnectionId, tracing::Span)>,
+    /// The response timeout commands get during announced maintenance.
+    relaxed: Option<Duration>,
+    /// The one the handle in the slot has.
+    relaxed_published: Option<Duration>,
 }
 
 impl Trouble {
     fn is_over(&self) -> bool {
-        self.retrying.is_none() && self.replacement.is_none() && self.pending_probe.is_none() && self.restart.is_none()
+        self.retrying.is_none()
+            && self.replacement.is_none()
+            && self.pending_probe.is_none()
+            && self.restart.is_none()
+            && self.handoff.is_none()
+            && self.relaxed.is_none()
+            && self.relaxed_published.is_none()
     }
 }
 
@@ -460,6 +483,14 @@ impl<T: Transport> Supervisor<T> {
                 self.pending_connect = None;
                 tracing::warn!(connection = %id, %error, "connecting to Redis failed");
                 Counters::bump(&self.shared.counters.connect_failures);
+                if let Some((_, span)) = self
+                    .trouble
+                    .as_mut()
+                    .and_then(|t| t.handoff.take_if(|(handoff, _)| *handoff == id))
+                {
+                    Counters::bump(&self.shared.counters.handoff_failures);
+                    span.in_scope(|| tracing::warn!(connection = %id, %error, "the handoff connection failed"));
+                }
                 self.transport.gone(id, Gone::Lost);
                 self.feed.connect_result(Some(error));
                 self.machine.handle_connect_failed(now, id);
@@ -491,6 +522,10 @@ impl<T: Transport> Supervisor<T> {
                     match report {
                         Report::Lost => self.lost(now, id),
                         Report::TimedOut => self.machine.handle_reply_timeout(now, id),
+                        Report::Maintenance(notice) => {
+                            tracing::info!(connection = %id, ?notice, "the server announced maintenance");
+                            self.machine.handle_maintenance(now, id, notice);
+                        }
                     }
                 }
             }
@@ -534,7 +569,8 @@ impl<T: Transport> Supervisor<T> {
                     generation,
                     timeout,
                     reason,
-                } => self.connect(id, generation, timeout, reason),
+                    endpoint,
+                } => self.connect(id, generation, timeout, reason, endpoint.as_ref()),
                 ConnectionOutput::SendAuth {
                     id,
                     generation,
@@ -559,6 +595,16 @@ impl<T: Transport> Supervisor<T> {
                     }
                     if let Some(span) = self.trouble.as_mut().and_then(|t| t.replacement.take()) {
                         span.in_scope(|| tracing::info!(connection = %id, "replacement connection in use"));
+                    }
+                    if let Some((_, span)) = self
+                        .trouble
+                        .as_mut()
+                        .and_then(|t| t.handoff.take_if(|(handoff, _)| *handoff == id))
+                    {
+                        Counters::bump(&self.shared.counters.handoffs);
+                        span.in_scope(
+                            || tracing::info!(connection = %id, "handoff done: the new connection is in use"),
+                        );
                     }
                 }
                 ConnectionOutput::Retire(id) => {
@@ -590,13 +636,27 @@ impl<T: Transport> Supervisor<T> {
                     }
                     self.transport.gone(id, Gone::Closed);
                 }
+                ConnectionOutput::RelaxTimeouts(relaxed) => {
+                    if relaxed.is_some() {
+                        Counters::bump(&self.shared.counters.relaxed_windows);
+                    }
+                    tracing::info!(?relaxed, "response timeouts for announced maintenance");
+                    self.trouble_mut().relaxed = relaxed;
+                }
                 ConnectionOutput::Timeout(at) => return Some(tokio::time::Instant::from_std(at)),
                 ConnectionOutput::Idle => return None,
             }
         }
     }
 
-    fn connect(&mut self, id: ConnectionId, generation: Generation, timeout: Duration, reason: ConnectReason) {
+    fn connect(
+        &mut self,
+        id: ConnectionId,
+        generation: Generation,
+        timeout: Duration,
+        reason: ConnectReason,
+        endpoint: Option<&Endpoint>,
+    ) {
         match reason {
             ConnectReason::Replacement => {
                 Counters::bump(&self.shared.counters.replacements);
@@ -612,11 +672,22 @@ impl<T: Transport> Supervisor<T> {
                 tracing::debug!(connection = %id, "renewal: a new connection takes over");
             }
             ConnectReason::Unresponsive => Counters::bump(&self.shared.counters.unresponsive),
+            ConnectReason::Handoff => {
+                let span =
+                    tracing::info_span!("entraid.handoff", new = %id, to = endpoint.map(tracing::field::display));
+                span.in_scope(|| tracing::info!(connection = %id, "opening the connection the server moves us to"));
+                self.trouble_mut().handoff = Some((id, span));
+            }
             ConnectReason::First | ConnectReason::Reconnect => {}
         }
-        let opened = match self.feed.get(generation) {
-            Some(token) => client_with_token(&self.client, token),
-            None => Err(RedisError::from((ErrorKind::Client, "no token to connect with"))),
+        let client = match endpoint {
+            Some(endpoint) => client_at(&self.client, endpoint),
+            None => Ok(self.client.clone()),
+        };
+        let opened = match (client, self.feed.get(generation)) {
+            (Ok(client), Some(token)) => client_with_token(&client, token),
+            (Err(error), _) => Err(error),
+            (_, None) => Err(RedisError::from((ErrorKind::Client, "no token to connect with"))),
         };
         let future = match opened {
             Ok(client) => self.transport.open(id, client, reason, timeout),
@@ -660,18 +731,24 @@ impl<T: Transport> Supervisor<T> {
         let errors_changed = self.feed.errors_changed();
         let (open, transport) = (&self.open, &self.transport);
         let close_grace = self.machine.close_grace();
+        // The response timeout for announced maintenance, and whether the handle has it.
+        let (relaxed, relaxed_same) = self
+            .trouble
+            .as_mut()
+            .map_or((None, true), |t| (t.relaxed, t.relaxed_published == t.relaxed));
         let changed = self.slot.send_if_modified(|current| {
-            let same = match (&*current, &state) {
-                (Slot::Ready(a, _), Ok(Some(b))) => a == b,
-                (Slot::Connecting, Ok(None)) => true,
-                (Slot::Unavailable { errors_changed: a, .. }, Err(_)) => *a == errors_changed,
-                _ => false,
-            };
+            let same = relaxed_same
+                && match (&*current, &state) {
+                    (Slot::Ready(a, _), Ok(Some(b))) => a == b,
+                    (Slot::Connecting, Ok(None)) => true,
+                    (Slot::Unavailable { errors_changed: a, .. }, Err(_)) => *a == errors_changed,
+                    _ => false,
+                };
             if !same {
                 // Built only when it changed: a handle is a clone of the connection.
                 *current = match state {
                     Ok(Some(id)) => match open.get(&id) {
-                        Some(conn) => Slot::Ready(id, transport.handle(conn, close_grace)),
+                        Some(conn) => Slot::Ready(id, transport.handle(conn, close_grace, relaxed)),
                         None => Slot::Connecting,
                     },
                     Ok(None) => Slot::Connecting,
@@ -680,6 +757,12 @@ impl<T: Transport> Supervisor<T> {
             }
             !same
         });
+        if let Some(trouble) = &mut self.trouble {
+            trouble.relaxed_published = trouble.relaxed;
+            if trouble.is_over() {
+                self.trouble = None;
+            }
+        }
         if changed {
             self.transport.published(&self.slot.borrow());
         }
