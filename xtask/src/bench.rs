@@ -3,7 +3,8 @@
 //!
 //! `--quick` is a smoke run for CI: it fails only when the benchmark itself breaks, never
 //! on a goal missed. `--only FIGURE` runs one figure (fanout, probe, memory, throughput,
-//! auths, stall, idp). On a machine with two cores or more and `taskset`, the benchmark
+//! auths, stall, idp, handoff). The handoff figure is the examples crate's
+//! `handoff_bench` (through the emulator), added to the same report. On a machine with two cores or more and `taskset`, the benchmark
 //! (the client) runs on core 0 and its redis-server on the others, so the two do not
 //! take each other's time slices.
 
@@ -15,13 +16,19 @@ pub(crate) struct BenchArgs {
     /// A smoke run: fails only when the benchmark itself breaks.
     #[arg(long)]
     quick: bool,
-    /// Run one figure: fanout, probe, memory, throughput, auths, stall or idp.
+    /// Run one figure: fanout, probe, memory, throughput, auths, stall, idp or handoff.
     #[arg(long, value_name = "FIGURE")]
     only: Option<String>,
 }
 
 pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, String> {
     let BenchArgs { quick, only } = args;
+    if only.as_deref() == Some("handoff") {
+        let out = crate::target_dir().join("bench");
+        std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+        handoff(&crate::repository_root(), &out, quick)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let root = crate::repository_root();
     let target = crate::target_dir();
     // One persistent target directory for the benchmark's own workspace.
@@ -64,13 +71,42 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, String> {
     if quick {
         command.arg("--quick");
     }
-    if let Some(figure) = only {
-        command.args(["--only", &figure]);
+    if let Some(figure) = &only {
+        command.args(["--only", figure]);
     }
     let status = command.status().map_err(|e| format!("cannot run the benchmark: {e}"))?;
-    Ok(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    if !status.success() {
+        return Ok(ExitCode::FAILURE);
+    }
+    if only.as_deref().is_none_or(|figure| figure == "handoff") {
+        handoff(&root, &out, quick)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The handoff figure: the examples crate's `handoff_bench` (it needs the emulator, which
+/// the comparison's own workspace does not build), appended to the report.
+fn handoff(root: &std::path::Path, out: &std::path::Path, quick: bool) -> Result<(), String> {
+    println!("==> figure: handoff (MOVING) through the emulator");
+    let mut command = Command::new(crate::cargo_bin());
+    command
+        .current_dir(root)
+        .args(["run", "--quiet", "-p", "redis-entraid-examples", "--example", "handoff_bench"]);
+    if !quick {
+        command.arg("--release");
+    }
+    command.arg("--").arg("--out").arg(out);
+    if quick {
+        command.arg("--quick");
+    }
+    let status = command.status().map_err(|e| format!("cannot run the handoff figure: {e}"))?;
+    if !status.success() {
+        return Err("the handoff figure failed".to_owned());
+    }
+    let figure = std::fs::read_to_string(out.join("handoff.md")).map_err(|e| format!("no handoff.md: {e}"))?;
+    let report = out.join("report.md");
+    let mut text = std::fs::read_to_string(&report).unwrap_or_default();
+    text.push('\n');
+    text.push_str(&figure);
+    std::fs::write(&report, text).map_err(|e| format!("cannot add the handoff figure to the report: {e}"))
 }

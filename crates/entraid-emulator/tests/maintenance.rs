@@ -50,7 +50,7 @@ async fn load_through(
 async fn moving_with_an_endpoint_is_a_handoff_before_the_server_closes_the_connection() {
     watchdog(Duration::from_secs(90), async {
         let emulator = emulator(LIFETIME, None).await;
-        let (manager, _provider) = start_manager(&emulator, ConnectionManagerConfig::new()).await;
+        let (manager, provider) = start_manager(&emulator, ConnectionManagerConfig::new()).await;
         assert_eq!(stat(&emulator, "maintenance_opt_ins"), 1, "the connection opted in");
         // The control: the same manager without notifications, as a client that ignores
         // the pushes (redis's own ConnectionManager) meets the move.
@@ -77,6 +77,7 @@ async fn moving_with_an_endpoint_is_a_handoff_before_the_server_closes_the_conne
         );
         assert_eq!(failed, 0, "{errors:?}");
         assert_eq!(stats.handoffs, 1);
+        assert_eq!(provider.status().connections.handed_off, 1, "in the provider's status too");
         // Only the control's connection was still there when the server moved.
         assert_eq!(stat(&emulator, "moved_connections_closed"), 1, "ours left before the deadline");
         assert_eq!(control.stats().connections_lost, 1, "{:?}", control.stats());

@@ -40,6 +40,9 @@ pub struct ConnectionsStatus {
     /// Connections replaced (make-before-break) because they could not re-authenticate
     /// in time, since start.
     pub replaced: u64,
+    /// Connections handed off to a new one before the server moved the endpoint
+    /// (maintenance notifications, `MOVING`), since start.
+    pub handed_off: u64,
     /// Connections made through the redis crate's own paths whose re-authentication
     /// ended after a failed `AUTH` (the server cuts them at their token's expiry), since
     /// start. Also logged once each.
@@ -52,6 +55,7 @@ pub(crate) struct ConnectionHealth {
     live: AtomicI64,
     retrying_auth: AtomicI64,
     replaced: AtomicU64,
+    handed_off: AtomicU64,
     pub(crate) lost_reauthentications: AtomicU64,
     latest: Mutex<LatestRenewal>,
 }
@@ -64,6 +68,10 @@ struct LatestRenewal {
 }
 
 impl ConnectionHealth {
+    pub(crate) fn handed_off(&self) {
+        self.handed_off.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn replaced(&self) {
         self.replaced.fetch_add(1, Ordering::Relaxed);
     }
@@ -93,6 +101,7 @@ impl ConnectionHealth {
                 .reauthenticated,
             retrying_auth: gauge(&self.retrying_auth),
             replaced: self.replaced.load(Ordering::Relaxed),
+            handed_off: self.handed_off.load(Ordering::Relaxed),
             lost_reauthentications: self.lost_reauthentications.load(Ordering::Relaxed),
         }
     }

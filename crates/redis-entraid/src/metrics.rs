@@ -15,6 +15,7 @@
 //! | `entraid_connections_retrying_auth` | gauge | connections retrying a failed re-authentication |
 //! | `entraid_connections_reauthenticated_latest` | gauge | re-authentications with the newest token |
 //! | `entraid_connection_replacements_total` | counter | connections replaced before their token expired |
+//! | `entraid_connection_handoffs_total` | counter | connections handed off before the server moved the endpoint (`MOVING`) |
 //! | `entraid_reauthentications_lost_total` | counter | redis-crate connections whose re-authentication ended |
 //!
 //! ```no_run
@@ -82,6 +83,7 @@ impl MetricsReporter {
         gauge!("entraid_connections_reauthenticated_latest", "identity" => id.clone())
             .set(connections.reauthenticated_on_latest_renewal as f64);
         counter!("entraid_connection_replacements_total", "identity" => id.clone()).absolute(connections.replaced);
+        counter!("entraid_connection_handoffs_total", "identity" => id.clone()).absolute(connections.handed_off);
         counter!("entraid_reauthentications_lost_total", "identity" => id).absolute(connections.lost_reauthentications);
         true
     }

@@ -602,6 +602,7 @@ impl<T: Transport> Supervisor<T> {
                         .and_then(|t| t.handoff.take_if(|(handoff, _)| *handoff == id))
                     {
                         Counters::bump(&self.shared.counters.handoffs);
+                        self.manager.health().handed_off();
                         span.in_scope(
                             || tracing::info!(connection = %id, "handoff done: the new connection is in use"),
                         );
