@@ -83,7 +83,10 @@ where
         .collect();
     tokio::time::sleep(at).await;
     emulator
-        .set_faults(Faults::new().maintenance(Maintenance::Moving { time: window, endpoint: true }))
+        .set_faults(Faults::new().maintenance(Maintenance::Moving {
+            time: window,
+            endpoint: true,
+        }))
         .expect("the emulator takes the maintenance");
     let mut total = Run {
         ok: 0,
@@ -162,14 +165,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = run(&emulator, ours.clone(), length, at, window).await;
     let handoffs = ours.stats().handoffs;
     drop(ours);
-    let closed_before = emulator.stats().to_json()["moved_connections_closed"].as_u64().unwrap_or(0);
+    let closed_before = emulator.stats().to_json()["moved_connections_closed"]
+        .as_u64()
+        .unwrap_or(0);
     let theirs = client(&emulator)
         .get_connection_manager_with_config(
             redis::aio::ConnectionManagerConfig::new().set_credentials_provider(provider.clone()),
         )
         .await?;
     let b = run(&emulator, theirs, length, at, window).await;
-    let closed = emulator.stats().to_json()["moved_connections_closed"].as_u64().unwrap_or(0);
+    let closed = emulator.stats().to_json()["moved_connections_closed"]
+        .as_u64()
+        .unwrap_or(0);
 
     let mut table = format!(
         "## Handoff: commands through a server's `MOVING`\n\n\
@@ -181,11 +188,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         length.as_secs(),
         at.as_secs(),
         window.as_secs(),
-        if quick { " (--quick: a smoke run, not a measurement)" } else { "" }
+        if quick {
+            " (--quick: a smoke run, not a measurement)"
+        } else {
+            ""
+        }
     );
     for (name, run, handoffs, closed) in [
-        ("A-manager (redis_entraid::aio::ConnectionManager)", &a, handoffs.to_string(), closed_before),
-        ("redis ConnectionManager + our provider", &b, "—".to_owned(), closed - closed_before),
+        (
+            "A-manager (redis_entraid::aio::ConnectionManager)",
+            &a,
+            handoffs.to_string(),
+            closed_before,
+        ),
+        (
+            "redis ConnectionManager + our provider",
+            &b,
+            "—".to_owned(),
+            closed - closed_before,
+        ),
     ] {
         table.push_str(&format!(
             "| {name} | {} | {} | {} | {} | {} | {} | {handoffs} | {closed} |\n",

@@ -89,9 +89,14 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, String> {
 fn handoff(root: &std::path::Path, out: &std::path::Path, quick: bool) -> Result<(), String> {
     println!("==> figure: handoff (MOVING) through the emulator");
     let mut command = Command::new(crate::cargo_bin());
-    command
-        .current_dir(root)
-        .args(["run", "--quiet", "-p", "redis-entraid-examples", "--example", "handoff_bench"]);
+    command.current_dir(root).args([
+        "run",
+        "--quiet",
+        "-p",
+        "redis-entraid-examples",
+        "--example",
+        "handoff_bench",
+    ]);
     if !quick {
         command.arg("--release");
     }
@@ -99,7 +104,9 @@ fn handoff(root: &std::path::Path, out: &std::path::Path, quick: bool) -> Result
     if quick {
         command.arg("--quick");
     }
-    let status = command.status().map_err(|e| format!("cannot run the handoff figure: {e}"))?;
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run the handoff figure: {e}"))?;
     if !status.success() {
         return Err("the handoff figure failed".to_owned());
     }
