@@ -88,19 +88,38 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, String> {
 /// the comparison's own workspace does not build), appended to the report.
 fn handoff(root: &std::path::Path, out: &std::path::Path, quick: bool) -> Result<(), String> {
     println!("==> figure: handoff (MOVING) through the emulator");
-    let mut command = Command::new(crate::cargo_bin());
-    command.current_dir(root).args([
-        "run",
-        "--quiet",
-        "-p",
-        "redis-entraid-examples",
-        "--example",
-        "handoff_bench",
-    ]);
-    if !quick {
-        command.arg("--release");
+    // The smoke run uses the debug build `cargo xtask test` makes of every example (the
+    // same command: nothing to build again after it); the figure, a release build.
+    let (build, profile): (&[&str], &str) = if quick {
+        (
+            &["build", "--quiet", "--workspace", "--examples", "--all-features"],
+            "debug",
+        )
+    } else {
+        (
+            &[
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "redis-entraid-examples",
+                "--example",
+                "handoff_bench",
+            ],
+            "release",
+        )
+    };
+    let built = Command::new(crate::cargo_bin())
+        .current_dir(root)
+        .args(build)
+        .status()
+        .map_err(|e| format!("cannot build the handoff figure: {e}"))?;
+    if !built.success() {
+        return Err("building the handoff figure failed".to_owned());
     }
-    command.arg("--").arg("--out").arg(out);
+    let binary = crate::target_dir().join(profile).join("examples").join("handoff_bench");
+    let mut command = Command::new(binary);
+    command.current_dir(root).arg("--out").arg(out);
     if quick {
         command.arg("--quick");
     }

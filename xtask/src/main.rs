@@ -253,33 +253,15 @@ const LAYERING: &[Layer] = &[
 /// own tree).
 fn check_layering() -> Result<(), String> {
     for layer in LAYERING {
-        let what = format!("{} {}", layer.package, layer.features.join(" "));
-        let output = Command::new(cargo_bin())
-            .args([
-                "tree",
-                "-p",
-                layer.package,
-                "-e",
-                "normal,build",
-                "--prefix",
-                "none",
-                "--format",
-                "{p}",
-            ])
-            .args(layer.features)
-            .output()
-            .map_err(|e| format!("could not run cargo tree: {e}"))?;
-        if !output.status.success() {
+        let mut args = vec!["-p", layer.package];
+        args.extend(layer.features);
+        let crates = release::tree_crates(&repository_root(), &args)?;
+        if let Some(name) = layer.forbidden.iter().find(|name| crates.iter().any(|c| c == *name)) {
             return Err(format!(
-                "cargo tree for {what} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
+                "{} {} depends on {name}, which its layer must not",
+                layer.package,
+                layer.features.join(" ")
             ));
-        }
-        let tree = String::from_utf8_lossy(&output.stdout);
-        for name in layer.forbidden {
-            if tree.lines().any(|line| release::crate_name(line) == *name) {
-                return Err(format!("{what} depends on {name}, which its layer must not"));
-            }
         }
     }
     Ok(())

@@ -100,24 +100,8 @@ pub(crate) fn fresh_project() -> Result<(), String> {
     fs::create_dir_all(dir.join("src")).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     fs::write(dir.join("Cargo.toml"), manifest).map_err(|e| format!("cannot write the manifest: {e}"))?;
     fs::write(dir.join("src/main.rs"), main).map_err(|e| format!("cannot write main.rs: {e}"))?;
-    let mut tree = Command::new(cargo_bin());
-    let output = tree
-        .args([
-            "tree",
-            "--quiet",
-            "-e",
-            "normal,build",
-            "--prefix",
-            "none",
-            "--format",
-            "{p}",
-        ])
-        .current_dir(&dir)
-        .output()
-        .map_err(|e| format!("could not run cargo tree: {e}"))?;
-    let tree = String::from_utf8_lossy(&output.stdout);
-    if let Some(line) = tree.lines().find(|line| crate_name(line) == "openssl-sys") {
-        return Err(format!("the default facade depends on OpenSSL: {line}"));
+    if tree_crates(&dir, &[])?.iter().any(|name| name == "openssl-sys") {
+        return Err("the default facade depends on OpenSSL (openssl-sys)".to_owned());
     }
     let mut build = Command::new(cargo_bin());
     build
@@ -171,9 +155,37 @@ fn code_blocks(text: &str) -> Vec<(&str, String)> {
     blocks
 }
 
-/// The crate name of a `cargo tree --format {p}` line (`name v1.2.3 (path)`).
-pub(crate) fn crate_name(line: &str) -> &str {
-    line.split_whitespace().next().unwrap_or("")
+/// The names of the crates in `cargo tree` (normal and build edges) run in `dir` with
+/// `args`, exactly: no substring of another name matches.
+pub(crate) fn tree_crates(dir: &Path, args: &[&str]) -> Result<Vec<String>, String> {
+    let output = Command::new(cargo_bin())
+        .args([
+            "tree",
+            "--quiet",
+            "-e",
+            "normal,build",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("could not run cargo tree: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cargo tree {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        // `name v1.2.3 (path)`
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Every dependency the published crates build with (all features, normal and build

@@ -44,6 +44,7 @@ pub struct Faults {
 /// A server maintenance the gateway announces to every connection that asked for
 /// notifications (`CLIENT MAINT_NOTIFICATIONS ON`, on RESP3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Maintenance {
     /// `MOVING <seq> <time> <endpoint>` to the connections that asked; every connection
     /// open now is closed after `time`, told or not; the

@@ -409,26 +409,21 @@ impl Emulator {
             )),
             tokio::spawn(admin::serve(admin_listener, service.clone(), shutdown.clone())),
         ];
+        // One gateway per node, and the handoff gateway in front of the first node's
+        // server with counters of its own.
         let handoff_stats = Arc::new(Stats::default());
-        if let (Some(listener), Some(node)) = (handoff_listener, nodes.first()) {
+        let handoff = handoff_listener
+            .zip(nodes.first())
+            .map(|(listener, node)| (listener, node, handoff_stats.clone()));
+        let gateways = gateway_listeners
+            .into_iter()
+            .zip(&nodes)
+            .map(|(listener, node)| (listener, node, node.stats.clone()))
+            .chain(handoff);
+        for (listener, node, node_stats) in gateways {
             let stats = GatewayStats {
                 total: service.stats.clone(),
-                node: handoff_stats.clone(),
-            };
-            tasks.push(tokio::spawn(gateway::serve(
-                listener,
-                tls.clone(),
-                node.upstream.clone(),
-                service.clone(),
-                stats,
-                timeouts,
-                shutdown.clone(),
-            )));
-        }
-        for (listener, node) in gateway_listeners.into_iter().zip(&nodes) {
-            let stats = GatewayStats {
-                total: service.stats.clone(),
-                node: node.stats.clone(),
+                node: node_stats,
             };
             tasks.push(tokio::spawn(gateway::serve(
                 listener,
