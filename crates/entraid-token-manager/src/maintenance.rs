@@ -132,7 +132,8 @@ pub(crate) struct Handoff {
     pub(crate) endpoint: Option<Endpoint>,
     /// When to open it.
     pub(crate) start_at: Instant,
-    /// When the server closes `from`: the move must be done by then.
+    /// A tenth of the announced time before the server closes `from`: the move is done,
+    /// and `from` closed, by then.
     pub(crate) deadline: Instant,
 }
 
@@ -200,9 +201,11 @@ impl Maintenance {
                 if self.repeat(StartKind::Moving, seq) {
                     return false;
                 }
-                let deadline = now + time;
+                // The push took a moment to arrive, and the old connection must be gone
+                // before the server closes it: done by nine tenths of the announced time.
+                let deadline = now + time.saturating_sub(time / 10);
                 if let Some(endpoint) = &endpoint {
-                    self.redirect = Some((endpoint.clone(), deadline));
+                    self.redirect = Some((endpoint.clone(), now + time));
                 }
                 // Only the connection in use moves; one already retired goes anyway.
                 if active != Some(on) {
@@ -215,8 +218,10 @@ impl Maintenance {
                     start_at,
                     deadline,
                 });
-                // Replies slow down while the endpoint moves, as in a migration.
-                self.relaxed_until = Some(self.relaxed_until.map_or(deadline, |at| at.max(deadline)));
+                // Replies slow down while the endpoint moves, as in a migration: relaxed
+                // for the whole window.
+                let window_end = now + time;
+                self.relaxed_until = Some(self.relaxed_until.map_or(window_end, |at| at.max(window_end)));
                 true
             }
             MaintenanceNotice::Migrating { seq, time } | MaintenanceNotice::FailingOver { seq, time } => {
