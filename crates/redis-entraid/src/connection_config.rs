@@ -177,6 +177,8 @@ impl ConnectionConfig {
     /// moves to a new endpoint before the server moves it (`MOVING`) and relaxes command
     /// timeouts during migrations and failovers. Default [`MaintenanceNotifications::Auto`]:
     /// asked, and done without where the server does not offer them.
+    /// [`Enabled`](MaintenanceNotifications::Enabled) is refused up front where they can
+    /// never come: on RESP2, and for `aio::PubSub` and the sync `Connection`.
     pub fn set_maintenance_notifications(mut self, mode: MaintenanceNotifications) -> Self {
         self.maintenance = mode;
         self
@@ -237,6 +239,28 @@ impl ConnectionConfig {
                         kind.name()
                     ),
                 ));
+            }
+        }
+        // Required notifications that can never come are refused up front, not ignored.
+        if self.maintenance == MaintenanceNotifications::Enabled {
+            match kind {
+                ConnectionType::Manager if resp3 => {}
+                ConnectionType::Manager => {
+                    return Err(invalid(
+                        "maintenance notifications need RESP3",
+                        "add ?protocol=resp3 to the URL, or use MaintenanceNotifications::Auto".to_owned(),
+                    ));
+                }
+                ConnectionType::PubSub | ConnectionType::Sync => {
+                    return Err(invalid(
+                        "maintenance notifications are for aio::ConnectionManager only",
+                        format!(
+                            "{} does not ask for them (Redis does not send them to subscribers; the sync \
+                             connection reads no pushes): leave the setting at Auto",
+                            kind.name()
+                        ),
+                    ));
+                }
             }
         }
         if self.response_timeout(kind).is_some_and(|t| t.is_zero()) {
@@ -316,6 +340,22 @@ mod tests {
         for kind in [ConnectionType::Manager, ConnectionType::PubSub, ConnectionType::Sync] {
             assert_eq!(config.response_timeout(kind), None, "{kind:?}");
         }
+    }
+
+    #[test]
+    fn required_maintenance_notifications_that_cannot_come_are_refused() {
+        let enabled = ConnectionConfig::new().set_maintenance_notifications(MaintenanceNotifications::Enabled);
+        let resp2 = client("redis://127.0.0.1:6379");
+        let resp3 = client("redis://127.0.0.1:6379/?protocol=resp3");
+        assert!(enabled.check(ConnectionType::Manager, &resp3).is_ok());
+        let error = enabled.check(ConnectionType::Manager, &resp2).unwrap_err();
+        assert!(error.to_string().contains("protocol=resp3"), "{error}");
+        for kind in [ConnectionType::PubSub, ConnectionType::Sync] {
+            let error = enabled.check(kind, &resp3).unwrap_err();
+            assert!(error.to_string().contains("Auto"), "{error}");
+        }
+        // Auto, the default, is fine everywhere.
+        assert!(ConnectionConfig::new().check(ConnectionType::Sync, &resp2).is_ok());
     }
 
     #[test]
