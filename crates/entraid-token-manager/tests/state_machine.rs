@@ -196,12 +196,9 @@ fn a_token_shorter_than_the_bound_is_refreshed_at_the_ratio_not_at_once() {
 
 #[test]
 fn the_ratio_is_honoured_not_ignored() {
-    let config = {
-        let mut config = exact();
-        config.expiration_refresh_ratio = 0.5;
-        config.lower_refresh_bound = Duration::ZERO;
-        config
-    };
+    let mut config = exact();
+    config.expiration_refresh_ratio = 0.5;
+    config.lower_refresh_bound = Duration::ZERO;
     let mut h = Harness::new(config);
     let id = h.start();
     let t0 = h.clock.now();
@@ -224,15 +221,8 @@ fn a_zero_lifetime_token_counts_as_a_failure() {
 
 #[test]
 fn backoff_grows_by_the_multiplier_within_its_jitter_band_and_caps() {
-    let config = {
-        let mut config = exact();
-        config.retry = {
-            let mut policy = RetryPolicy::default();
-            policy.max_attempts = 20;
-            policy
-        };
-        config
-    };
+    let mut config = exact();
+    config.retry.max_attempts = 20;
     let mut h = Harness::new(config);
     let mut id = h.start();
     let expected_ms = [500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000];
@@ -254,15 +244,8 @@ fn backoff_grows_by_the_multiplier_within_its_jitter_band_and_caps() {
 
 #[test]
 fn jitter_zero_gives_exact_delays() {
-    let config = {
-        let mut config = exact();
-        config.retry = {
-            let mut policy = RetryPolicy::default();
-            policy.jitter = 0.0;
-            policy
-        };
-        config
-    };
+    let mut config = exact();
+    config.retry.jitter = 0.0;
     let mut h = Harness::new(config);
     let id = h.start();
     let (_, delay, id) = h.fail_and_measure(id, transient());
@@ -326,11 +309,8 @@ fn a_non_retryable_error_is_reported_at_once_and_retried_at_max_delay() {
 
 #[test]
 fn a_custom_predicate_decides_what_is_retryable() {
-    let config = {
-        let mut config = exact();
-        config.retry = RetryPolicy::default().with_is_retryable(|e| e.code() != Some("fatal"));
-        config
-    };
+    let mut config = exact();
+    config.retry = RetryPolicy::default().with_is_retryable(|e| e.code() != Some("fatal"));
     let mut h = Harness::new(config);
     let id = h.start();
     // Permanent but retryable by the predicate: not reported, backoff applies.
@@ -518,11 +498,8 @@ fn absurd_lifetimes_and_retry_after_do_not_panic() {
 
 #[test]
 fn invalid_config_is_refused_when_the_machine_is_built() {
-    let config = {
-        let mut config = exact();
-        config.expiration_refresh_ratio = 1.2;
-        config
-    };
+    let mut config = exact();
+    config.expiration_refresh_ratio = 1.2;
     assert_eq!(
         TokenStateMachine::new(config).unwrap_err(),
         ConfigError::RefreshRatio(1.2)
@@ -543,12 +520,8 @@ fn a_day_long_retry_after_postpones_the_next_attempt_by_five_minutes_at_most() {
     // A max_delay above five minutes is the cap instead.
     let mut h = Harness::new({
         let mut config = exact();
-        config.retry = {
-            let mut policy = RetryPolicy::default();
-            policy.max_delay = 20 * MIN;
-            policy.jitter = 0.0;
-            policy
-        };
+        config.retry.max_delay = 20 * MIN;
+        config.retry.jitter = 0.0;
         config
     });
     let id = h.start();
@@ -563,12 +536,8 @@ fn a_retry_after_never_postpones_past_the_current_tokens_refresh_margin() {
     let mut h = Harness::new({
         let mut config = exact();
         config.expiration_refresh_ratio = 0.5;
-        config.retry = {
-            let mut policy = RetryPolicy::default();
-            policy.max_delay = 30 * MIN;
-            policy.jitter = 0.0;
-            policy
-        };
+        config.retry.max_delay = 30 * MIN;
+        config.retry.jitter = 0.0;
         config
     });
     let id = h.start();
@@ -583,11 +552,7 @@ fn a_retry_after_never_postpones_past_the_current_tokens_refresh_margin() {
     // backoff alone decides.
     let mut h = Harness::new({
         let mut config = exact();
-        config.retry = {
-            let mut policy = RetryPolicy::default();
-            policy.jitter = 0.0;
-            policy
-        };
+        config.retry.jitter = 0.0;
         config
     });
     let id = h.start();
