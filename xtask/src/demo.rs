@@ -7,6 +7,21 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// A token lifetime in the emulator's syntax (`1500ms`, `20s`, `2m`, `1h`); the emulator
+/// checks its range. Read here too, so the demo times its runs by the same value.
+fn lifetime(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration like 1500ms, 20s, 2m or 1h");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: u64 = text[..split].parse().map_err(|_| bad())?;
+    match &text[split..] {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        _ => Err(bad()),
+    }
+}
+
 /// `60`, `60s`, `2m` → seconds.
 fn seconds(text: &str) -> Result<u64, String> {
     let bad = || format!("{text:?} is not a duration like 60s or 2m");
@@ -60,9 +75,9 @@ pub(crate) struct DemoArgs {
     /// How long the load runs: 60, 60s or 2m.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = seconds)]
     duration: u64,
-    /// How long the emulator's tokens live (its own syntax: 20s, 2m).
-    #[arg(long, value_name = "DURATION", default_value = "20s")]
-    token_lifetime: String,
+    /// How long the emulator's tokens live, in its own syntax: 1500ms, 20s, 2m, 1h.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = lifetime)]
+    token_lifetime: Duration,
     /// The emulator in cluster mode with N nodes (3 without a number), and the cluster example.
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "3")]
     cluster: Option<usize>,
@@ -73,7 +88,7 @@ impl DemoArgs {
     pub(crate) fn short() -> DemoArgs {
         DemoArgs {
             duration: 10,
-            token_lifetime: "4s".to_owned(),
+            token_lifetime: Duration::from_secs(4),
             cluster: None,
         }
     }
@@ -119,7 +134,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, String> {
     let demo_dir = target.join("demo");
     std::fs::create_dir_all(&demo_dir).map_err(|e| e.to_string())?;
     let env_file = demo_dir.join("emulator.env");
-    let mut emulator_args = vec!["--token-lifetime".to_owned(), lifetime.clone()];
+    let lifetime_ms = lifetime.as_millis();
+    let mut emulator_args = vec!["--token-lifetime".to_owned(), format!("{lifetime_ms}ms")];
+    let lifetime = format!("{:.1} s", lifetime.as_secs_f64());
     match cluster {
         Some(nodes) => {
             println!("==> starting entraid-emulator --cluster {nodes} (tokens live {lifetime})");
@@ -187,7 +204,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, String> {
         // least one rotation: a renewal comes at 70 % of a token's life at the latest and
         // reaches a connection within a tenth of what the old token had left, so three
         // quarters of a lifetime and 3 s of room cover it.
-        let rotation = (seconds(&lifetime)? * 3).div_ceil(4) + 3;
+        let rotation = u64::try_from(lifetime_ms * 3 / 4).unwrap_or(u64::MAX).div_ceil(1000) + 3;
         let each = duration.min(12).max(rotation);
         for example in ["supervised", "sync_connection"] {
             if outcome.is_ok() {
@@ -276,4 +293,18 @@ fn emulator_stat(env: &[(String, String)], name: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lifetime_reads_as_the_emulator_reads_it() {
+        assert_eq!(lifetime("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(lifetime("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(lifetime("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(lifetime("1h"), Ok(Duration::from_secs(3600)));
+        assert!(lifetime("20").is_err() && lifetime("s").is_err());
+    }
 }
