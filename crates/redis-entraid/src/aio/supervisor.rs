@@ -697,15 +697,20 @@ impl<T: Transport> Supervisor<T> {
         self.pending_connect = Some((id, Box::pin(within(timeout, "opening a connection", future))));
     }
 
-    /// A pending `AUTH` or health `PING` on `id` is dropped.
+    /// A pending `AUTH` or health `PING` on `id` is dropped; a handoff connection that
+    /// goes before it was used (it came after the machine gave up) failed.
     fn stop_using(&mut self, id: ConnectionId) {
         if self.pending_auth.as_ref().is_some_and(|((a, _), _)| *a == id) {
             self.pending_auth = None;
         }
-        if let Some(trouble) = &mut self.trouble
-            && trouble.pending_probe.as_ref().is_some_and(|(p, _)| *p == id)
-        {
-            trouble.pending_probe = None;
+        if let Some(trouble) = &mut self.trouble {
+            if trouble.pending_probe.as_ref().is_some_and(|(p, _)| *p == id) {
+                trouble.pending_probe = None;
+            }
+            if let Some((_, span)) = trouble.handoff.take_if(|(handoff, _)| *handoff == id) {
+                Counters::bump(&self.shared.counters.handoff_failures);
+                span.in_scope(|| tracing::warn!(connection = %id, "the handoff connection came too late; closed"));
+            }
         }
     }
 
