@@ -148,11 +148,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|i| args.get(i + 1))
         .map(std::path::PathBuf::from);
     // A token outlives the run: only the move is measured.
-    let emulator = Emulator::start(EmulatorConfig {
-        token_lifetime: Duration::from_secs(300),
-        ..EmulatorConfig::default()
-    })
-    .await?;
+    let emulator = Emulator::start(EmulatorConfig::new().token_lifetime(Duration::from_secs(300))).await?;
     let provider = provider(&emulator)?;
     provider.token().await?;
     let (length, at, window) = if quick {

@@ -1,7 +1,8 @@
 //! Tidy checks, run as tests by `cargo xtask test` (rust-analyzer's way): the code map in
-//! `docs/ARCHITECTURE.md` names every source module, every module says what it is in a
-//! `//!` line, and no comment cites an issue number instead of its reason (issues move
-//! and close; the reason is what a reader needs).
+//! `docs/ARCHITECTURE.md` names every source module and every code name it cites exists,
+//! every module says what it is in a `//!` line, no comment cites an issue number instead
+//! of its reason (issues move and close; the reason is what a reader needs), and the
+//! facade's connection types wait on no tokio timer outside their executor.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -133,6 +134,154 @@ pub(crate) fn issue_citations(root: &Path) -> Vec<String> {
     found
 }
 
+/// The facade's modules that may wait on a tokio timer, and why: every other module of
+/// the connection types leaves time to the sans-IO machines and their executor.
+const TIMER_MODULES: &[(&str, &str)] = &[
+    ("aio/supervisor.rs", "the async executor: the machines' deadlines"),
+    (
+        "aio/supervision.rs",
+        "the executor's bound on one operation the machine timed",
+    ),
+    (
+        "credentials_stream.rs",
+        "redis's own connections: it waits the token manager's spread",
+    ),
+    ("metrics.rs", "the export interval of the metrics reporter"),
+];
+
+/// Modules of the facade that use a tokio timer but are not in [`TIMER_MODULES`].
+pub(crate) fn timers_outside_the_executor(root: &Path) -> Vec<String> {
+    let src = root.join("crates/redis-entraid/src");
+    rust_files(&src)
+        .into_iter()
+        .filter(|file| {
+            let relative = file
+                .strip_prefix(&src)
+                .unwrap_or(file)
+                .to_string_lossy()
+                .replace('\\', "/");
+            !TIMER_MODULES.iter().any(|(allowed, _)| *allowed == relative)
+        })
+        .filter(|file| {
+            fs::read_to_string(file).unwrap_or_default().lines().any(|line| {
+                let code = line.split("//").next().unwrap_or_default();
+                code.contains("tokio::time")
+            })
+        })
+        .map(|file| file.strip_prefix(root).unwrap_or(&file).display().to_string())
+        .collect()
+}
+
+/// The code names a backticked span of prose cites: `snake_case` and `CamelCase`
+/// identifiers, `CONSTANTS`, paths' segments and `calls()`; plain words are prose.
+fn code_names(span: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let bytes = span.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        if !(bytes[at].is_ascii_alphabetic() || bytes[at] == b'_') {
+            at += 1;
+            continue;
+        }
+        let start = at;
+        while at < bytes.len() && (bytes[at].is_ascii_alphanumeric() || bytes[at] == b'_') {
+            at += 1;
+        }
+        let word = &span[start..at];
+        let called = span[at..].starts_with('(');
+        let has_lower = word.bytes().any(|b| b.is_ascii_lowercase());
+        let has_upper = word.bytes().any(|b| b.is_ascii_uppercase());
+        let camel = word.as_bytes()[0].is_ascii_uppercase() && has_lower && word.len() > 1;
+        let snake = word.contains('_') && word.trim_matches('_').contains('_');
+        let constant = snake && has_upper && !has_lower;
+        if camel || snake || constant || (called && has_lower) {
+            names.push(word.to_owned());
+        }
+    }
+    names
+}
+
+/// Every file and folder name in the workspace, and the text of its sources and
+/// manifests, skipping build output.
+fn workspace_corpus(root: &Path) -> (Vec<String>, String) {
+    fn walk(dir: &Path, names: &mut Vec<String>, text: &mut String) {
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            if name == "target" || name.starts_with('.') && ![".cargo", ".github", ".ci"].contains(&name.as_str()) {
+                continue;
+            }
+            if path.is_dir() {
+                names.push(name);
+                walk(&path, names, text);
+            } else {
+                if path.extension().is_some_and(|e| e == "rs" || e == "toml" || e == "yml") {
+                    text.push_str(&fs::read_to_string(&path).unwrap_or_default());
+                    text.push('\n');
+                }
+                names.push(name);
+            }
+        }
+    }
+    let (mut names, mut text) = (Vec::new(), String::new());
+    walk(root, &mut names, &mut text);
+    (names, text)
+}
+
+/// Whether `word` stands in `text` as a whole identifier.
+fn has_word(text: &str, word: &str) -> bool {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(word).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
+}
+
+/// Backticked names in `doc` that name no file, folder or identifier of the workspace.
+pub(crate) fn unknown_code_names(doc: &str, names: &[String], code: &str) -> Vec<String> {
+    let mut unknown = Vec::new();
+    let mut in_block = false;
+    for line in doc.lines() {
+        if line.trim_start().starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        if in_block {
+            continue;
+        }
+        for (index, span) in line.split('`').enumerate() {
+            if index % 2 == 0 || span.contains(' ') && !span.contains("::") {
+                continue;
+            }
+            let is_path = span.contains('/') || [".rs", ".md", ".toml", ".yml"].iter().any(|e| span.ends_with(e));
+            // Paths of the workspace only: not URLs, absolute paths, HTTP routes, build
+            // output or patterns.
+            let elsewhere = span.contains("://")
+                || span.starts_with('/')
+                || span.starts_with("target/")
+                || span.contains(['{', '*']);
+            if is_path && elsewhere {
+                continue;
+            }
+            if is_path {
+                let last = span.trim_end_matches('/').rsplit('/').next().unwrap_or(span);
+                if !last.contains('*') && !names.iter().any(|n| n == last) {
+                    unknown.push(span.to_owned());
+                }
+                continue;
+            }
+            for name in code_names(span) {
+                if !has_word(code, &name) && !unknown.contains(&name) {
+                    unknown.push(name);
+                }
+            }
+        }
+    }
+    unknown
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +332,46 @@ mod tests {
         assert_eq!(section(map, "### `xtask/`"), Some("\n`main.rs`, `demo.rs`"));
         let missing = unmapped_modules(&repository_root(), map);
         assert!(missing.iter().any(|m| m == "xtask/src: tidy.rs"), "{missing:?}");
+    }
+
+    #[test]
+    fn every_code_name_the_architecture_cites_exists() {
+        let (names, code) = workspace_corpus(&repository_root());
+        let unknown = unknown_code_names(&code_map(), &names, &code);
+        assert!(
+            unknown.is_empty(),
+            "docs/ARCHITECTURE.md cites these names, which no file or identifier of the workspace has \
+             (renamed or removed? keep it true):\n{}",
+            unknown.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_connection_types_wait_on_no_timer_outside_their_executor() {
+        let found = timers_outside_the_executor(&repository_root());
+        assert!(
+            found.is_empty(),
+            "these facade modules use a tokio timer; time is the machines' (a deadline of theirs, \
+             waited on by the executor in aio/supervisor.rs), or list the module with its reason:\n{}",
+            found.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_name_check_catches_what_it_is_for() {
+        let names = vec!["supervisor.rs".to_owned(), "aio".to_owned()];
+        let code = "struct Supervisor; fn handle_token() {} const MAX_POLICY_DURATION: u8 = 0;";
+        let doc = "The `Supervisor` (`aio/supervisor.rs`) takes `handle_token` and `handle_lost`, \
+                   `MAX_POLICY_DURATION`, `LostReports`, `gone()`, `AUTH`, `PING`, `aio/`, `old.rs`, \
+                   `redis://`, `/stats`, `target/x.json`.\n\
+                   ```text\n`NotChecked`\n```\n";
+        assert_eq!(
+            unknown_code_names(doc, &names, code),
+            vec!["handle_lost", "LostReports", "gone", "old.rs"]
+        );
+        assert_eq!(
+            code_names("TokenManager::builder(provider).start()"),
+            vec!["TokenManager", "builder", "start"]
+        );
     }
 }

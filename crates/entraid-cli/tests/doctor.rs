@@ -20,11 +20,11 @@ async fn emulator() -> Emulator {
                  "secret": "{NO_ACCESS_SECRET}", "redis_access": false}}]}}"#
     ))
     .unwrap();
-    Emulator::start(EmulatorConfig {
-        token_lifetime: Duration::from_secs(60),
-        principals: Some(principals),
-        ..EmulatorConfig::default()
-    })
+    Emulator::start(
+        EmulatorConfig::new()
+            .token_lifetime(Duration::from_secs(60))
+            .principals(Some(principals)),
+    )
     .await
     .expect("the emulator starts (redis-server on PATH)")
 }

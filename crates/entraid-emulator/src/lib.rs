@@ -108,35 +108,46 @@ pub enum Upstream {
     Existing(String),
 }
 
-/// How to start the emulator.
+/// How to start the emulator: [`EmulatorConfig::new`] (the defaults), then a setter
+/// per setting, each returning the configuration.
+///
+/// ```
+/// use std::time::Duration;
+/// use entraid_emulator::EmulatorConfig;
+///
+/// let config = EmulatorConfig::new()
+///     .token_lifetime(Duration::from_secs(5))
+///     .redis_args(["--enable-debug-command", "yes"]);
+/// # let _ = config;
+/// ```
 #[derive(Debug, Clone)]
 pub struct EmulatorConfig {
     /// Lifetime of issued tokens (1 s to 24 h). Default 60 s.
-    pub token_lifetime: Duration,
+    token_lifetime: Duration,
     /// Port of the token service; `None` picks a free one.
-    pub token_port: Option<u16>,
+    token_port: Option<u16>,
     /// Port of the Redis gateway; `None` picks a free one.
-    pub redis_port: Option<u16>,
+    redis_port: Option<u16>,
     /// The redis-server to front.
-    pub upstream: Upstream,
+    upstream: Upstream,
     /// Who may sign in; `None` generates a tenant, a service principal and a
     /// system-assigned managed identity.
-    pub principals: Option<Principals>,
+    principals: Option<Principals>,
     /// Where to write the CA certificate; `None` writes it to `ca.pem` in a private
     /// directory (mode 0700, a random name) in the temporary directory, removed at stop.
-    pub ca_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
     /// Extra arguments for the redis-server it starts (with [`Upstream::Start`]), for
     /// example `["--enable-debug-command", "yes"]` so a test can stall the server with
     /// `DEBUG SLEEP`.
-    pub redis_args: Vec<String>,
+    redis_args: Vec<String>,
     /// How long a client of the gateway or the token service may take over its TLS
     /// handshake before it is disconnected. Default 10 s.
-    pub handshake_timeout: Duration,
+    handshake_timeout: Duration,
     /// How long a gateway connection may stay unauthenticated (from the end of its
     /// handshake to a successful `AUTH`) before it is closed. Redis has no such limit;
     /// an emulator facing arbitrary clients needs one, or silent or trickling clients hold
     /// their sockets and buffers forever. Default 30 s.
-    pub auth_timeout: Duration,
+    auth_timeout: Duration,
     /// Cluster mode: start this many redis-server nodes (3 to 64) in cluster mode, all
     /// 16 384 slots assigned, each behind a gateway of its own that enforces tokens as the
     /// single gateway does; each node announces its gateway's address, so whatever names a
@@ -144,7 +155,85 @@ pub struct EmulatorConfig {
     /// gateway. With [`redis_port`](Self::redis_port) `P`, the gateways listen on `P`,
     /// `P + 1`, …. Needs [`Upstream::Start`] and Redis 7.0 or later. `None` (the default):
     /// one gateway in front of one redis-server.
-    pub cluster_nodes: Option<usize>,
+    cluster_nodes: Option<usize>,
+}
+
+impl EmulatorConfig {
+    /// The defaults: 60-second tokens, free ports, a redis-server started from `PATH`,
+    /// generated principals, one gateway.
+    pub fn new() -> EmulatorConfig {
+        EmulatorConfig::default()
+    }
+
+    /// Lifetime of issued tokens (1 s to 24 h; checked at start). Default 60 s.
+    pub fn token_lifetime(mut self, lifetime: Duration) -> EmulatorConfig {
+        self.token_lifetime = lifetime;
+        self
+    }
+
+    /// Port of the token service; `None` (the default) picks a free one.
+    pub fn token_port(mut self, port: Option<u16>) -> EmulatorConfig {
+        self.token_port = port;
+        self
+    }
+
+    /// Port of the Redis gateway (the first one in cluster mode); `None` (the default)
+    /// picks a free one.
+    pub fn redis_port(mut self, port: Option<u16>) -> EmulatorConfig {
+        self.redis_port = port;
+        self
+    }
+
+    /// The redis-server to front. Default: start `redis-server` from `PATH`.
+    pub fn upstream(mut self, upstream: Upstream) -> EmulatorConfig {
+        self.upstream = upstream;
+        self
+    }
+
+    /// Who may sign in; `None` (the default) generates a tenant, a service principal and
+    /// a system-assigned managed identity.
+    pub fn principals(mut self, principals: Option<Principals>) -> EmulatorConfig {
+        self.principals = principals;
+        self
+    }
+
+    /// Where to write the CA certificate; `None` (the default) writes it to `ca.pem` in a
+    /// private directory, removed at stop.
+    pub fn ca_file(mut self, path: Option<PathBuf>) -> EmulatorConfig {
+        self.ca_file = path;
+        self
+    }
+
+    /// Extra arguments for the redis-server it starts, for example
+    /// `["--enable-debug-command", "yes"]` so a test can stall the server with
+    /// `DEBUG SLEEP`.
+    pub fn redis_args<I, A>(mut self, args: I) -> EmulatorConfig
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<String>,
+    {
+        self.redis_args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How long a client may take over its TLS handshake. Default 10 s.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> EmulatorConfig {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long a gateway connection may stay unauthenticated. Default 30 s.
+    pub fn auth_timeout(mut self, timeout: Duration) -> EmulatorConfig {
+        self.auth_timeout = timeout;
+        self
+    }
+
+    /// Cluster mode with this many nodes (3 to 64; checked at start); `None` (the
+    /// default): one gateway in front of one redis-server.
+    pub fn cluster_nodes(mut self, nodes: Option<usize>) -> EmulatorConfig {
+        self.cluster_nodes = nodes;
+        self
+    }
 }
 
 impl Default for EmulatorConfig {
@@ -255,19 +344,17 @@ fn local_port(listener: &tokio::net::TcpListener) -> Result<u16, EmulatorError> 
         .map_err(|e| EmulatorError::Bind(e.to_string()))
 }
 
-impl Emulator {
-    /// Starts the token service, the gateway (one per node in cluster mode), the admin
-    /// endpoint and (unless given an upstream) the redis-server(s). Returns when all of
-    /// them accept connections; in cluster mode, once the cluster says `cluster_state:ok`
-    /// through every gateway, each naming every node by its gateway's address.
-    pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
-        let lifetime = config.token_lifetime;
+impl EmulatorConfig {
+    /// How many nodes (gateways and redis-servers) this configuration starts, once its
+    /// values are checked.
+    fn node_count(&self) -> Result<usize, EmulatorError> {
+        let lifetime = self.token_lifetime;
         if lifetime < Duration::from_secs(1) || lifetime > Duration::from_secs(24 * 3600) {
             return Err(EmulatorError::Usage(format!(
                 "token lifetime {lifetime:?} is outside 1 s to 24 h"
             )));
         }
-        let count = match config.cluster_nodes {
+        let count = match self.cluster_nodes {
             None => 1,
             Some(n) if !(cluster::MIN_NODES..=cluster::MAX_NODES).contains(&n) => {
                 return Err(EmulatorError::Usage(format!(
@@ -278,15 +365,37 @@ impl Emulator {
             }
             Some(n) => n,
         };
-        if config.cluster_nodes.is_some() && matches!(config.upstream, Upstream::Existing(_)) {
+        if self.cluster_nodes.is_some() && matches!(self.upstream, Upstream::Existing(_)) {
             return Err(EmulatorError::Usage(
                 "--cluster starts its own redis-servers: it cannot front --upstream".to_owned(),
             ));
         }
-        let pki = Pki::generate()?;
-        let tls = tokio_rustls::TlsAcceptor::from(pki.rustls_server_config()?);
-        let token_listener = bind(config.token_port).await?;
-        let mut gateway_listeners = Vec::with_capacity(count);
+        Ok(count)
+    }
+}
+
+/// Every listener the emulator serves, bound before anything starts.
+struct Listeners {
+    token: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+    /// One per node, in slot order.
+    gateways: Vec<tokio::net::TcpListener>,
+    /// The second gateway a `MOVING` names, in front of the same server (single node).
+    handoff: Option<tokio::net::TcpListener>,
+}
+
+/// The listeners' ports.
+struct Ports {
+    token: u16,
+    admin: u16,
+    gateways: Vec<u16>,
+    handoff: Option<u16>,
+}
+
+impl Listeners {
+    async fn bind(config: &EmulatorConfig, count: usize) -> Result<Listeners, EmulatorError> {
+        let token = bind(config.token_port).await?;
+        let mut gateways = Vec::with_capacity(count);
         for i in 0..count {
             let port = match config.redis_port {
                 Some(first) => Some(u16::try_from(usize::from(first) + i).map_err(|_| {
@@ -294,130 +403,64 @@ impl Emulator {
                 })?),
                 None => None,
             };
-            gateway_listeners.push(bind(port).await?);
+            gateways.push(bind(port).await?);
         }
-        // The second gateway a `MOVING` names, in front of the same server (single node).
-        let handoff_listener = match config.cluster_nodes {
+        let handoff = match config.cluster_nodes {
             None => Some(bind(None).await?),
             Some(_) => None,
         };
-        let handoff_port = handoff_listener.as_ref().map(local_port).transpose()?;
-        let admin_listener = bind(None).await?;
-        let (token_port, admin_port) = (local_port(&token_listener)?, local_port(&admin_listener)?);
-        let gateway_ports = gateway_listeners
-            .iter()
-            .map(local_port)
-            .collect::<Result<Vec<_>, _>>()?;
+        let admin = bind(None).await?;
+        Ok(Listeners {
+            token,
+            admin,
+            gateways,
+            handoff,
+        })
+    }
 
-        let mut redis = Vec::with_capacity(count);
-        let mut upstreams = Vec::with_capacity(count);
-        let mut members = Vec::with_capacity(count);
-        match (&config.upstream, config.cluster_nodes.is_some()) {
-            (Upstream::Start(binary), false) => {
-                let process = RedisProcess::start(binary, &config.redis_args).await?;
-                upstreams.push(format!("127.0.0.1:{}", process.port));
-                redis.push(process);
-            }
-            (Upstream::Start(binary), true) => {
-                for &gateway_port in &gateway_ports {
-                    let bus_port = free_port()?;
-                    let mut args = cluster::node_args(gateway_port, bus_port);
-                    args.extend(config.redis_args.iter().cloned());
-                    let process = RedisProcess::start(binary, &args).await.map_err(|e| {
-                        EmulatorError::Redis(format!("{e} (cluster mode needs redis-server 7.0 or later)"))
-                    })?;
-                    members.push(cluster::Member {
-                        upstream_port: process.port,
-                        gateway_port,
-                        bus_port,
-                    });
-                    upstreams.push(format!("127.0.0.1:{}", process.port));
-                    redis.push(process);
-                }
-            }
-            (Upstream::Existing(address), _) => upstreams.push(address.clone()),
-        }
-        let ids = if members.is_empty() {
-            Vec::new()
-        } else {
-            cluster::form(&members).await?
-        };
+    fn ports(&self) -> Result<Ports, EmulatorError> {
+        Ok(Ports {
+            token: local_port(&self.token)?,
+            admin: local_port(&self.admin)?,
+            gateways: self.gateways.iter().map(local_port).collect::<Result<_, _>>()?,
+            handoff: self.handoff.as_ref().map(local_port).transpose()?,
+        })
+    }
 
-        let (ca_file, ca_dir) = match &config.ca_file {
-            Some(path) => {
-                std::fs::write(path, &pki.ca_pem).map_err(|e| EmulatorError::Write {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                (path.clone(), None)
-            }
-            None => {
-                let dir = PrivateDir::create("entraid-emulator").map_err(|e| EmulatorError::Write {
-                    path: std::env::temp_dir().join("entraid-emulator-*").display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                let path = dir
-                    .write_new("ca.pem", pki.ca_pem.as_bytes())
-                    .map_err(|e| EmulatorError::Write {
-                        path: dir.path().join("ca.pem").display().to_string(),
-                        reason: e.to_string(),
-                    })?;
-                (path, Some(dir))
-            }
-        };
-
-        let nodes: Vec<Node> = gateway_ports
-            .iter()
-            .zip(&upstreams)
-            .enumerate()
-            .map(|(i, (&gateway_port, upstream))| Node {
-                gateway_port,
-                upstream: upstream.clone(),
-                id: ids.get(i).cloned(),
-                stats: Arc::new(Stats::default()),
-            })
-            .collect();
-        let cluster = config.cluster_nodes.is_some();
-        let service = Arc::new(TokenService {
-            principals: config.principals.clone().unwrap_or_else(Principals::generate),
-            signer: SigningKey::generate()?,
-            token_lifetime: lifetime,
-            faults: FaultState::default(),
-            identity_header: principals::random_secret(),
-            authority: format!("https://127.0.0.1:{token_port}"),
-            handoff_endpoint: handoff_port.map(|port| format!("127.0.0.1:{port}")),
-            stats: Arc::new(Stats::default()),
-            nodes: if cluster {
-                nodes.iter().map(|n| (n.gateway_address(), n.stats.clone())).collect()
-            } else {
-                Vec::new()
-            },
-        });
-
-        let (stop, shutdown) = Shutdown::new();
+    /// Serves each listener on a task of its own: the token service, the admin endpoint,
+    /// one gateway per node, and the handoff gateway in front of the first node's server
+    /// with counters of its own.
+    fn serve(
+        self,
+        config: &EmulatorConfig,
+        tls: &tokio_rustls::TlsAcceptor,
+        service: &Arc<TokenService>,
+        nodes: &[Node],
+        handoff_stats: &Arc<Stats>,
+        shutdown: &Shutdown,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let timeouts = gateway::Timeouts {
             handshake: config.handshake_timeout,
             auth: config.auth_timeout,
         };
         let mut tasks = vec![
             tokio::spawn(token_service::serve(
-                token_listener,
+                self.token,
                 tls.clone(),
                 service.clone(),
                 config.handshake_timeout,
                 shutdown.clone(),
             )),
-            tokio::spawn(admin::serve(admin_listener, service.clone(), shutdown.clone())),
+            tokio::spawn(admin::serve(self.admin, service.clone(), shutdown.clone())),
         ];
-        // One gateway per node, and the handoff gateway in front of the first node's
-        // server with counters of its own.
-        let handoff_stats = Arc::new(Stats::default());
-        let handoff = handoff_listener
+        let handoff = self
+            .handoff
             .zip(nodes.first())
             .map(|(listener, node)| (listener, node, handoff_stats.clone()));
-        let gateways = gateway_listeners
+        let gateways = self
+            .gateways
             .into_iter()
-            .zip(&nodes)
+            .zip(nodes)
             .map(|(listener, node)| (listener, node, node.stats.clone()))
             .chain(handoff);
         for (listener, node, node_stats) in gateways {
@@ -435,22 +478,143 @@ impl Emulator {
                 shutdown.clone(),
             )));
         }
+        tasks
+    }
+}
+
+/// The redis-servers behind the gateways: started (one, or a cluster's nodes) or given.
+struct Upstreams {
+    processes: Vec<RedisProcess>,
+    /// Each node's address, in slot order.
+    addresses: Vec<String>,
+    /// Cluster mode: each node's ports, to form the cluster with.
+    members: Vec<cluster::Member>,
+}
+
+impl Upstreams {
+    async fn start(config: &EmulatorConfig, gateway_ports: &[u16]) -> Result<Upstreams, EmulatorError> {
+        let mut upstreams = Upstreams {
+            processes: Vec::new(),
+            addresses: Vec::new(),
+            members: Vec::new(),
+        };
+        match (&config.upstream, config.cluster_nodes.is_some()) {
+            (Upstream::Start(binary), false) => {
+                let process = RedisProcess::start(binary, &config.redis_args).await?;
+                upstreams.addresses.push(format!("127.0.0.1:{}", process.port));
+                upstreams.processes.push(process);
+            }
+            (Upstream::Start(binary), true) => {
+                for &gateway_port in gateway_ports {
+                    let bus_port = free_port()?;
+                    let mut args = cluster::node_args(gateway_port, bus_port);
+                    args.extend(config.redis_args.iter().cloned());
+                    let process = RedisProcess::start(binary, &args).await.map_err(|e| {
+                        EmulatorError::Redis(format!("{e} (cluster mode needs redis-server 7.0 or later)"))
+                    })?;
+                    upstreams.members.push(cluster::Member {
+                        upstream_port: process.port,
+                        gateway_port,
+                        bus_port,
+                    });
+                    upstreams.addresses.push(format!("127.0.0.1:{}", process.port));
+                    upstreams.processes.push(process);
+                }
+            }
+            (Upstream::Existing(address), _) => upstreams.addresses.push(address.clone()),
+        }
+        Ok(upstreams)
+    }
+}
+
+/// Writes the CA certificate to `path`, or to `ca.pem` in a private directory of its own
+/// (returned, so it is removed at stop).
+fn write_ca(path: Option<&std::path::Path>, pem: &str) -> Result<(PathBuf, Option<PrivateDir>), EmulatorError> {
+    if let Some(path) = path {
+        std::fs::write(path, pem).map_err(|e| EmulatorError::Write {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        return Ok((path.to_path_buf(), None));
+    }
+    let dir = PrivateDir::create("entraid-emulator").map_err(|e| EmulatorError::Write {
+        path: std::env::temp_dir().join("entraid-emulator-*").display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let path = dir
+        .write_new("ca.pem", pem.as_bytes())
+        .map_err(|e| EmulatorError::Write {
+            path: dir.path().join("ca.pem").display().to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok((path, Some(dir)))
+}
+
+impl Emulator {
+    /// Starts the token service, the gateway (one per node in cluster mode), the admin
+    /// endpoint and (unless given an upstream) the redis-server(s). Returns when all of
+    /// them accept connections; in cluster mode, once the cluster says `cluster_state:ok`
+    /// through every gateway, each naming every node by its gateway's address.
+    pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
+        let count = config.node_count()?;
+        let pki = Pki::generate()?;
+        let tls = tokio_rustls::TlsAcceptor::from(pki.rustls_server_config()?);
+        let listeners = Listeners::bind(&config, count).await?;
+        let ports = listeners.ports()?;
+        let upstreams = Upstreams::start(&config, &ports.gateways).await?;
+        let ids = if upstreams.members.is_empty() {
+            Vec::new()
+        } else {
+            cluster::form(&upstreams.members).await?
+        };
+        let (ca_file, ca_dir) = write_ca(config.ca_file.as_deref(), &pki.ca_pem)?;
+        let nodes: Vec<Node> = ports
+            .gateways
+            .iter()
+            .zip(&upstreams.addresses)
+            .enumerate()
+            .map(|(i, (&gateway_port, upstream))| Node {
+                gateway_port,
+                upstream: upstream.clone(),
+                id: ids.get(i).cloned(),
+                stats: Arc::new(Stats::default()),
+            })
+            .collect();
+        let cluster = config.cluster_nodes.is_some();
+        let service = Arc::new(TokenService {
+            principals: config.principals.clone().unwrap_or_else(Principals::generate),
+            signer: SigningKey::generate()?,
+            token_lifetime: config.token_lifetime,
+            faults: FaultState::default(),
+            identity_header: principals::random_secret(),
+            authority: format!("https://127.0.0.1:{}", ports.token),
+            handoff_endpoint: ports.handoff.map(|port| format!("127.0.0.1:{port}")),
+            stats: Arc::new(Stats::default()),
+            nodes: if cluster {
+                nodes.iter().map(|n| (n.gateway_address(), n.stats.clone())).collect()
+            } else {
+                Vec::new()
+            },
+        });
+        let (stop, shutdown) = Shutdown::new();
+        let handoff_stats = Arc::new(Stats::default());
+        let tasks = listeners.serve(&config, &tls, &service, &nodes, &handoff_stats, &shutdown);
         let emulator = Emulator {
-            handoff: handoff_port.map(|port| (port, handoff_stats)),
+            handoff: ports.handoff.map(|port| (port, handoff_stats)),
             service,
-            token_port,
+            token_port: ports.token,
             nodes,
             cluster,
-            admin_port,
+            admin_port: ports.admin,
             ca_file,
             ca_dir,
             pki,
             tasks,
             stop,
-            redis,
+            redis: upstreams.processes,
         };
         if cluster {
-            emulator.check_cluster(&members, &ids).await?;
+            emulator.check_cluster(&upstreams.members, &ids).await?;
         }
         Ok(emulator)
     }

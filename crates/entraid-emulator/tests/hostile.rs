@@ -16,8 +16,46 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-mod support;
-use support::{env, secret_provider, token_client};
+/// The value the emulator announces for `key` (`AZURE_TENANT_ID`, …).
+fn env(emulator: &Emulator, key: &str) -> String {
+    emulator
+        .env()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("the emulator announces no {key}"))
+}
+
+/// The default service principal, trusting the emulator's CA.
+fn secret_provider(emulator: &Emulator) -> entraid_azure::AzureIdentityProvider {
+    entraid_azure::AzureIdentityProvider::client_secret(
+        &env(emulator, "AZURE_TENANT_ID"),
+        &env(emulator, "AZURE_CLIENT_ID"),
+        &env(emulator, "AZURE_CLIENT_SECRET"),
+    )
+    .and_then(|p| p.with_authority_host(emulator.authority_host()))
+    .and_then(|p| p.with_root_certificate_pem(emulator.ca_pem()))
+    .unwrap()
+}
+
+/// A RESP2 client whose password is `token`.
+fn token_client(emulator: &Emulator, token: &entraid_identity::Token) -> redis::Client {
+    let url = format!(
+        "rediss://{}:{}@127.0.0.1:{}",
+        token.username(),
+        token.secret(),
+        emulator.redis_port()
+    );
+    let root_cert = Some(emulator.ca_pem().as_bytes().to_vec());
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert,
+        },
+    )
+    .unwrap()
+}
 
 /// How long a test waits for something that should happen at once.
 const PROMPTLY: Duration = Duration::from_secs(3);
@@ -90,7 +128,7 @@ async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin), limit: Duratio
 /// A real client: a token from the emulator's token service, `AUTH`, then PING, SET, GET.
 async fn honest_round_trip(emulator: &Emulator, key: &str) {
     let token = secret_provider(emulator).request_token().await.unwrap();
-    let client = token_client(emulator, &token, false);
+    let client = token_client(emulator, &token);
     let mut connection = tokio::time::timeout(PROMPTLY, client.get_multiplexed_async_connection())
         .await
         .expect("an honest client connects promptly")
@@ -169,11 +207,7 @@ async fn the_ca_file_lives_in_a_private_directory_and_a_planted_symlink_is_not_f
     let _ = std::fs::remove_file(&old_path);
     std::os::unix::fs::symlink(&victim, &old_path).unwrap();
 
-    let emulator = start(EmulatorConfig {
-        token_port: Some(token_port),
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emulator = start(EmulatorConfig::new().token_port(Some(token_port))).await;
     let ca_file = PathBuf::from(env(&emulator, "ENTRAID_EMULATOR_CA_FILE"));
     let victim_text = std::fs::read_to_string(&victim).unwrap();
     let _ = std::fs::remove_file(&old_path);
@@ -261,11 +295,7 @@ impl Drop for OwnRedis {
 async fn stop_closes_every_connection_promptly() {
     let _serial = SERIAL.lock().await;
     let redis = OwnRedis::start().await;
-    let emulator = start(EmulatorConfig {
-        upstream: Upstream::Existing(format!("127.0.0.1:{}", redis.port)),
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emulator = start(EmulatorConfig::new().upstream(Upstream::Existing(format!("127.0.0.1:{}", redis.port)))).await;
     // One authenticated connection and one that never spoke.
     let token = secret_provider(&emulator).request_token().await.unwrap();
     let mut authenticated = tls_connect(&emulator).await;
@@ -520,11 +550,11 @@ async fn garbage_slowloris_and_stalled_handshakes_are_cut_while_honest_clients_g
     const AUTH_TIMEOUT: Duration = Duration::from_secs(2);
     const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
     let emulator = Arc::new(
-        start(EmulatorConfig {
-            auth_timeout: AUTH_TIMEOUT,
-            handshake_timeout: HANDSHAKE_TIMEOUT,
-            ..EmulatorConfig::default()
-        })
+        start(
+            EmulatorConfig::new()
+                .auth_timeout(AUTH_TIMEOUT)
+                .handshake_timeout(HANDSHAKE_TIMEOUT),
+        )
         .await,
     );
 

@@ -60,7 +60,7 @@ mod config;
 mod connection;
 mod error;
 mod jitter;
-mod maintenance;
+
 mod snapshot;
 mod spread;
 mod state_machine;
@@ -70,11 +70,11 @@ mod tokio_driver;
 
 pub use config::{ConfigError, DEFAULT_REFRESH_JITTER, IsRetryable, RetryPolicy, TokenManagerConfig};
 pub use connection::{
-    Availability, ConnectReason, ConnectionId, ConnectionOutput, ConnectionPolicy, ConnectionPolicyError,
-    ConnectionStateMachine, Generation, MAX_POLICY_DURATION, Renewal,
+    Availability, CloseReason, ConnectReason, ConnectionId, ConnectionOutput, ConnectionPolicy, ConnectionPolicyError,
+    ConnectionStateMachine, Endpoint, EndpointError, Generation, MAX_POLICY_DURATION, MaintenanceNotice, Renewal,
 };
 pub use error::{StartError, TokenManagerError};
-pub use maintenance::{Endpoint, EndpointError, MaintenanceNotice};
+
 pub use spread::RenewalSpread;
 pub use state_machine::{
     Output, RETRY_AFTER_CAP, RefreshFailure, RequestId, TokenStateMachine, WALL_CLOCK_CHECK_INTERVAL,

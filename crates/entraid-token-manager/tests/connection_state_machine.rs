@@ -4,8 +4,9 @@ use std::time::{Duration, Instant};
 
 use entraid_test_support::FakeClock;
 use entraid_token_manager::{
-    Availability, ConnectReason, ConnectionId, ConnectionOutput as Out, ConnectionPolicy, ConnectionPolicyError,
-    ConnectionStateMachine, Endpoint, Generation, MAX_POLICY_DURATION, MaintenanceNotice, Renewal,
+    Availability, CloseReason, ConnectReason, ConnectionId, ConnectionOutput as Out, ConnectionPolicy,
+    ConnectionPolicyError, ConnectionStateMachine, Endpoint, Generation, MAX_POLICY_DURATION, MaintenanceNotice,
+    Renewal,
 };
 
 const S: Duration = Duration::from_secs(1);
@@ -199,13 +200,28 @@ fn a_failed_auth_is_retried_with_backoff_then_the_connection_is_replaced_make_be
     let now = clock.advance(50 * MS);
     sm.handle_connected(now, replacement);
     let (outputs, next) = drain(&mut sm);
-    assert_eq!(outputs, vec![Out::Retire(old), Out::Use(replacement)]);
+    assert_eq!(
+        outputs,
+        vec![
+            Out::Retire {
+                id: old,
+                reason: ConnectReason::Replacement
+            },
+            Out::Use(replacement)
+        ]
+    );
     assert_eq!(sm.availability(), Availability::Connected(replacement));
     // If its commands keep it open, it is closed 1.5 s before its token expires.
     assert_eq!(next, Some(t0 + 60 * S - 1500 * MS));
     let now = clock.set(next.unwrap());
     sm.handle_timeout(now);
-    assert_eq!(drain(&mut sm).0, vec![Out::Close(old)]);
+    assert_eq!(
+        drain(&mut sm).0,
+        vec![Out::Close {
+            id: old,
+            reason: CloseReason::TokenExpiring
+        }]
+    );
 }
 
 #[test]
@@ -309,7 +325,13 @@ fn a_connect_that_hangs_past_its_timeout_fails_and_its_late_success_is_closed() 
     sm.handle_timeout(clock.set(now + 5 * S));
     assert_eq!(sm.availability(), Availability::Reconnecting);
     sm.handle_connected(clock.advance(MS), id);
-    assert_eq!(drain(&mut sm).0, vec![Out::Close(id)]);
+    assert_eq!(
+        drain(&mut sm).0,
+        vec![Out::Close {
+            id,
+            reason: CloseReason::NotWanted
+        }]
+    );
     let (_, again) = run_until(&mut clock, &mut sm, S, |o| {
         o.iter()
             .any(|o| matches!(o, Out::Connect { .. }))
@@ -324,7 +346,11 @@ fn an_identity_outage_longer_than_the_token_closes_the_connection_before_expiry_
     let t0 = clock.now() - 10 * MS;
     // No renewal ever comes: closed 1.5 s before expiry, not cut by the server.
     let (at, _) = run_until(&mut clock, &mut sm, 70 * S, |o| {
-        o.contains(&Out::Close(id)).then_some(())
+        o.contains(&Out::Close {
+            id,
+            reason: CloseReason::TokenExpiring,
+        })
+        .then_some(())
     });
     assert_eq!(at, t0 + 60 * S - 1500 * MS);
     assert_eq!(sm.availability(), Availability::NoValidToken);
@@ -371,7 +397,10 @@ fn a_retired_connection_that_drops_is_not_closed_again() {
     drain(&mut sm);
     sm.handle_connection_lost(clock.advance(MS), old);
     sm.handle_timeout(clock.set(t0 + 61 * S));
-    assert!(!drain(&mut sm).0.contains(&Out::Close(old)));
+    assert!(!drain(&mut sm).0.contains(&Out::Close {
+        id: old,
+        reason: CloseReason::TokenExpiring
+    }));
 }
 
 #[test]
@@ -472,10 +501,24 @@ fn with_replace_renewal_a_new_connection_takes_over_after_the_spread_and_no_auth
     let now = clock.advance(50 * MS);
     sm.handle_connected(now, new);
     let (outputs, _) = drain(&mut sm);
-    assert_eq!(outputs, vec![Out::Retire(old), Out::Use(new)]);
+    assert_eq!(
+        outputs,
+        vec![
+            Out::Retire {
+                id: old,
+                reason: ConnectReason::RenewalSwap
+            },
+            Out::Use(new)
+        ]
+    );
     // The retired one is closed before its token expires if its driver has not dropped it.
     let (closed_at, ()) = run_until(&mut clock, &mut sm, 20 * S, |outputs| {
-        outputs.contains(&Out::Close(old)).then_some(())
+        outputs
+            .contains(&Out::Close {
+                id: old,
+                reason: CloseReason::TokenExpiring,
+            })
+            .then_some(())
     });
     assert!(closed_at < renewal_at + 18 * S, "{:?}", closed_at - renewal_at);
     // No second replacement, no AUTH: the new connection holds the newest token.
@@ -518,7 +561,16 @@ fn with_replace_renewal_a_failed_takeover_is_retried_with_backoff_while_the_old_
     });
     let now = clock.advance(5 * MS);
     sm.handle_connected(now, new);
-    assert_eq!(drain(&mut sm).0, vec![Out::Retire(old), Out::Use(new)]);
+    assert_eq!(
+        drain(&mut sm).0,
+        vec![
+            Out::Retire {
+                id: old,
+                reason: ConnectReason::RenewalSwap
+            },
+            Out::Use(new)
+        ]
+    );
 }
 
 #[test]
@@ -717,7 +769,16 @@ fn a_command_without_a_reply_is_probed_and_a_silent_connection_replaced_make_bef
     // is up; then it retires.
     assert_eq!(sm.availability(), Availability::Connected(old));
     sm.handle_connected(clock.advance(50 * MS), new);
-    assert_eq!(drain(&mut sm).0, vec![Out::Retire(old), Out::Use(new)]);
+    assert_eq!(
+        drain(&mut sm).0,
+        vec![
+            Out::Retire {
+                id: old,
+                reason: ConnectReason::Unresponsive
+            },
+            Out::Use(new)
+        ]
+    );
     // No second replacement for the new one.
     sm.handle_timeout(clock.advance(5 * S));
     assert!(connect_reason(&drain(&mut sm).0).is_none());
@@ -761,12 +822,27 @@ fn moving_with_an_endpoint_hands_off_at_once_and_closes_the_old_connection_by_th
     assert!(connect_of(&drain(&mut sm).0).is_none());
     sm.handle_connected(clock.advance(20 * MS), new);
     let (outputs, next) = drain(&mut sm);
-    assert_eq!(outputs, vec![Out::Retire(old), Out::Use(new)]);
+    assert_eq!(
+        outputs,
+        vec![
+            Out::Retire {
+                id: old,
+                reason: ConnectReason::Handoff
+            },
+            Out::Use(new)
+        ]
+    );
     // Still open near the server's deadline (a command holds it): closed a tenth of the
     // announced time before it.
     assert_eq!(next, Some(notified + 13500 * MS));
     sm.handle_timeout(clock.set(notified + 13500 * MS));
-    assert_eq!(drain(&mut sm).0, vec![Out::Close(old)]);
+    assert_eq!(
+        drain(&mut sm).0,
+        vec![Out::Close {
+            id: old,
+            reason: CloseReason::ServerMoving
+        }]
+    );
     // Timeouts stay relaxed until the window ends.
     sm.handle_timeout(clock.set(notified + 15 * S));
     assert_eq!(drain(&mut sm).0, vec![Out::RelaxTimeouts(None)]);
@@ -781,7 +857,16 @@ fn moving_without_an_endpoint_reconnects_to_the_original_address_after_half_the_
     assert_eq!(at, notified + 5 * S);
     assert_eq!((reason, endpoint), (ConnectReason::Handoff, None));
     sm.handle_connected(clock.advance(10 * MS), new);
-    assert_eq!(drain(&mut sm).0, vec![Out::Retire(old), Out::Use(new)]);
+    assert_eq!(
+        drain(&mut sm).0,
+        vec![
+            Out::Retire {
+                id: old,
+                reason: ConnectReason::Handoff
+            },
+            Out::Use(new)
+        ]
+    );
 }
 
 #[test]
@@ -815,8 +900,13 @@ fn a_failed_handoff_is_retried_until_the_deadline_then_given_up() {
     let notified = clock.advance(S);
     sm.handle_maintenance(notified, old, moving(9, 4 * S, Some("10.0.0.9:6379")));
     let mut attempts = 0;
+    let mut missed = Vec::new();
     loop {
         let (outputs, next) = drain(&mut sm);
+        missed.extend(outputs.iter().filter_map(|o| match o {
+            Out::HandoffMissed(id) => Some((*id, clock.now())),
+            _ => None,
+        }));
         if let Some((id, reason, _)) = connect_of(&outputs) {
             assert_eq!(reason, ConnectReason::Handoff);
             attempts += 1;
@@ -832,6 +922,8 @@ fn a_failed_handoff_is_retried_until_the_deadline_then_given_up() {
         }
     }
     assert!(attempts >= 3, "{attempts} attempts in 4 s");
+    // The driver is told once, at nine tenths of the announced time.
+    assert_eq!(missed, vec![(old, notified + 3600 * MS)]);
     // Past the deadline the old connection is still the one in use; the server closes it
     // and the usual reconnect follows.
     assert_eq!(sm.availability(), Availability::Connected(old));

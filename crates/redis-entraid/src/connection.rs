@@ -1,27 +1,24 @@
 //! [`Connection`]: a synchronous connection that stays authenticated, driven by the same
 //! per-connection state machine as the async types, one step before each command.
 //!
-//! Not a [`Transport`](crate::aio) of the async supervisor: it has no task to run one in
-//! (it works outside any runtime, and between two calls nothing may touch the socket),
-//! so it drives the machine inline, and shares everything else with the supervisor: the
-//! configuration, the token feed, the errors callers get and the client it opens.
+//! The sync executor of the [`SupervisionCore`]: it has no task to run the async
+//! supervisor in (it works outside any runtime, and between two calls nothing may touch
+//! the socket), so it steps the same core inline before each command and does its I/O on
+//! `redis::Connection`s. Counting, logging, tracing and health are the core's, as for
+//! the async types.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use entraid_token_manager::{
-    Availability, ConnectReason, ConnectionId, ConnectionOutput, ConnectionStateMachine, Renewal, TokenManager,
-    TokenManagerError,
-};
+use entraid_token_manager::{ConnectionId, Renewal, TokenManager, TokenManagerError};
 use redis::{ErrorKind, RedisError, RedisResult, Value};
 
 use crate::EntraIdCredentialsProvider;
+use crate::commands;
 use crate::connection_config::{ConnectionConfig, ConnectionType};
-use crate::health::GaugeShare;
-use crate::provider::ManagerHandle;
 use crate::session::{self, Effect, SessionState};
-use crate::token_feed::{TokenFeed, auth_accepted, client_with_token, no_token_error};
+use crate::supervision::{ConnectionStats, IdMap, Io, OpenRequest, Shared, SupervisionCore};
+use crate::token_feed::no_token_error;
 
 /// A synchronous Redis connection that stays authenticated with Entra ID, for code that
 /// uses `redis::Commands` (and `r2d2` pools, with the `r2d2` feature).
@@ -56,17 +53,9 @@ use crate::token_feed::{TokenFeed, auth_accepted, client_with_token, no_token_er
 /// # Ok(()) }
 /// ```
 pub struct Connection {
-    client: redis::Client,
+    core: SupervisionCore<()>,
     manager: TokenManager,
-    /// The provider, for a restarted manager if `manager`'s runtime shut down.
-    provider: ManagerHandle,
-    /// This connection's share of the provider's connection figures.
-    health: GaugeShare,
-    /// Whether the last re-authentication `AUTH` failed (retried before later commands).
-    retrying: bool,
-    machine: ConnectionStateMachine,
-    feed: TokenFeed,
-    connections: HashMap<ConnectionId, redis::Connection>,
+    connections: IdMap<redis::Connection>,
     response_timeout: Option<Duration>,
     db: i64,
     /// Session state the user set, replayed on every new connection.
@@ -175,16 +164,10 @@ fn watch_lost() -> RedisError {
     ))
 }
 
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.health.release(self.provider.health());
-    }
-}
-
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("availability", &self.machine.availability())
+            .field("availability", &self.core.availability())
             .field("db", &self.db)
             .finish_non_exhaustive()
     }
@@ -223,27 +206,27 @@ impl Connection {
         let machine = config.state_machine(&provider, Renewal::InPlace)?;
         let db = client.get_connection_info().redis_settings().db();
         let mut connection = Connection {
-            client,
+            core: SupervisionCore::new(machine, client, provider.manager_handle(), Shared::new(())),
             manager,
-            provider: provider.manager_handle(),
-            health: GaugeShare::default(),
-            retrying: false,
-            machine,
-            feed: TokenFeed::default(),
-            connections: HashMap::new(),
+            connections: IdMap::with_capacity(1),
             response_timeout: config.response_timeout(ConnectionType::Sync),
             db,
             session: SessionState::default(),
             transaction: Transaction::default(),
         };
-        connection.feed.token(&mut connection.machine, Instant::now(), first);
+        connection.core.handle_token(Instant::now(), first);
         connection.step()?;
         Ok(connection)
     }
 
     /// Whether this connection can take a command now without reconnecting.
     pub fn is_connected(&self) -> bool {
-        matches!(self.machine.availability(), Availability::Connected(_))
+        self.core.is_connected()
+    }
+
+    /// What happened to this connection's physical connections so far.
+    pub fn stats(&self) -> ConnectionStats {
+        ConnectionStats::of(&self.core.shared().counters)
     }
 
     /// Brings the connection up to date (newest token, a connection whose token has
@@ -252,19 +235,17 @@ impl Connection {
         let now = Instant::now();
         // A manager whose runtime shut down, or that was stopped and started again.
         if (self.manager.lost_its_runtime() || self.manager.is_stopped())
-            && let Some(manager) = self.provider.restarted_manager()
+            && let Some(manager) = self.core.manager().restarted_manager()
         {
             self.manager = manager;
         }
         match self.manager.current() {
-            Some(token) => self.feed.token(&mut self.machine, now, token),
-            None => self
-                .feed
-                .token_lost(&mut self.machine, now, TokenManagerError::TokenExpired),
+            Some(token) => self.core.handle_token(now, token),
+            None => self.core.handle_token_lost(now, TokenManagerError::TokenExpired),
         }
-        self.machine.handle_timeout(now);
+        self.core.handle_timeout(now);
         self.act();
-        match self.feed.for_callers(self.machine.availability()) {
+        match self.core.for_callers() {
             Ok(Some(id)) => Ok(id),
             // Connecting is done inline: still connecting means the attempt is over.
             Ok(None) => Err(RedisError::from((
@@ -276,115 +257,67 @@ impl Connection {
         }
     }
 
-    /// Carries out the machine's outputs, synchronously, until it waits for time.
+    /// Does the I/O the core asks for, inline, until it waits for time.
     fn act(&mut self) {
         loop {
-            match self.machine.poll_output() {
-                // The sync connection reads no pushes and asks for no maintenance
-                // notifications, so the machine names no endpoint and relaxes nothing.
-                ConnectionOutput::Connect {
-                    id,
-                    generation,
-                    timeout,
-                    reason,
-                    endpoint: _,
-                } => {
-                    match reason {
-                        ConnectReason::Replacement => self.provider.health().replaced(),
-                        ConnectReason::First
-                        | ConnectReason::Reconnect
-                        | ConnectReason::RenewalSwap
-                        | ConnectReason::Unresponsive
-                        | ConnectReason::Handoff => {}
+            match self.core.poll_io(Instant::now()) {
+                Io::Open(OpenRequest {
+                    id, client, timeout, ..
+                }) => match self.open(&client, timeout) {
+                    Ok(connection) => {
+                        self.connections.insert(id, connection);
+                        self.core.handle_opened(Instant::now(), id);
                     }
-                    let opened = match self.feed.get(generation) {
-                        Some(token) => self.open(token, timeout),
-                        None => Err(RedisError::from((ErrorKind::Client, "no token to connect with"))),
-                    };
-                    match opened {
-                        Ok(connection) => {
-                            self.feed.connect_result(None);
-                            self.connections.insert(id, connection);
-                            self.machine.handle_connected(Instant::now(), id);
-                        }
-                        Err(error) => {
-                            tracing::warn!(connection = %id, %error, "connecting to Redis failed");
-                            self.feed.connect_result(Some(error));
-                            self.machine.handle_connect_failed(Instant::now(), id);
-                        }
-                    }
-                }
-                ConnectionOutput::SendAuth {
-                    id,
-                    generation,
-                    timeout,
-                } => {
+                    Err(error) => self.core.handle_open_failed(Instant::now(), id, error),
+                },
+                Io::Auth(request) => {
                     if self.transaction.multi {
                         // The renewal could not wait longer: end the transaction first, so
                         // the AUTH is not queued inside it.
-                        self.abort_transaction(id);
+                        self.abort_transaction(request.id);
                     }
-                    let result = match (self.connections.get_mut(&id), self.feed.get(generation)) {
-                        (Some(connection), Some(token)) => {
-                            let auth = redis::cmd("AUTH").arg(token.username()).arg(token.secret()).to_owned();
-                            let _ = connection.set_read_timeout(Some(timeout));
-                            let result = auth.query::<Value>(connection).and_then(auth_accepted);
-                            let _ = connection.set_read_timeout(self.response_timeout);
-                            result
-                        }
-                        _ => Err(RedisError::from((ErrorKind::Client, "no such connection"))),
-                    };
-                    match result {
-                        Err(error) if error.is_unrecoverable_error() => {
-                            self.connections.remove(&id);
-                            self.machine.handle_connection_lost(Instant::now(), id);
-                        }
-                        result => {
-                            self.retrying = result.is_err();
-                            match (&result, self.feed.get(generation)) {
-                                (Ok(()), Some(token)) => self.provider.health().reauthenticated(token),
-                                (Ok(()), None) => {}
-                                (Err(error), _) => {
-                                    tracing::warn!(connection = %id, %error, "re-authentication failed; retrying");
-                                }
-                            }
-                            self.machine
-                                .handle_auth_result(Instant::now(), id, generation, result.is_ok());
-                        }
-                    }
+                    let result = self
+                        .query_within(request.id, &request.command, request.timeout)
+                        .and_then(commands::auth_accepted);
+                    self.core
+                        .handle_auth_result(Instant::now(), request.id, request.generation, result);
                 }
-                ConnectionOutput::Retire(id) | ConnectionOutput::Close(id) => {
-                    // No command is in flight between two calls: closing is immediate.
-                    self.connections.remove(&id);
-                }
-                ConnectionOutput::Timeout(_) | ConnectionOutput::Idle => {
-                    self.retrying &= !self.connections.is_empty();
-                    self.health.set(
-                        self.provider.health(),
-                        self.connections.len(),
-                        usize::from(self.retrying),
-                    );
-                    return;
-                }
-                // Commands go to the machine's availability, read after each step.
-                ConnectionOutput::Use(_) | ConnectionOutput::RelaxTimeouts(_) => {}
                 // Never asked here (a sync connection that times out is retired), but
                 // answered as asked: a PING within the timeout.
-                ConnectionOutput::Probe { id, timeout } => {
-                    let answered = self.connections.get_mut(&id).is_some_and(|connection| {
-                        let _ = connection.set_read_timeout(Some(timeout));
-                        let pong = redis::cmd("PING").query::<()>(connection);
-                        let _ = connection.set_read_timeout(self.response_timeout);
-                        pong.is_ok()
-                    });
-                    self.machine.handle_probe_result(Instant::now(), id, answered);
+                Io::Probe { id, timeout } => {
+                    let result = self.query_within(id, &commands::health_ping(), timeout).map(drop);
+                    self.core.handle_probe_result(Instant::now(), id, result);
+                }
+                // Commands go to the core's choice, read after each step.
+                Io::TakeOver(_) => {}
+                // No command is in flight between two calls: a retired connection is
+                // done at once.
+                Io::Retire(id) => {
+                    self.connections.remove(&id);
+                    self.core.handle_drained(Instant::now(), id);
+                }
+                Io::Gone { id, .. } => {
+                    self.connections.remove(&id);
+                }
+                Io::Wait(_) => {
+                    self.core.publish_health(self.connections.len());
+                    return;
                 }
             }
         }
     }
 
-    fn open(&self, token: &entraid_identity::Token, timeout: Duration) -> RedisResult<redis::Connection> {
-        let client = client_with_token(&self.client, token)?;
+    /// Sends `command` on `id` and reads its reply, waiting at most `timeout`.
+    fn query_within(&mut self, id: ConnectionId, command: &redis::Cmd, timeout: Duration) -> RedisResult<Value> {
+        let response_timeout = self.response_timeout;
+        let connection = self.connection(id)?;
+        let _ = connection.set_read_timeout(Some(timeout));
+        let result = command.query::<Value>(connection);
+        let _ = connection.set_read_timeout(response_timeout);
+        result
+    }
+
+    fn open(&self, client: &redis::Client, timeout: Duration) -> RedisResult<redis::Connection> {
         let mut connection = client.get_connection_with_timeout(timeout)?;
         connection.set_read_timeout(self.response_timeout)?;
         connection.set_write_timeout(Some(timeout))?;
@@ -408,7 +341,7 @@ impl Connection {
 
     /// Tells the machine whether the connection holds the user's transaction or `WATCH`.
     fn pin(&mut self, id: ConnectionId) {
-        self.machine.handle_pinned(Instant::now(), id, self.transaction.pins());
+        self.core.handle_pinned(Instant::now(), id, self.transaction.pins());
     }
 
     /// The server accepted a command of `effect` (arguments `args`) on `id`.
@@ -434,7 +367,7 @@ impl Connection {
 
     fn lost(&mut self, id: ConnectionId) {
         self.connections.remove(&id);
-        self.machine.handle_connection_lost(Instant::now(), id);
+        self.core.handle_lost(Instant::now(), id);
     }
 
     fn connection(&mut self, id: ConnectionId) -> RedisResult<&mut redis::Connection> {
@@ -527,7 +460,7 @@ impl redis::ConnectionLike for Connection {
     }
 
     fn check_connection(&mut self) -> bool {
-        redis::cmd("PING").query::<String>(self).is_ok()
+        crate::commands::health_ping().query::<String>(self).is_ok()
     }
 
     fn is_open(&self) -> bool {

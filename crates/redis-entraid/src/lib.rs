@@ -43,6 +43,7 @@
 
 #[cfg(feature = "azure")]
 mod azure;
+mod commands;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 mod readme {}
@@ -60,6 +61,7 @@ mod provider;
 pub mod r2d2;
 mod retry_config;
 mod session;
+mod supervision;
 mod token_feed;
 
 #[cfg(feature = "certificate")]
@@ -70,6 +72,7 @@ pub use health::{ConnectionsStatus, ProviderStatus};
 pub use maintenance::{MaintenanceNotifications, MovingEndpointType};
 pub use provider::{DEFAULT_REAUTH_SPREAD, EntraIdCredentialsProvider};
 pub use retry_config::RetryConfig;
+pub use supervision::ConnectionStats;
 
 #[cfg(feature = "azure")]
 pub use entraid_azure::{AzureConfigError, AzureIdentityProvider, ManagedIdentityId};

@@ -55,7 +55,7 @@ impl r2d2::ManageConnection for EntraIdConnectionManager {
 
     /// A `PING`, after the same re-authentication or replacement as any command.
     fn is_valid(&self, connection: &mut Connection) -> Result<(), RedisError> {
-        redis::cmd("PING").query::<String>(connection).map(drop)
+        crate::commands::health_ping().query::<String>(connection).map(drop)
     }
 
     /// Broken only when it has no usable connection and cannot get one now (no valid

@@ -142,17 +142,3 @@ pub(crate) fn client_with_token(client: &redis::Client, token: &Token) -> redis:
         .set_password(token.secret());
     redis::Client::open(info.set_redis_settings(settings))
 }
-
-/// A re-authentication `AUTH` succeeded only if the server answered `OK`: inside a
-/// transaction it would answer `QUEUED`, which is not a renewal.
-pub(crate) fn auth_accepted(reply: redis::Value) -> redis::RedisResult<()> {
-    match reply {
-        redis::Value::Okay => Ok(()),
-        redis::Value::SimpleString(s) if s == "OK" => Ok(()),
-        other => Err(RedisError::from((
-            ErrorKind::AuthenticationFailed,
-            "re-authentication not confirmed",
-            format!("the server answered {other:?} instead of OK"),
-        ))),
-    }
-}

@@ -59,18 +59,17 @@ struct Cli {
 
 impl Cli {
     fn config(self) -> EmulatorConfig {
-        EmulatorConfig {
-            token_lifetime: self.token_lifetime,
-            token_port: self.token_port,
-            redis_port: self.redis_port,
-            upstream: match (self.upstream, self.redis_server) {
-                (Some(address), _) => Upstream::Existing(address),
-                (None, binary) => Upstream::Start(binary.unwrap_or_else(|| "redis-server".to_owned())),
-            },
-            principals: self.principals,
-            cluster_nodes: self.cluster,
-            ..EmulatorConfig::default()
-        }
+        let upstream = match (self.upstream, self.redis_server) {
+            (Some(address), _) => Upstream::Existing(address),
+            (None, binary) => Upstream::Start(binary.unwrap_or_else(|| "redis-server".to_owned())),
+        };
+        EmulatorConfig::new()
+            .token_lifetime(self.token_lifetime)
+            .token_port(self.token_port)
+            .redis_port(self.redis_port)
+            .upstream(upstream)
+            .principals(self.principals)
+            .cluster_nodes(self.cluster)
     }
 }
 
@@ -218,29 +217,37 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(parsed.env_file, None);
-        let config = parsed.config();
-        assert_eq!(config.token_lifetime, Duration::from_secs(20));
-        assert_eq!(config.redis_port, Some(7000));
-        assert!(matches!(config.upstream, Upstream::Existing(ref a) if a == "127.0.0.1:6379"));
+        // The configuration is private to the library: compared whole, by its `Debug`.
+        let same = |a: EmulatorConfig, b: EmulatorConfig| format!("{a:?}") == format!("{b:?}");
+        let expected = EmulatorConfig::new()
+            .token_lifetime(Duration::from_secs(20))
+            .redis_port(Some(7000))
+            .upstream(Upstream::Existing("127.0.0.1:6379".to_owned()));
+        assert!(same(parsed.config(), expected));
         let both = parse(&["--upstream", "a:1", "--redis-server", "x"]).unwrap_err();
         assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
         assert_eq!(
             parse(&["--bogus"]).unwrap_err().kind(),
             clap::error::ErrorKind::UnknownArgument
         );
-        let cluster = |n: &str| parse(&["--cluster", n]).map(|cli| cli.config().cluster_nodes);
-        assert_eq!(cluster("3").unwrap(), Some(3));
-        assert_eq!(cluster("6").unwrap(), Some(6));
+        let cluster = |n: &str| parse(&["--cluster", n]).map(|cli| cli.config());
+        assert!(same(
+            cluster("3").unwrap(),
+            EmulatorConfig::new().cluster_nodes(Some(3))
+        ));
+        assert!(same(
+            cluster("6").unwrap(),
+            EmulatorConfig::new().cluster_nodes(Some(6))
+        ));
         for bad in ["2", "0", "x", "-3"] {
             assert!(cluster(bad).is_err(), "{bad}");
         }
         let defaults = parse(&[]).unwrap().config();
-        assert_eq!(defaults.cluster_nodes, None);
-        assert_eq!(defaults.token_lifetime, Duration::from_secs(60));
-        assert!(matches!(defaults.upstream, Upstream::Start(ref b) if b == "redis-server"));
-        assert!(matches!(
-            parse(&["--redis-server", "/opt/redis-server"]).unwrap().config().upstream,
-            Upstream::Start(ref b) if b == "/opt/redis-server"
+        assert!(same(defaults.clone(), EmulatorConfig::new()));
+        assert!(format!("{defaults:?}").contains("token_lifetime: 60s"), "{defaults:?}");
+        assert!(same(
+            parse(&["--redis-server", "/opt/redis-server"]).unwrap().config(),
+            EmulatorConfig::new().upstream(Upstream::Start("/opt/redis-server".to_owned()))
         ));
         assert!(parse(&["--token-port", "x"]).is_err());
         assert!(parse(&["--token-lifetime", "25h"]).is_err());

@@ -9,83 +9,26 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use entraid_identity::Token;
-use entraid_token_manager::{ConnectReason, ConnectionId, Renewal};
+use entraid_token_manager::{ConnectionId, Renewal};
 use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
 use redis::{AsyncConnectionConfig, Cmd, ErrorKind, PushInfo, PushKind, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::Notify;
 
-use super::subscriptions::{Change, Subscriber, Subscriptions};
-use super::supervision::{BoxFuture, Report};
-use super::supervisor::{CatchUp, Counters, Gone, Retirement, Shared, Slot, Start, SupervisorHandle, Transport, start};
+use super::subscriptions::{Change, ChangeRequest, Subscriber, SubscriptionActor, Subscriptions, request_change};
+use super::supervision::BoxFuture;
+use super::supervisor::{
+    CatchUp, Gone, HandleView, OpenRequest, Retirement, Slot, Start, SupervisorHandle, Transport, start, stopped_error,
+};
 use crate::EntraIdCredentialsProvider;
+use crate::commands;
 use crate::connection_config::{ConnectionConfig, ConnectionType};
 use crate::maintenance::{self, MaintenanceNotifications, MovingEndpointType, OptIn};
 use crate::session::{self, Effect, SessionState};
-use crate::token_feed::auth_accepted;
+use crate::supervision::{ConnectionStats, Counters, Mailbox, Report, Shared};
 
 /// How a [`ConnectionManager`] connects, times out and re-authenticates: the one
 /// [`ConnectionConfig`] of every connection type.
 pub type ConnectionManagerConfig = ConnectionConfig;
-
-/// What happened to a manager's connections so far. Cheap to read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConnectionStats {
-    /// Connections opened (each authenticated once, in its handshake).
-    pub connections_opened: u64,
-    /// Connection attempts that failed.
-    pub connect_failures: u64,
-    /// Renewals accepted by the server on a live connection.
-    pub reauthentications: u64,
-    /// Re-authentication `AUTH`s refused or timed out (each was retried).
-    pub failed_auths: u64,
-    /// Connections replaced by a new one because they could not re-authenticate in time.
-    pub replacements: u64,
-    /// Connections closed before their token expired, so the server did not cut them.
-    pub closed_before_expiry: u64,
-    /// Connections found dropped (I/O errors, server restarts).
-    pub connections_lost: u64,
-    /// Channels and patterns dropped from the record because the server refused them
-    /// when a new connection made them again (an ACL change, say); each is logged.
-    pub subscriptions_refused: u64,
-    /// Connections replaced because they stopped answering: a command and then a health
-    /// `PING` got no reply (a silent network path).
-    pub unresponsive: u64,
-    /// Connections handed off to the endpoint a server's `MOVING` named (or to the
-    /// original address) before the server closed the old one.
-    pub handoffs: u64,
-    /// Handoff connections that could not be opened (each retried until the server's
-    /// deadline).
-    pub handoff_failures: u64,
-    /// Times command timeouts were relaxed for announced maintenance (`MIGRATING`,
-    /// `FAILING_OVER`, `MOVING`).
-    pub relaxed_windows: u64,
-    /// Whether the server refused maintenance notifications (`CLIENT
-    /// MAINT_NOTIFICATIONS`): with [`MaintenanceNotifications::Auto`](crate::MaintenanceNotifications::Auto)
-    /// the manager then goes on without them.
-    pub maintenance_refused: bool,
-}
-
-impl ConnectionStats {
-    fn of(c: &Counters) -> Self {
-        ConnectionStats {
-            connections_opened: Counters::get(&c.connections_opened),
-            connect_failures: Counters::get(&c.connect_failures),
-            reauthentications: Counters::get(&c.reauthentications),
-            failed_auths: Counters::get(&c.failed_auths),
-            replacements: Counters::get(&c.replacements),
-            closed_before_expiry: Counters::get(&c.closed_before_expiry),
-            connections_lost: Counters::get(&c.connections_lost),
-            subscriptions_refused: Counters::get(&c.subscriptions_refused),
-            unresponsive: Counters::get(&c.unresponsive),
-            handoffs: Counters::get(&c.handoffs),
-            handoff_failures: Counters::get(&c.handoff_failures),
-            relaxed_windows: Counters::get(&c.relaxed_windows),
-            maintenance_refused: Counters::get(&c.maintenance_refused) > 0,
-        }
-    }
-}
 
 /// Connections the supervisor closed, for the commands still running on them. Only the
 /// last few are kept: a command outlives at most the close of its own connection. Inline,
@@ -131,7 +74,9 @@ impl Closures {
 /// its transport is kept to a pointer).
 struct ManagerShared {
     closures: Closures,
-    subscriptions: Mutex<Subscriptions>,
+    /// RESP3 subscription changes from the handles, for the supervisor's task (boxed, and
+    /// only on RESP3, which alone takes them).
+    changes: Option<Box<Mailbox<ChangeRequest>>>,
     /// Session state the user set (client name and the like), replayed on every new
     /// connection (boxed when set: most managers never set any).
     session: Mutex<Option<Box<SessionState>>>,
@@ -199,29 +144,40 @@ impl ConnectionManager {
     /// Connects with the provider's current token (waiting for the first one) and keeps
     /// the connection authenticated from then on. Needs a tokio runtime.
     pub async fn new(client: redis::Client, provider: EntraIdCredentialsProvider) -> RedisResult<Self> {
-        Self::new_with_config(client, provider, ConnectionConfig::new()).await
+        Self::new_with_config(client, provider, ConnectionManagerConfig::new()).await
     }
 
     /// Like [`new`](Self::new), with timeouts, backoff, spread and a RESP3 push sender.
     pub async fn new_with_config(
         client: redis::Client,
         provider: EntraIdCredentialsProvider,
-        config: ConnectionConfig,
+        config: ConnectionManagerConfig,
     ) -> RedisResult<Self> {
         let settings = client.get_connection_info().redis_settings();
         let (resp3, db) = (settings.protocol().supports_resp3(), settings.db());
         let shared = Shared::new(ManagerShared {
             closures: Closures::default(),
-            subscriptions: Mutex::default(),
+            changes: resp3.then(Box::default),
             session: Mutex::default(),
             response_timeout: config.response_timeout(ConnectionType::Manager),
             push_sender: config.push_sender(),
             maintenance: config.maintenance_notifications(),
             moving_endpoint_type: config.moving_endpoint_type(client.get_connection_info().addr()),
         });
+        // Subscriptions need RESP3 (refused up front on RESP2): only then the record.
+        let subscriptions = resp3.then(|| {
+            let change_timeout = config
+                .response_timeout(ConnectionType::Manager)
+                .unwrap_or(Duration::MAX);
+            Box::new(SubscriptionActor::new(
+                config.policy(&provider).connect_timeout,
+                change_timeout,
+            ))
+        });
         let transport = ManagerTransport {
             resp3,
             shared: shared.clone(),
+            subscriptions,
         };
         let supervisor = start(Start {
             client,
@@ -269,9 +225,11 @@ impl ConnectionManager {
         self.change(Change::PUnsubscribe, names).await
     }
 
-    /// Makes `change` on the connection in use and records it for the connections to
-    /// come once the server confirmed it (or the connection dropped under it: the next
-    /// one makes it). A refused or timed-out change is not recorded.
+    /// Hands `change` to the manager's task, which makes it on the connection in use and
+    /// records it for the connections to come once the server confirmed it (or the
+    /// connection dropped under it: the next one makes it). A refused or timed-out change
+    /// is not recorded. With no connection in use it is recorded, made by the next one,
+    /// and the caller is told why it is not in force yet.
     async fn change(&self, change: Change, names: Vec<Vec<u8>>) -> RedisResult<()> {
         if !self.inner.resp3 {
             return Err(RedisError::from((
@@ -282,24 +240,10 @@ impl ConnectionManager {
                     .to_owned(),
             )));
         }
-        let (id, live) = self.inner.supervisor.live().await?;
-        // Commands have no timeout of their own beyond the connection's.
-        let result = Subscriber::Resp3(live.connection)
-            .change(change, names.clone(), Duration::MAX)
-            .await;
-        let dropped = result.as_ref().is_err_and(|e| e.is_unrecoverable_error());
-        if result.is_ok() || dropped {
-            self.inner
-                .supervisor
-                .shared
-                .of
-                .subscriptions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .apply(change, &names);
-        }
-        self.inner.supervisor.report(id, &result);
-        result
+        let Some(changes) = &self.inner.supervisor.shared.of.changes else {
+            return Err(stopped_error("connection manager"));
+        };
+        request_change(changes, change, names, "connection manager").await
     }
 
     /// Runs `send` on the connection in use; fails it if the machine closes that
@@ -451,6 +395,8 @@ impl AsyncPushSender for PushForwarder {
 struct ManagerTransport {
     resp3: bool,
     shared: Arc<Shared<ManagerShared>>,
+    /// The RESP3 subscription record (boxed; `None` on RESP2, which refuses them).
+    subscriptions: Option<Box<SubscriptionActor>>,
 }
 
 /// The connection commands go to.
@@ -462,11 +408,45 @@ struct Live {
     watch_close: bool,
 }
 
-/// A manager's connection, with what it is subscribed to.
+/// A manager's connection, with what it subscribed to when it opened.
 struct Managed {
     connection: MultiplexedConnection,
-    /// Boxed: most managers subscribe to nothing, and one lives beside every connection.
-    applied: Box<Subscriptions>,
+    /// `None` for none (most managers subscribe to nothing, and one lives beside every
+    /// connection); the record follows the connection in use once it takes over.
+    subscribed: Option<Box<Subscribed>>,
+}
+
+/// What a new connection made of the subscription record, and what the server refused.
+#[derive(Default)]
+struct Subscribed {
+    applied: Subscriptions,
+    refused: Subscriptions,
+}
+
+impl Managed {
+    /// Subscribes `connection` from `from` to `to`, keeping what the server refused.
+    async fn subscribe(
+        connection: MultiplexedConnection,
+        from: Subscriptions,
+        to: Subscriptions,
+    ) -> RedisResult<Managed> {
+        if from == to {
+            return Ok(Managed {
+                connection,
+                subscribed: None,
+            });
+        }
+        // Subscription commands have no timeout of their own beyond the connection's.
+        let refused = Subscriber::Resp3(connection.clone())
+            .reconcile(&from, &to, Duration::MAX)
+            .await?;
+        let mut applied = to;
+        applied.remove(&refused);
+        Ok(Managed {
+            connection,
+            subscribed: Some(Box::new(Subscribed { applied, refused })),
+        })
+    }
 }
 
 impl ManagerTransport {
@@ -483,46 +463,6 @@ impl ManagerTransport {
             }
         }
     }
-
-    fn record(&self) -> Subscriptions {
-        self.shared
-            .of
-            .subscriptions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Subscribes `connection` from `applied` to the record; drops what the server
-    /// refuses from the record.
-    fn subscribe(
-        &self,
-        connection: MultiplexedConnection,
-        applied: Subscriptions,
-    ) -> impl Future<Output = RedisResult<Managed>> + Send + 'static {
-        let target = self.record();
-        let shared = self.shared.clone();
-        async move {
-            let refused = Subscriber::Resp3(connection.clone())
-                .reconcile(&applied, &target, Duration::MAX)
-                .await?;
-            let mut applied = target;
-            if !refused.is_empty() {
-                applied.remove(&refused);
-                shared
-                    .of
-                    .subscriptions
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&refused);
-                Counters::add(&shared.counters.subscriptions_refused, refused.len());
-            }
-            Ok(Managed {
-                connection,
-                applied: Box::new(applied),
-            })
-        }
-    }
 }
 
 impl Transport for ManagerTransport {
@@ -531,13 +471,10 @@ impl Transport for ManagerTransport {
     type Handle = Live;
 
     /// Authenticated in its handshake, with the user's session state and subscriptions.
-    fn open(
-        &mut self,
-        id: ConnectionId,
-        client: redis::Client,
-        _reason: ConnectReason,
-        timeout: Duration,
-    ) -> BoxFuture<RedisResult<Managed>> {
+    fn open(&mut self, open: OpenRequest) -> BoxFuture<RedisResult<Managed>> {
+        let OpenRequest {
+            id, client, timeout, ..
+        } = open;
         let mut config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(self.shared.of.response_timeout);
@@ -548,10 +485,9 @@ impl Transport for ManagerTransport {
                 supervisor: self.shared.clone(),
             });
         }
-        let transport = ManagerTransport {
-            resp3: self.resp3,
-            shared: self.shared.clone(),
-        };
+        let shared = self.shared.clone();
+        let target = self.subscriptions.as_ref().map(|s| s.target()).unwrap_or_default();
+        let opt_in = self.maintenance_opt_in();
         let replay = self
             .shared
             .of
@@ -561,54 +497,75 @@ impl Transport for ManagerTransport {
             .as_ref()
             .map(|session| session.replay())
             .unwrap_or_default();
-        let opt_in = transport.maintenance_opt_in();
         Box::pin(async move {
             let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
             // Maintenance notifications, asked for before the connection takes a command.
             if let Some((mode, command)) = opt_in {
                 let answer = command.query_async::<Value>(&mut connection).await;
                 if maintenance::opt_in_outcome(mode, answer)? == OptIn::Refused {
-                    Counters::bump_once(&transport.shared.counters.maintenance_refused);
+                    Counters::bump_once(&shared.counters.maintenance_refused);
                 }
             }
             // The user's session state, before the connection takes a command.
             for command in replay {
                 command.query_async::<()>(&mut connection).await?;
             }
-            transport.subscribe(connection, Subscriptions::default()).await
+            Managed::subscribe(connection, Subscriptions::default(), target).await
         })
     }
 
     /// Makes the subscriptions changed while it was being opened, so none misses the
     /// connection that takes over.
-    fn catch_up(&mut self, _id: ConnectionId, conn: Managed) -> CatchUp<Managed> {
-        if *conn.applied == self.record() {
+    fn catch_up(&mut self, _id: ConnectionId, mut conn: Managed) -> CatchUp<Managed> {
+        let Some(subscriptions) = &mut self.subscriptions else {
             return CatchUp::Ready(conn);
+        };
+        let Subscribed { applied, refused } = conn.subscribed.take().map(|s| *s).unwrap_or_default();
+        match subscriptions.catch_up(&applied, refused, &self.shared.counters) {
+            None => {
+                conn.subscribed = (!applied.is_empty()).then(|| {
+                    Box::new(Subscribed {
+                        applied,
+                        refused: Subscriptions::default(),
+                    })
+                });
+                CatchUp::Ready(conn)
+            }
+            Some((from, to)) => CatchUp::Pending(Box::pin(Managed::subscribe(conn.connection, from, to))),
         }
-        CatchUp::Pending(Box::pin(self.subscribe(conn.connection, *conn.applied)))
     }
 
-    fn auth(&self, conn: &Managed, token: &Token, timeout: Duration) -> BoxFuture<RedisResult<()>> {
+    fn took_over(&mut self, id: ConnectionId, conn: &Managed) {
+        if let Some(subscriptions) = &mut self.subscriptions {
+            let applied = conn.subscribed.as_ref().map(|s| s.applied.clone()).unwrap_or_default();
+            let subscriber = Subscriber::Resp3(conn.connection.clone());
+            subscriptions.took_over(id, subscriber, applied, &self.shared.counters);
+        }
+    }
+
+    fn auth(&self, conn: &Managed, auth: Cmd, timeout: Duration) -> BoxFuture<RedisResult<()>> {
         let mut connection = conn.connection.clone();
         // Its own timeout, not the commands' (500 ms by default): a stall of a few
         // seconds at a rotation is survived by waiting.
         connection.set_response_timeout(timeout);
-        let auth = redis::cmd("AUTH").arg(token.username()).arg(token.secret()).to_owned();
-        Box::pin(async move { auth.query_async::<Value>(&mut connection).await.and_then(auth_accepted) })
+        Box::pin(async move {
+            auth.query_async::<Value>(&mut connection)
+                .await
+                .and_then(commands::auth_accepted)
+        })
     }
 
     fn probe(&self, conn: &Managed, timeout: Duration) -> BoxFuture<RedisResult<()>> {
         let mut connection = conn.connection.clone();
         connection.set_response_timeout(timeout);
-        Box::pin(async move { redis::cmd("PING").query_async::<()>(&mut connection).await })
+        Box::pin(async move { commands::health_ping().query_async::<()>(&mut connection).await })
     }
-
-    fn take_over(&mut self, _id: ConnectionId, _conn: &Managed) {}
 
     /// A command whose response timeout is shorter than the close grace ends (its reply
     /// or its timeout) before the server would cut a closed connection: it needs no watch
     /// on the close, which costs two lock round trips per command.
-    fn handle(&self, conn: &Managed, close_grace: Option<Duration>, relaxed: Option<Duration>) -> Live {
+    fn handle(&self, conn: &Managed, view: HandleView) -> Live {
+        let HandleView { close_grace, relaxed } = view;
         let timeout = relaxed.or(self.shared.of.response_timeout);
         let outlives_close = match (timeout, close_grace) {
             (Some(timeout), Some(grace)) => timeout >= grace,
@@ -628,15 +585,21 @@ impl Transport for ManagerTransport {
     /// connection's subscriptions were confirmed, still unread in its socket: a `PING`
     /// (answered after every push sent before it) reads them before the connection goes.
     /// Messages published in that overlap may arrive twice, never not at all. Otherwise
-    /// it closes when the commands still holding it end.
-    fn retire(&mut self, _id: ConnectionId, conn: Managed) -> Retirement {
-        if !self.resp3 || conn.applied.is_empty() {
+    /// it closes when the commands still holding it end. The `PING` waits the
+    /// connection's response timeout; a connection that answers nothing goes at the
+    /// machine's close, at the latest.
+    fn retire(&mut self, id: ConnectionId, conn: Managed) -> Retirement {
+        let subscribed = self
+            .subscriptions
+            .as_ref()
+            .and_then(|s| s.applied(id))
+            .is_some_and(|applied| !applied.is_empty());
+        if !subscribed {
             return Retirement::Linger(None);
         }
         let mut conn = conn.connection;
         Retirement::Linger(Some(Box::pin(async move {
-            let ping = redis::cmd("PING");
-            let _ = tokio::time::timeout(Duration::from_secs(1), ping.query_async::<()>(&mut conn)).await;
+            let _ = commands::health_ping().query_async::<()>(&mut conn).await;
         })))
     }
 
@@ -645,13 +608,46 @@ impl Transport for ManagerTransport {
             Gone::Closed => self.shared.of.closures.close(id),
             Gone::Lost | Gone::Drained => {}
         }
+        if let Some(subscriptions) = &mut self.subscriptions {
+            subscriptions.gone(id, &self.shared.counters);
+        }
     }
 
-    async fn next_lost(&mut self) -> ConnectionId {
-        std::future::pending().await
+    /// Boxed, built only with a subscription record: the supervisor's task (one beside
+    /// every connection) keeps only a pointer for it.
+    fn own_work(&mut self) -> impl Future<Output = ConnectionId> + Send + '_ {
+        let shared = &self.shared;
+        let work = match (&mut self.subscriptions, &shared.of.changes) {
+            (Some(subscriptions), Some(changes)) => Some(Box::pin(subscriptions.work(changes, &shared.counters))),
+            _ => None,
+        };
+        async move {
+            match work {
+                Some(work) => work.await,
+                None => std::future::pending().await,
+            }
+        }
     }
 
-    fn published(&mut self, _slot: &Slot<Live>) {}
+    fn published(&mut self, slot: &Slot<Live>) {
+        if let Some(subscriptions) = &mut self.subscriptions {
+            let unavailable = match slot {
+                Slot::Unavailable { error, .. } => Some(error.clone()),
+                Slot::Connecting | Slot::Ready(..) | Slot::Stopped => None,
+            };
+            subscriptions.unavailable(unavailable, &self.shared.counters);
+        }
+    }
+
+    fn deadline(&self) -> Option<std::time::Instant> {
+        self.subscriptions.as_ref().and_then(|s| s.deadline())
+    }
+
+    fn handle_timeout(&mut self, now: std::time::Instant) {
+        if let Some(subscriptions) = &mut self.subscriptions {
+            subscriptions.handle_timeout(now, &self.shared.counters);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,5 +8,6 @@ mod subscriptions;
 mod supervision;
 mod supervisor;
 
-pub use connection_manager::{ConnectionManager, ConnectionManagerConfig, ConnectionStats};
+pub use crate::supervision::ConnectionStats;
+pub use connection_manager::{ConnectionManager, ConnectionManagerConfig};
 pub use pubsub::{PubSub, PubSubConfig, PubSubSink, PubSubStats, PubSubStream};

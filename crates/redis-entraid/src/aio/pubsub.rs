@@ -9,33 +9,32 @@
 //! and closed. [`Delivery`] keeps the two connections' messages in order and counts the
 //! ones both received.
 //!
-//! [`PubSubTransport`] is an actor inside the supervisor's task: it alone owns the
-//! subscription record and the live subscriber. Sinks send a change over a channel and
+//! The subscription record is the shared [`SubscriptionActor`] inside the supervisor's
+//! task (as for the manager's RESP3 subscriptions): sinks post a change to its mailbox and
 //! get the reply on a oneshot; no lock is held across an await, no task is detached.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use entraid_identity::Token;
-use entraid_token_manager::{ConnectReason, ConnectionId, Renewal};
+use entraid_token_manager::{ConnectionId, Renewal};
 use redis::aio::{AsyncPushSender, SendError};
 use redis::{AsyncConnectionConfig, ErrorKind, Msg, PushInfo, PushKind, RedisError, RedisResult};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{Stream, StreamExt};
 
 use super::delivery::Delivery;
-use super::subscriptions::{Change, Subscriber, Subscriptions};
-use super::supervision::{BoxFuture, Report};
+use super::subscriptions::{Change, ChangeRequest, Subscriber, SubscriptionActor, Subscriptions, request_change};
+use super::supervision::BoxFuture;
 use super::supervisor::{
-    CatchUp, Counters, Gone, Retirement, Shared, Slot, Start, SupervisorHandle, Transport, start, stopped_error,
+    CatchUp, Gone, HandleView, OpenRequest, Retirement, Slot, Start, SupervisorHandle, Transport, start,
 };
 use crate::EntraIdCredentialsProvider;
+use crate::commands;
 use crate::connection_config::{ConnectionConfig, ConnectionType};
-use crate::token_feed::auth_accepted;
+use crate::supervision::{Counters, Mailbox, Report, Shared};
 
 /// How a [`PubSub`] connects, times out and re-authenticates: the one
 /// [`ConnectionConfig`] of every connection type. Its response timeout bounds a
@@ -90,12 +89,13 @@ struct Reader {
 
 impl Reader {
     /// Ends the reader once it has taken every message already received (all those the
-    /// server sent before a `PING` that was answered), waiting at most `timeout`.
-    async fn finish(mut self, timeout: Duration) {
+    /// server sent before a `PING` that was answered): it takes them without waiting for
+    /// more, so this ends as soon as the reader runs.
+    async fn finish(mut self) {
         if let Some(finish) = self.finish.take() {
             let _ = finish.send(());
         }
-        let _ = tokio::time::timeout(timeout, &mut self.task).await;
+        let _ = (&mut self.task).await;
     }
 }
 
@@ -105,9 +105,12 @@ impl Drop for Reader {
     }
 }
 
-/// What the handles, the readers and the transport share.
+/// What the handles, the readers and the transport share, in the supervisor's
+/// [`Shared`].
 struct PubSubShared {
     delivery: Mutex<Delivery<ConnectionId>>,
+    /// Subscription changes from the sinks, for the supervisor's task.
+    changes: Mailbox<ChangeRequest>,
 }
 
 impl PubSubShared {
@@ -171,9 +174,7 @@ pub struct PubSubStream {
 }
 
 struct Inner {
-    supervisor: SupervisorHandle<(), ()>,
-    shared: Arc<PubSubShared>,
-    changes: mpsc::UnboundedSender<ChangeRequest>,
+    supervisor: SupervisorHandle<(), PubSubShared>,
 }
 
 impl Inner {
@@ -181,7 +182,7 @@ impl Inner {
         let c = &self.supervisor.shared.counters;
         // One lock: a second `delivery()` in this expression would wait for the first.
         let (duplicates, messages) = {
-            let delivery = self.shared.delivery();
+            let delivery = self.supervisor.shared.of.delivery();
             (delivery.duplicates(), delivery.delivered())
         };
         PubSubStats {
@@ -223,18 +224,11 @@ impl fmt::Debug for PubSubStream {
 }
 
 impl PubSub {
-    /// Connects with the provider's current token (waiting for the first one) and keeps
-    /// the subscriber authenticated from then on. RESP2 or RESP3 as the client's URL
-    /// says (`?protocol=resp3`). Needs a tokio runtime.
-    pub async fn new(client: redis::Client, provider: EntraIdCredentialsProvider) -> RedisResult<Self> {
-        Self::new_with_config(client, provider, ConnectionConfig::new()).await
-    }
-
     /// Like [`new`](Self::new), with timeouts, spread and policy.
     pub async fn new_with_config(
         client: redis::Client,
         provider: EntraIdCredentialsProvider,
-        config: ConnectionConfig,
+        config: PubSubConfig,
     ) -> RedisResult<Self> {
         let resp3 = client
             .get_connection_info()
@@ -242,27 +236,17 @@ impl PubSub {
             .protocol()
             .supports_resp3();
         let (messages_tx, messages) = mpsc::unbounded_channel();
-        let (changes, requests) = mpsc::unbounded_channel();
-        let shared = Arc::new(PubSubShared {
+        let shared = Shared::new(PubSubShared {
             delivery: Mutex::new(Delivery::new(messages_tx)),
+            changes: Mailbox::default(),
         });
-        let supervisor_shared = Shared::new(());
         // `None` waits for ever; the drain `PING` still needs a bound.
         let response_timeout = config.response_timeout(ConnectionType::PubSub).unwrap_or(Duration::MAX);
         let transport = PubSubTransport {
             resp3,
             response_timeout,
-            connect_wait: config.policy(&provider).connect_timeout,
             shared: shared.clone(),
-            supervisor: Arc::downgrade(&supervisor_shared),
-            requests,
-            record: Subscriptions::default(),
-            live: None,
-            queue: VecDeque::new(),
-            waiting: VecDeque::new(),
-            wait_timer: None,
-            in_flight: None,
-            unavailable: None,
+            subscriptions: SubscriptionActor::new(config.policy(&provider).connect_timeout, response_timeout),
         };
         let supervisor = start(Start {
             client,
@@ -271,15 +255,11 @@ impl PubSub {
             kind: ConnectionType::PubSub,
             renewal: if resp3 { Renewal::InPlace } else { Renewal::Replace },
             transport,
-            shared: supervisor_shared,
+            shared,
             what: "subscriber",
         })
         .await?;
-        let inner = Arc::new(Inner {
-            supervisor,
-            shared,
-            changes,
-        });
+        let inner = Arc::new(Inner { supervisor });
         Ok(PubSub {
             sink: PubSubSink { inner: inner.clone() },
             stream: PubSubStream {
@@ -287,6 +267,13 @@ impl PubSub {
                 _inner: inner,
             },
         })
+    }
+
+    /// Connects with the provider's current token (waiting for the first one) and keeps
+    /// the subscriber authenticated from then on. RESP2 or RESP3 as the client's URL
+    /// says (`?protocol=resp3`). Needs a tokio runtime.
+    pub async fn new(client: redis::Client, provider: EntraIdCredentialsProvider) -> RedisResult<Self> {
+        Self::new_with_config(client, provider, PubSubConfig::new()).await
     }
 
     /// Subscribes to `channel`, on this connection and every one to come.
@@ -361,19 +348,7 @@ impl PubSubSink {
     /// reply on the connection in use, or, with none in use, the change recorded (made by
     /// the next connection) and why it is not in force yet.
     async fn change(&self, change: Change, names: Vec<Vec<u8>>) -> RedisResult<()> {
-        if names.is_empty() && matches!(change, Change::Subscribe | Change::PSubscribe) {
-            return Err(RedisError::from((
-                ErrorKind::InvalidClientConfig,
-                "nothing to subscribe to",
-                "name at least one channel or pattern".to_owned(),
-            )));
-        }
-        let (reply, answer) = oneshot::channel();
-        let request = ChangeRequest { change, names, reply };
-        if self.inner.changes.send(request).is_err() {
-            return Err(stopped_error("subscriber"));
-        }
-        answer.await.unwrap_or_else(|_| Err(stopped_error("subscriber")))
+        request_change(&self.inner.supervisor.shared.of.changes, change, names, "subscriber").await
     }
 }
 
@@ -386,26 +361,23 @@ impl Stream for PubSubStream {
 }
 
 /// Hands a RESP3 connection's messages to the delivery and reports its disconnection.
-/// Weak: the connection lives inside what it points to.
+/// Weak: it lives as long as its connection, which may outlive the subscriber briefly.
 struct PushForwarder {
     id: ConnectionId,
-    shared: Weak<PubSubShared>,
-    supervisor: Weak<Shared<()>>,
+    shared: Weak<Shared<PubSubShared>>,
 }
 
 impl AsyncPushSender for PushForwarder {
     fn send(&self, info: PushInfo) -> Result<(), SendError> {
-        if info.kind == PushKind::Disconnection {
-            if let Some(supervisor) = self.supervisor.upgrade() {
-                supervisor.reports.report(self.id, Report::Lost);
-            }
-            return Ok(());
-        }
         let Some(shared) = self.shared.upgrade() else {
             return Err(SendError);
         };
+        if info.kind == PushKind::Disconnection {
+            shared.reports.report(self.id, Report::Lost);
+            return Ok(());
+        }
         if let Some(msg) = Msg::from_push_info(info) {
-            shared.delivery().accept(self.id, msg);
+            shared.of.delivery().accept(self.id, msg);
         }
         Ok(())
     }
@@ -416,8 +388,7 @@ impl AsyncPushSender for PushForwarder {
 async fn read_messages(
     id: ConnectionId,
     mut stream: redis::aio::PubSubStream,
-    shared: Weak<PubSubShared>,
-    supervisor: Weak<Shared<()>>,
+    shared: Weak<Shared<PubSubShared>>,
     mut finishing: oneshot::Receiver<()>,
 ) {
     loop {
@@ -428,283 +399,49 @@ async fn read_messages(
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 while let Poll::Ready(Some(msg)) = Pin::new(&mut stream).poll_next(&mut cx) {
                     let Some(shared) = shared.upgrade() else { return };
-                    shared.delivery().accept(id, msg);
+                    shared.of.delivery().accept(id, msg);
                 }
                 return;
             }
         };
         let Some(msg) = msg else { break };
         let Some(shared) = shared.upgrade() else { return };
-        shared.delivery().accept(id, msg);
+        shared.of.delivery().accept(id, msg);
     }
-    if let Some(supervisor) = supervisor.upgrade() {
-        supervisor.reports.report(id, Report::Lost);
+    if let Some(shared) = shared.upgrade() {
+        shared.reports.report(id, Report::Lost);
     }
-}
-
-/// A subscription change from a sink, answered on `reply`.
-struct ChangeRequest {
-    change: Change,
-    names: Vec<Vec<u8>>,
-    reply: oneshot::Sender<RedisResult<()>>,
-}
-
-/// The connection subscription changes go to.
-struct Live {
-    id: ConnectionId,
-    subscriber: Subscriber,
-    applied: Subscriptions,
-}
-
-/// A change under way on connection `id`.
-struct InFlight {
-    id: ConnectionId,
-    /// What the connection is subscribed to once it succeeds.
-    target: Subscriptions,
-    /// The sink's request; `None` for the transport's own reconciliation.
-    request: Option<ChangeRequest>,
-    /// What the server refused, on success.
-    future: BoxFuture<RedisResult<Subscriptions>>,
 }
 
 /// The subscriber's I/O: RESP3 `MultiplexedConnection`s or RESP2 `redis::aio::PubSub`s,
-/// and the actor that owns the subscription record.
+/// and the subscription record's actor.
 struct PubSubTransport {
     resp3: bool,
     response_timeout: Duration,
-    /// How long a change waits for a connection being opened.
-    connect_wait: Duration,
-    shared: Arc<PubSubShared>,
-    supervisor: Weak<Shared<()>>,
-    requests: mpsc::UnboundedReceiver<ChangeRequest>,
-    /// What every connection subscribes to: the changes the server confirmed, and those
-    /// made while no connection was in use.
-    record: Subscriptions,
-    live: Option<Live>,
-    /// Changes waiting for the one in flight.
-    queue: VecDeque<ChangeRequest>,
-    /// Changes recorded while no connection was in use, answered when one takes over.
-    waiting: VecDeque<(tokio::time::Instant, ChangeRequest)>,
-    wait_timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    in_flight: Option<InFlight>,
-    /// Why no connection can be opened now, while that is so.
-    unavailable: Option<RedisError>,
-}
-
-impl PubSubTransport {
-    /// What a connection should be subscribed to: the record, with the change in flight.
-    fn target(&self) -> Subscriptions {
-        match &self.in_flight {
-            Some(InFlight {
-                request: Some(request), ..
-            }) => self.record.with(request.change, &request.names),
-            _ => self.record.clone(),
-        }
-    }
-
-    /// Subscriptions the server refused when a connection made them again leave the
-    /// record, so they do not fail every later connection.
-    fn drop_refused(&mut self, refused: &Subscriptions) {
-        if refused.is_empty() {
-            return;
-        }
-        self.record.remove(refused);
-        if let Some(supervisor) = self.supervisor.upgrade() {
-            Counters::add(&supervisor.counters.subscriptions_refused, refused.len());
-        }
-    }
-
-    /// No connection is in use any more (lost or closed, with none taking over): the
-    /// changes queued for it are recorded for the next one.
-    fn lose_live(&mut self) {
-        self.live = None;
-        for request in std::mem::take(&mut self.queue) {
-            self.accept(request);
-        }
-    }
-
-    /// A change from a sink.
-    fn accept(&mut self, request: ChangeRequest) {
-        if self.live.is_some() {
-            self.queue.push_back(request);
-            return;
-        }
-        self.record.apply(request.change, &request.names);
-        match &self.unavailable {
-            Some(error) => {
-                let _ = request.reply.send(Err(not_in_force(error)));
-            }
-            None => {
-                let deadline = tokio::time::Instant::now() + self.connect_wait;
-                self.waiting.push_back((deadline, request));
-            }
-        }
-    }
-
-    /// Starts the next change on the live connection, if nothing is in flight.
-    fn start_next(&mut self) {
-        let Some(live) = &self.live else { return };
-        if self.in_flight.is_some() {
-            return;
-        }
-        let timeout = self.response_timeout;
-        let mut subscriber = live.subscriber.clone();
-        if let Some(request) = self.queue.pop_front() {
-            let (change, names) = (request.change, request.names.clone());
-            self.in_flight = Some(InFlight {
-                id: live.id,
-                target: live.applied.with(change, &names),
-                request: Some(request),
-                future: Box::pin(async move {
-                    subscriber.change(change, names, timeout).await?;
-                    Ok(Subscriptions::default())
-                }),
-            });
-        } else if live.applied != self.record {
-            // A change refused or lost on an earlier connection: converge on the record.
-            let (from, to) = (live.applied.clone(), self.record.clone());
-            self.in_flight = Some(InFlight {
-                id: live.id,
-                target: to.clone(),
-                request: None,
-                future: Box::pin(async move { subscriber.reconcile(&from, &to, timeout).await }),
-            });
-        }
-    }
-
-    /// The change in flight ended with `result`; a connection found lost is returned.
-    fn finish(&mut self, in_flight: InFlight, result: RedisResult<Subscriptions>) -> Option<ConnectionId> {
-        let InFlight {
-            id, target, request, ..
-        } = in_flight;
-        let on_live = self.live.as_ref().is_some_and(|l| l.id == id);
-        match (result, request) {
-            (Ok(refused), request) => {
-                self.drop_refused(&refused);
-                if on_live && let Some(live) = &mut self.live {
-                    live.applied = target;
-                    live.applied.remove(&refused);
-                }
-                if let Some(request) = request {
-                    self.record.apply(request.change, &request.names);
-                    let _ = request.reply.send(Ok(()));
-                }
-                None
-            }
-            (Err(error), request) if error.is_unrecoverable_error() => {
-                // Dropped under us: recorded, the next connection makes it.
-                if on_live {
-                    self.lose_live();
-                }
-                if let Some(request) = request {
-                    self.accept(request);
-                }
-                Some(id)
-            }
-            (Err(error), Some(request)) => {
-                // Refused, or no reply in time: not recorded, the caller is told.
-                let _ = request.reply.send(Err(error));
-                None
-            }
-            (Err(error), None) => {
-                // The record cannot be made on this connection: take what it has as
-                // made, so this is not retried in a loop; the next connection tries again.
-                tracing::warn!(connection = %id, %error, "subscriptions could not be made again on this connection");
-                if on_live && let Some(live) = &mut self.live {
-                    live.applied = self.record.clone();
-                }
-                None
-            }
-        }
-    }
-
-    /// Answers the waiting changes whose time is up, and sets the timer for the next.
-    fn poll_waiting(&mut self, cx: &mut Context<'_>) {
-        loop {
-            let now = tokio::time::Instant::now();
-            while self.waiting.front().is_some_and(|(deadline, _)| *deadline <= now) {
-                if let Some((_, request)) = self.waiting.pop_front() {
-                    let error = RedisError::from((
-                        ErrorKind::Io,
-                        "no connection",
-                        format!("no connection to Redis could be opened within {:?}", self.connect_wait),
-                    ));
-                    let _ = request.reply.send(Err(not_in_force(&error)));
-                }
-            }
-            let Some((deadline, _)) = self.waiting.front() else {
-                self.wait_timer = None;
-                return;
-            };
-            let timer = self
-                .wait_timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*deadline)));
-            timer.as_mut().reset(*deadline);
-            if timer.as_mut().poll(cx).is_pending() {
-                return;
-            }
-        }
-    }
-
-    fn poll_lost(&mut self, cx: &mut Context<'_>) -> Poll<ConnectionId> {
-        loop {
-            while let Poll::Ready(Some(request)) = self.requests.poll_recv(cx) {
-                self.accept(request);
-            }
-            if let Some(in_flight) = &mut self.in_flight
-                && let Poll::Ready(result) = in_flight.future.as_mut().poll(cx)
-                && let Some(in_flight) = self.in_flight.take()
-            {
-                if let Some(lost) = self.finish(in_flight, result) {
-                    return Poll::Ready(lost);
-                }
-                continue;
-            }
-            let idle = self.in_flight.is_none();
-            self.start_next();
-            if idle && self.in_flight.is_some() {
-                continue;
-            }
-            self.poll_waiting(cx);
-            return Poll::Pending;
-        }
-    }
-}
-
-/// A change recorded while no connection is in use, and why none is.
-fn not_in_force(error: &RedisError) -> RedisError {
-    RedisError::from((
-        error.kind(),
-        "subscription change recorded, not yet in force",
-        format!("{error}; it is made as soon as a connection is back"),
-    ))
+    shared: Arc<Shared<PubSubShared>>,
+    subscriptions: SubscriptionActor,
 }
 
 impl Transport for PubSubTransport {
-    /// Its shared state has an allocation of its own, held weakly by the readers.
-    type Shared = ();
+    type Shared = PubSubShared;
     type Conn = Physical;
     type Handle = ();
 
     /// Authenticated in its handshake and subscribed to everything recorded.
-    fn open(
-        &mut self,
-        id: ConnectionId,
-        client: redis::Client,
-        _reason: ConnectReason,
-        timeout: Duration,
-    ) -> BoxFuture<RedisResult<Physical>> {
-        self.shared.delivery().open(id);
+    fn open(&mut self, open: OpenRequest) -> BoxFuture<RedisResult<Physical>> {
+        let OpenRequest {
+            id, client, timeout, ..
+        } = open;
+        self.shared.of.delivery().open(id);
         let shared = Arc::downgrade(&self.shared);
-        let supervisor = self.supervisor.clone();
         let (resp3, response_timeout) = (self.resp3, self.response_timeout);
-        let target = self.target();
+        let target = self.subscriptions.target();
         Box::pin(async move {
             let mut physical = if resp3 {
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(response_timeout))
-                    .set_push_sender(PushForwarder { id, shared, supervisor });
+                    .set_push_sender(PushForwarder { id, shared });
                 Physical {
                     subscriber: Subscriber::Resp3(client.get_multiplexed_async_connection_with_config(&config).await?),
                     applied: Subscriptions::default(),
@@ -720,7 +457,7 @@ impl Transport for PubSubTransport {
                     reader: Some({
                         let (finish, finishing) = oneshot::channel();
                         Reader {
-                            task: tokio::spawn(read_messages(id, stream, shared, supervisor, finishing)),
+                            task: tokio::spawn(read_messages(id, stream, shared, finishing)),
                             finish: Some(finish),
                         }
                     }),
@@ -740,21 +477,22 @@ impl Transport for PubSubTransport {
     /// connection that takes over.
     fn catch_up(&mut self, _id: ConnectionId, mut conn: Physical) -> CatchUp<Physical> {
         let refused = std::mem::take(&mut conn.refused);
-        self.drop_refused(&refused);
-        let target = self.target();
-        if conn.applied == target {
+        let Some((from, to)) = self
+            .subscriptions
+            .catch_up(&conn.applied, refused, &self.shared.counters)
+        else {
             return CatchUp::Ready(conn);
-        }
+        };
         let timeout = self.response_timeout;
         CatchUp::Pending(Box::pin(async move {
-            conn.refused = conn.subscriber.reconcile(&conn.applied, &target, timeout).await?;
-            conn.applied = target;
+            conn.refused = conn.subscriber.reconcile(&from, &to, timeout).await?;
+            conn.applied = to;
             conn.applied.remove(&conn.refused);
             Ok(conn)
         }))
     }
 
-    fn auth(&self, conn: &Physical, token: &Token, timeout: Duration) -> BoxFuture<RedisResult<()>> {
+    fn auth(&self, conn: &Physical, auth: redis::Cmd, timeout: Duration) -> BoxFuture<RedisResult<()>> {
         let Subscriber::Resp3(connection) = &conn.subscriber else {
             return Box::pin(std::future::ready(Err(RedisError::from((
                 ErrorKind::Client,
@@ -765,11 +503,10 @@ impl Transport for PubSubTransport {
         let mut connection = connection.clone();
         // Its own timeout, not a subscription change's.
         connection.set_response_timeout(timeout);
-        let auth = redis::cmd("AUTH").arg(token.username()).arg(token.secret()).to_owned();
         Box::pin(async move {
             auth.query_async::<redis::Value>(&mut connection)
                 .await
-                .and_then(auth_accepted)
+                .and_then(commands::auth_accepted)
         })
     }
 
@@ -778,31 +515,17 @@ impl Transport for PubSubTransport {
         Box::pin(async move { subscriber.ping(timeout).await })
     }
 
-    fn take_over(&mut self, id: ConnectionId, conn: &Physical) {
-        self.live = Some(Live {
-            id,
-            subscriber: conn.subscriber.clone(),
-            applied: conn.applied.clone(),
-        });
-        if self.in_flight.as_ref().is_some_and(|f| f.request.is_none()) {
-            // A reconciliation of the connection before: the new one is caught up.
-            self.in_flight = None;
-        }
-        // Recorded while none was in use, caught up by this one.
-        for (_, request) in self.waiting.drain(..) {
-            let _ = request.reply.send(Ok(()));
-        }
+    fn took_over(&mut self, id: ConnectionId, conn: &Physical) {
+        self.subscriptions
+            .took_over(id, conn.subscriber.clone(), conn.applied.clone(), &self.shared.counters);
         tracing::info!(connection = %id, "subscriber connection in use");
     }
 
-    fn handle(&self, _conn: &Physical, _close_grace: Option<Duration>, _relaxed: Option<Duration>) {}
+    fn handle(&self, _conn: &Physical, _view: HandleView) {}
 
     /// Reads what the server sent it before its `PING`, then closes it; the new
     /// connection's messages follow.
     fn retire(&mut self, id: ConnectionId, mut conn: Physical) -> Retirement {
-        if self.live.as_ref().is_some_and(|l| l.id == id) {
-            self.live = None;
-        }
         let timeout = self.response_timeout;
         Retirement::Drain(Box::pin(async move {
             if let Err(error) = conn.subscriber.ping(timeout).await {
@@ -811,32 +534,36 @@ impl Transport for PubSubTransport {
             // The PING's answer proves every earlier message reached the stream's
             // buffer, not that the reader took it: it takes them before the close.
             if let Some(reader) = conn.reader.take() {
-                reader.finish(timeout).await;
+                reader.finish().await;
             }
             drop(conn);
         }))
     }
 
     fn gone(&mut self, id: ConnectionId, _why: Gone) {
-        self.shared.delivery().finish(id);
-        if self.live.as_ref().is_some_and(|l| l.id == id) {
-            self.lose_live();
-        }
+        self.shared.of.delivery().finish(id);
+        self.subscriptions.gone(id, &self.shared.counters);
     }
 
-    async fn next_lost(&mut self) -> ConnectionId {
-        std::future::poll_fn(|cx| self.poll_lost(cx)).await
+    async fn own_work(&mut self) -> ConnectionId {
+        self.subscriptions
+            .work(&self.shared.of.changes, &self.shared.counters)
+            .await
     }
 
     fn published(&mut self, slot: &Slot<()>) {
-        self.unavailable = match slot {
+        let unavailable = match slot {
             Slot::Unavailable { error, .. } => Some(error.clone()),
             Slot::Connecting | Slot::Ready(..) | Slot::Stopped => None,
         };
-        if let Some(error) = &self.unavailable {
-            for (_, request) in self.waiting.drain(..) {
-                let _ = request.reply.send(Err(not_in_force(error)));
-            }
-        }
+        self.subscriptions.unavailable(unavailable, &self.shared.counters);
+    }
+
+    fn deadline(&self) -> Option<std::time::Instant> {
+        self.subscriptions.deadline()
+    }
+
+    fn handle_timeout(&mut self, now: std::time::Instant) {
+        self.subscriptions.handle_timeout(now, &self.shared.counters);
     }
 }

@@ -1,39 +1,41 @@
-//! The one supervision loop of every async connection type: [`Supervisor`] drives a
-//! [`ConnectionStateMachine`] and does what it says through a [`Transport`], which is
-//! only the I/O of one kind of connection.
+//! The async executor of the [`SupervisionCore`]: one tokio task per connection owner,
+//! [`Supervisor`], does the I/O the core asks for through a [`Transport`], which is only
+//! the I/O of one kind of connection, and feeds the results back.
 //!
 //! ```text
-//! token manager ──token──▶ TokenFeed ──handle_token──▶ machine
-//! machine ──poll_output──▶ Supervisor ──open/auth/take_over/retire/gone──▶ Transport
-//! Transport's futures and reports ──results──▶ Supervisor ──handle_*──▶ machine
-//! Supervisor ──Slot (watch)──▶ handles (commands)      Supervisor ──▶ Counters, health
+//! token manager ──token──▶ Supervisor ──handle_*──▶ SupervisionCore ──▶ machine
+//! SupervisionCore ──poll_io──▶ Supervisor ──open/auth/probe/retire/gone──▶ Transport
+//! Transport's futures and reports ──results──▶ Supervisor ──handle_*──▶ SupervisionCore
+//! Supervisor ──Slot (watch)──▶ handles (commands)
 //! ```
+//!
+//! This task is the facade's one place that waits on a tokio timer for the machine (its
+//! deadline) and bounds the operations the machine timed ([`within`]).
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
 use entraid_identity::Token;
-use entraid_token_manager::{
-    ConnectReason, ConnectionId, ConnectionOutput, ConnectionStateMachine, Endpoint, Generation, Renewal,
-    TokenManagerError, TokenStream,
-};
-use redis::{ErrorKind, RedisError, RedisResult};
+use entraid_token_manager::{ConnectionId, Generation, Renewal, TokenManagerError, TokenStream};
+use redis::{Cmd, ErrorKind, RedisError, RedisResult};
 use tokio::sync::watch;
 
-use super::supervision::{BoxFuture, IdMap, Report, Reports, next_token, now, sleep_until, wait_pending, within};
+use super::supervision::{BoxFuture, next_token, now, sleep_until, wait_pending, within};
 use crate::EntraIdCredentialsProvider;
 use crate::connection_config::{ConnectionConfig, ConnectionType};
-use crate::health::GaugeShare;
-use crate::maintenance::client_at;
-use crate::provider::ManagerHandle;
-use crate::token_feed::{TokenFeed, client_with_token, no_token_error};
+pub(crate) use crate::supervision::Gone;
+pub(crate) use crate::supervision::OpenRequest;
+use crate::supervision::{IdMap, Io, Report, Shared, SupervisionCore};
+use crate::token_feed::no_token_error;
 
 /// The I/O of one kind of connection, as the [`Supervisor`] asks for it. Every decision
-/// (when to open, authenticate, retire, close) is the machine's; a transport never
-/// waits on a timer of its own for one.
+/// (when to open, authenticate, retire, close) is the machine's; a transport waits on no
+/// timer of its own.
+///
+/// The required methods are the I/O every connection type has; the hooks with defaults
+/// (bb8's `CustomizeConnection`) are for the types that carry more over a swap.
 pub(crate) trait Transport: Send + 'static {
     /// What the transport shares with its handles and readers, in the supervisor's one
     /// shared allocation ([`Shared::of`]).
@@ -43,48 +45,62 @@ pub(crate) trait Transport: Send + 'static {
     /// What callers are handed to send commands on, once a connection is in use.
     type Handle: Clone + Send + Sync + 'static;
 
-    /// Opens a connection with `client` (which authenticates in its handshake) within
-    /// `timeout`, and carries over what must be on every connection (subscriptions). The
-    /// supervisor bounds the whole with `timeout` too.
-    fn open(
-        &mut self,
-        id: ConnectionId,
-        client: redis::Client,
-        reason: ConnectReason,
-        timeout: Duration,
-    ) -> BoxFuture<RedisResult<Self::Conn>>;
+    /// Opens the connection `open` asks for (its client authenticates in its handshake)
+    /// within its timeout, and carries over what must be on every connection (session
+    /// state, subscriptions). The supervisor bounds the whole with the timeout too.
+    fn open(&mut self, open: OpenRequest) -> BoxFuture<RedisResult<Self::Conn>>;
 
-    /// A connection just opened: `Ready` if it can take over now, or the work that
-    /// brings it up to date with what changed while it was being opened.
-    fn catch_up(&mut self, id: ConnectionId, conn: Self::Conn) -> CatchUp<Self::Conn>;
-
-    /// Sends `AUTH` with `token` on `conn`, waiting at most `timeout` for the reply.
-    fn auth(&self, conn: &Self::Conn, token: &Token, timeout: Duration) -> BoxFuture<RedisResult<()>>;
+    /// Sends `auth` (the renewal `AUTH`) on `conn`, waiting at most `timeout` for the reply.
+    fn auth(&self, conn: &Self::Conn, auth: Cmd, timeout: Duration) -> BoxFuture<RedisResult<()>>;
 
     /// Sends a health `PING` on `conn`, waiting at most `timeout` for the reply.
     fn probe(&self, conn: &Self::Conn, timeout: Duration) -> BoxFuture<RedisResult<()>>;
 
-    /// `conn` takes new commands from now on.
-    fn take_over(&mut self, id: ConnectionId, conn: &Self::Conn);
-
-    /// What callers send commands on, for the connection in use, which the machine
-    /// closes `close_grace` before its token expires; `relaxed`: the response timeout
-    /// commands get while the server announces maintenance, instead of the configured one.
-    fn handle(&self, conn: &Self::Conn, close_grace: Option<Duration>, relaxed: Option<Duration>) -> Self::Handle;
+    /// What callers send commands on, for the connection in use.
+    fn handle(&self, conn: &Self::Conn, view: HandleView) -> Self::Handle;
 
     /// `conn` takes no new commands; what happens to it until it goes.
     fn retire(&mut self, id: ConnectionId, conn: Self::Conn) -> Retirement;
 
-    /// `id` is gone, for `why`: forget what the transport keeps of it.
+    /// `id` is gone, for `why`: fail what still runs on it, forget what is kept of it.
     fn gone(&mut self, id: ConnectionId, why: Gone);
 
-    /// The transport's own work, beside the supervisor's (the pub/sub actor's
-    /// subscription changes); resolves with a connection that work found lost.
-    /// Cancel-safe: the supervisor polls it in a `select!`.
-    fn next_lost(&mut self) -> impl Future<Output = ConnectionId> + Send + '_;
+    /// Hook: a connection just opened, before it takes over: `Ready`, or the work that
+    /// brings it up to date with what changed while it was being opened.
+    fn catch_up(&mut self, _id: ConnectionId, conn: Self::Conn) -> CatchUp<Self::Conn> {
+        CatchUp::Ready(conn)
+    }
 
-    /// Callers were told `slot`: what the transport serves on its own follows it.
-    fn published(&mut self, slot: &Slot<Self::Handle>);
+    /// Hook: `conn` takes new commands from now on.
+    fn took_over(&mut self, _id: ConnectionId, _conn: &Self::Conn) {}
+
+    /// Hook: the transport's own work beside the supervisor's (a subscriber's changes);
+    /// resolves with a connection that work found lost. Cancel-safe: the supervisor
+    /// polls it in a `select!`.
+    fn own_work(&mut self) -> impl Future<Output = ConnectionId> + Send + '_ {
+        std::future::pending()
+    }
+
+    /// Hook: callers were told `slot`; what the transport serves on its own follows it.
+    fn published(&mut self, _slot: &Slot<Self::Handle>) {}
+
+    /// Hook: when the transport's own work must be woken (a deadline of its own sans-IO
+    /// machine), for the supervisor's one timer.
+    fn deadline(&self) -> Option<std::time::Instant> {
+        None
+    }
+
+    /// Hook: the supervisor's timer fired at `now`.
+    fn handle_timeout(&mut self, _now: std::time::Instant) {}
+}
+
+/// What a handle is built for: the connection in use is closed `close_grace` before its
+/// token expires; `relaxed` is the response timeout commands get while the server
+/// announces maintenance, instead of the configured one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HandleView {
+    pub(crate) close_grace: Option<Duration>,
+    pub(crate) relaxed: Option<Duration>,
 }
 
 /// Whether an opened connection can take over.
@@ -102,17 +118,6 @@ pub(crate) enum Retirement {
     Drain(BoxFuture<()>),
 }
 
-/// Why a connection is gone, for [`Transport::gone`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Gone {
-    /// The machine closed it before its token expires: fail what still runs on it.
-    Closed,
-    /// It dropped, or opening it failed.
-    Lost,
-    /// Its drain ended and it closed.
-    Drained,
-}
-
 /// What callers see: the connection to use, or why there is none.
 #[derive(Clone)]
 pub(crate) enum Slot<H> {
@@ -124,64 +129,6 @@ pub(crate) enum Slot<H> {
         errors_changed: u64,
     },
     Stopped,
-}
-
-/// What happened to a supervisor's connections so far.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) connections_opened: AtomicU64,
-    pub(crate) connect_failures: AtomicU64,
-    pub(crate) reauthentications: AtomicU64,
-    pub(crate) failed_auths: AtomicU64,
-    pub(crate) replacements: AtomicU64,
-    pub(crate) renewal_swaps: AtomicU64,
-    pub(crate) closed_before_expiry: AtomicU64,
-    pub(crate) connections_lost: AtomicU64,
-    pub(crate) subscriptions_refused: AtomicU64,
-    pub(crate) unresponsive: AtomicU64,
-    pub(crate) handoffs: AtomicU64,
-    pub(crate) handoff_failures: AtomicU64,
-    pub(crate) relaxed_windows: AtomicU64,
-    pub(crate) maintenance_refused: AtomicU64,
-}
-
-impl Counters {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn add(counter: &AtomicU64, n: usize) {
-        counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-
-    pub(crate) fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-
-    /// Sets a flag kept as a counter (0 or 1).
-    pub(crate) fn bump_once(counter: &AtomicU64) {
-        counter.store(1, Ordering::Relaxed);
-    }
-}
-
-/// What a supervisor and its handles (and the transport's readers) share: one allocation
-/// per connection, the transport's part (`of`) included.
-pub(crate) struct Shared<X> {
-    pub(crate) counters: Counters,
-    /// What commands and readers found out: connections dropped, or slow to answer.
-    pub(crate) reports: Reports,
-    /// The transport's own.
-    pub(crate) of: X,
-}
-
-impl<X> Shared<X> {
-    pub(crate) fn new(of: X) -> Arc<Shared<X>> {
-        Arc::new(Shared {
-            counters: Counters::default(),
-            reports: Reports::default(),
-            of,
-        })
-    }
 }
 
 /// The handle side: where commands go, waiting for a connection being opened.
@@ -306,23 +253,18 @@ pub(crate) async fn start<T: Transport>(start: Start<'_, T>) -> RedisResult<Supe
     let first_token = manager.token().await.map_err(no_token_error)?;
     let (slot_tx, slot) = watch::channel(Slot::Connecting);
     let mut supervisor = Supervisor {
-        machine,
+        core: SupervisionCore::new(machine, client, provider.manager_handle(), shared.clone()),
         transport,
-        client,
         tokens: Some(manager.subscribe()),
-        manager: provider.manager_handle(),
-        feed: TokenFeed::default(),
         open: IdMap::with_capacity(1),
         retired: Vec::new(),
         pending_connect: None,
         pending_auth: None,
         slot: slot_tx,
-        shared: shared.clone(),
-        trouble: None,
-        health: GaugeShare::default(),
+        rare: None,
     };
     // Fed before the task starts, so callers never see "no token" at the start.
-    supervisor.feed.token(&mut supervisor.machine, now(), first_token);
+    supervisor.core.handle_token(now(), first_token);
     let handle = SupervisorHandle {
         slot,
         shared,
@@ -345,46 +287,32 @@ struct Retired {
     closes: bool,
 }
 
-/// Rare state, boxed: one supervisor lives beside every connection.
+/// The executor's rare state, boxed: one supervisor lives beside every connection.
 #[derive(Default)]
-struct Trouble {
-    /// The connection whose last re-authentication failed (retried meanwhile).
-    retrying: Option<ConnectionId>,
-    /// `entraid.connection_replacement`, from the replacement's connect to its use.
-    replacement: Option<tracing::Span>,
+struct Rare {
     /// A health `PING` waiting for its reply.
     pending_probe: Option<(ConnectionId, BoxFuture<RedisResult<()>>)>,
     /// While the provider's token manager is stopped: the wait for its next start.
     restart: Option<((), BoxFuture<TokenStream>)>,
-    /// `entraid.handoff`, from the handoff's connect to its use, with its connection.
-    handoff: Option<(ConnectionId, tracing::Span)>,
-    /// The response timeout commands get during announced maintenance.
-    relaxed: Option<Duration>,
-    /// The one the handle in the slot has.
+    /// The relaxed response timeout the handle in the slot has.
     relaxed_published: Option<Duration>,
 }
 
-impl Trouble {
+impl Rare {
     fn is_over(&self) -> bool {
-        self.retrying.is_none()
-            && self.replacement.is_none()
-            && self.pending_probe.is_none()
-            && self.restart.is_none()
-            && self.handoff.is_none()
-            && self.relaxed.is_none()
-            && self.relaxed_published.is_none()
+        self.pending_probe.is_none() && self.restart.is_none() && self.relaxed_published.is_none()
     }
 }
 
-/// The end of a rare pending operation kept in `trouble` (a health `PING`, the wait for
-/// a stopped provider to start again); never resolves without one.
-async fn rare_wake<C>(trouble: &mut Option<Box<Trouble>>) -> Wake<C> {
-    let Some(trouble) = trouble.as_deref_mut() else {
+/// The end of a rare pending operation (a health `PING`, the wait for a stopped provider
+/// to start again); never resolves without one.
+async fn rare_wake<C>(rare: &mut Option<Box<Rare>>) -> Wake<C> {
+    let Some(rare) = rare.as_deref_mut() else {
         return std::future::pending().await;
     };
     tokio::select! {
-        ((), tokens) = wait_pending(&mut trouble.restart) => Wake::Started(tokens),
-        (id, result) = wait_pending(&mut trouble.pending_probe) => Wake::Probed(id, result),
+        ((), tokens) = wait_pending(&mut rare.restart) => Wake::Started(tokens),
+        (id, result) = wait_pending(&mut rare.pending_probe) => Wake::Probed(id, result),
     }
 }
 
@@ -395,31 +323,24 @@ enum Wake<C> {
     Connected(ConnectionId, RedisResult<C>),
     Auth(ConnectionId, Generation, RedisResult<()>),
     Lost(ConnectionId),
-    Reports(Vec<(ConnectionId, Report)>),
+    Reports(std::collections::VecDeque<(ConnectionId, Report)>),
     Probed(ConnectionId, RedisResult<()>),
     Drained(ConnectionId, bool),
     Timer,
 }
 
-/// Drives one connection state machine and does what it says through `T`.
+/// Executes one [`SupervisionCore`] on tokio, doing its I/O through `T`.
 pub(crate) struct Supervisor<T: Transport> {
-    machine: ConnectionStateMachine,
+    core: SupervisionCore<T::Shared>,
     transport: T,
-    client: redis::Client,
     /// `None` while the provider's token manager is stopped.
     tokens: Option<TokenStream>,
-    /// Keeps the token manager running; a new stream if it had to be started again.
-    manager: ManagerHandle,
-    feed: TokenFeed,
     open: IdMap<T::Conn>,
     retired: Vec<Retired>,
     pending_connect: Option<(ConnectionId, BoxFuture<RedisResult<T::Conn>>)>,
     pending_auth: PendingAuth,
     slot: watch::Sender<Slot<T::Handle>>,
-    shared: Arc<Shared<T::Shared>>,
-    trouble: Option<Box<Trouble>>,
-    /// This supervisor's share of the provider's connection figures.
-    health: GaugeShare,
+    rare: Option<Box<Rare>>,
 }
 
 impl<T: Transport> Supervisor<T> {
@@ -427,13 +348,17 @@ impl<T: Transport> Supervisor<T> {
         loop {
             let deadline = self.act();
             self.publish();
+            let deadline = match (deadline, self.transport.deadline().map(tokio::time::Instant::from_std)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let wake = tokio::select! {
                 item = next_token(&mut self.tokens) => Wake::Token(item),
-                wake = rare_wake(&mut self.trouble) => wake,
+                wake = rare_wake(&mut self.rare) => wake,
                 (id, result) = wait_pending(&mut self.pending_connect) => Wake::Connected(id, result),
                 ((id, generation), result) = wait_pending(&mut self.pending_auth) => Wake::Auth(id, generation, result),
-                reports = self.shared.reports.next() => Wake::Reports(reports),
-                id = self.transport.next_lost() => Wake::Lost(id),
+                reports = self.core.shared().reports.next() => Wake::Reports(reports),
+                id = self.transport.own_work() => Wake::Lost(id),
                 (id, closes) = next_retired(&mut self.retired) => Wake::Drained(id, closes),
                 () = sleep_until(deadline) => Wake::Timer,
             };
@@ -443,26 +368,25 @@ impl<T: Transport> Supervisor<T> {
 
     fn handle(&mut self, now: std::time::Instant, wake: Wake<T::Conn>) {
         match wake {
-            Wake::Token(Some(Ok(token))) => self.feed.token(&mut self.machine, now, token),
+            Wake::Token(Some(Ok(token))) => self.core.handle_token(now, token),
             Wake::Token(Some(Err(TokenManagerError::RuntimeShutDown))) => {
                 // The provider starts the manager again on a runtime of its own.
-                self.tokens = self.manager.resubscribe();
+                self.tokens = self.core.manager().resubscribe();
             }
             Wake::Token(Some(Err(TokenManagerError::TokenExpired))) => {
-                self.feed
-                    .token_lost(&mut self.machine, now, TokenManagerError::TokenExpired);
+                self.core.handle_token_lost(now, TokenManagerError::TokenExpired);
             }
-            Wake::Token(Some(Err(error))) => self.feed.token_error(error),
+            Wake::Token(Some(Err(error))) => self.core.handle_token_error(error),
             Wake::Token(None) => {
                 // The token manager stopped: the connection lives until its token ends,
                 // and follows the provider if it is started again.
-                self.feed.token_lost(&mut self.machine, now, TokenManagerError::Stopped);
+                self.core.handle_token_lost(now, TokenManagerError::Stopped);
                 self.tokens = None;
-                let manager = self.manager.clone();
-                self.trouble_mut().restart = Some(((), Box::pin(async move { manager.next_start().await })));
+                let manager = self.core.manager().clone();
+                self.rare_mut().restart = Some(((), Box::pin(async move { manager.next_start().await })));
             }
             Wake::Started(tokens) => {
-                self.trouble_mut().restart = None;
+                self.rare_mut().restart = None;
                 self.tokens = Some(tokens);
             }
             Wake::Connected(id, Ok(conn)) => {
@@ -472,144 +396,83 @@ impl<T: Transport> Supervisor<T> {
                     // which a late success is closed.
                     CatchUp::Pending(work) => self.pending_connect = Some((id, work)),
                     CatchUp::Ready(conn) => {
-                        self.feed.connect_result(None);
-                        Counters::bump(&self.shared.counters.connections_opened);
                         self.open.insert(id, conn);
-                        self.machine.handle_connected(now, id);
+                        self.core.handle_opened(now, id);
                     }
                 }
             }
             Wake::Connected(id, Err(error)) => {
                 self.pending_connect = None;
-                tracing::warn!(connection = %id, %error, "connecting to Redis failed");
-                Counters::bump(&self.shared.counters.connect_failures);
-                if let Some((_, span)) = self
-                    .trouble
-                    .as_mut()
-                    .and_then(|t| t.handoff.take_if(|(handoff, _)| *handoff == id))
-                {
-                    Counters::bump(&self.shared.counters.handoff_failures);
-                    span.in_scope(|| tracing::warn!(connection = %id, %error, "the handoff connection failed"));
-                }
-                self.transport.gone(id, Gone::Lost);
-                self.feed.connect_result(Some(error));
-                self.machine.handle_connect_failed(now, id);
+                self.core.handle_open_failed(now, id, error);
             }
             Wake::Auth(id, generation, result) => {
                 self.pending_auth = None;
-                self.trouble_mut().retrying = None;
-                match &result {
-                    Ok(()) => {
-                        Counters::bump(&self.shared.counters.reauthentications);
-                        if let Some(token) = self.feed.get(generation) {
-                            self.manager.health().reauthenticated(token);
-                        }
-                    }
-                    Err(error) => {
-                        self.trouble_mut().retrying = Some(id);
-                        Counters::bump(&self.shared.counters.failed_auths);
-                        tracing::warn!(connection = %id, %error, "re-authentication failed; retrying");
-                    }
-                }
-                match result {
-                    Err(error) if error.is_unrecoverable_error() => self.lost(now, id),
-                    result => self.machine.handle_auth_result(now, id, generation, result.is_ok()),
-                }
+                self.core.handle_auth_result(now, id, generation, result);
             }
-            Wake::Lost(id) => self.lost(now, id),
+            Wake::Lost(id) => self.core.handle_lost(now, id),
             Wake::Reports(reports) => {
                 for (id, report) in reports {
                     match report {
-                        Report::Lost => self.lost(now, id),
-                        Report::TimedOut => self.machine.handle_reply_timeout(now, id),
-                        Report::Maintenance(notice) => {
-                            tracing::info!(connection = %id, ?notice, "the server announced maintenance");
-                            self.machine.handle_maintenance(now, id, notice);
-                        }
+                        Report::Lost => self.core.handle_lost(now, id),
+                        Report::TimedOut => self.core.handle_reply_timeout(now, id),
+                        Report::Maintenance(notice) => self.core.handle_maintenance(now, id, notice),
                     }
                 }
             }
             Wake::Probed(id, result) => {
-                self.trouble_mut().pending_probe = None;
-                if let Err(error) = &result {
-                    tracing::warn!(connection = %id, %error, "no reply to a health PING");
-                }
-                match result {
-                    Err(error) if error.is_unrecoverable_error() => self.lost(now, id),
-                    result => self.machine.handle_probe_result(now, id, result.is_ok()),
-                }
+                self.rare_mut().pending_probe = None;
+                self.core.handle_probe_result(now, id, result);
             }
             Wake::Drained(id, closes) => {
                 if closes {
-                    self.retired.retain(|r| r.id != id);
-                    self.transport.gone(id, Gone::Drained);
-                    self.machine.handle_connection_lost(now, id);
+                    self.core.handle_drained(now, id);
                 }
             }
-            Wake::Timer => self.machine.handle_timeout(now),
+            Wake::Timer => {
+                self.core.handle_timeout(now);
+                self.transport.handle_timeout(now);
+            }
         }
     }
 
-    fn lost(&mut self, now: std::time::Instant, id: ConnectionId) {
-        if self.open.remove(&id).is_some() {
-            Counters::bump(&self.shared.counters.connections_lost);
-            tracing::warn!(connection = %id, "connection lost; opening another");
-        }
-        self.retired.retain(|r| r.id != id);
-        self.transport.gone(id, Gone::Lost);
-        self.machine.handle_connection_lost(now, id);
-    }
-
-    /// Carries out the machine's outputs; returns when to wake it next.
+    /// Does the I/O the core asks for; returns when to wake it next.
     fn act(&mut self) -> Option<tokio::time::Instant> {
         loop {
-            match self.machine.poll_output() {
-                ConnectionOutput::Connect {
-                    id,
-                    generation,
-                    timeout,
-                    reason,
-                    endpoint,
-                } => self.connect(id, generation, timeout, reason, endpoint.as_ref()),
-                ConnectionOutput::SendAuth {
-                    id,
-                    generation,
-                    timeout,
-                } => match (self.open.get(&id), self.feed.get(generation)) {
-                    (Some(conn), Some(token)) => {
-                        let auth = within(timeout, "AUTH", self.transport.auth(conn, token, timeout));
-                        self.pending_auth = Some(((id, generation), Box::pin(auth)));
+            match self.core.poll_io(now()) {
+                Io::Open(open) => {
+                    // The machine gave up on the attempt still pending (its deadline
+                    // passed first): the transport forgets it before the next one.
+                    if let Some((stale, _)) = self.pending_connect.take() {
+                        self.transport.gone(stale, Gone::Lost);
                     }
-                    _ => self.machine.handle_auth_result(now(), id, generation, false),
-                },
-                ConnectionOutput::Probe { id, timeout } => match self.open.get(&id) {
-                    Some(conn) => {
-                        let probe = within(timeout, "a health PING", self.transport.probe(conn, timeout));
-                        self.trouble_mut().pending_probe = Some((id, Box::pin(probe)));
-                    }
-                    None => self.machine.handle_probe_result(now(), id, false),
-                },
-                ConnectionOutput::Use(id) => {
+                    let (id, timeout) = (open.id, open.timeout);
+                    let future = self.transport.open(open);
+                    self.pending_connect = Some((id, Box::pin(within(timeout, "opening a connection", future))));
+                }
+                Io::Auth(request) => {
+                    let (id, timeout) = (request.id, request.timeout);
+                    let auth = match self.open.get(&id) {
+                        Some(conn) => self.transport.auth(conn, request.command, timeout),
+                        None => Box::pin(std::future::ready(Err(not_open()))),
+                    };
+                    let pending = within(timeout, "AUTH", auth);
+                    self.pending_auth = Some(((id, request.generation), Box::pin(pending)));
+                }
+                Io::Probe { id, timeout } => {
+                    let probe = match self.open.get(&id) {
+                        Some(conn) => self.transport.probe(conn, timeout),
+                        None => Box::pin(std::future::ready(Err(not_open()))),
+                    };
+                    let probe = within(timeout, "a health PING", probe);
+                    self.rare_mut().pending_probe = Some((id, Box::pin(probe)));
+                }
+                Io::TakeOver(id) => {
                     if let Some(conn) = self.open.get(&id) {
-                        self.transport.take_over(id, conn);
-                    }
-                    if let Some(span) = self.trouble.as_mut().and_then(|t| t.replacement.take()) {
-                        span.in_scope(|| tracing::info!(connection = %id, "replacement connection in use"));
-                    }
-                    if let Some((_, span)) = self
-                        .trouble
-                        .as_mut()
-                        .and_then(|t| t.handoff.take_if(|(handoff, _)| *handoff == id))
-                    {
-                        Counters::bump(&self.shared.counters.handoffs);
-                        self.manager.health().handed_off();
-                        span.in_scope(
-                            || tracing::info!(connection = %id, "handoff done: the new connection is in use"),
-                        );
+                        self.transport.took_over(id, conn);
                     }
                 }
-                ConnectionOutput::Retire(id) => {
-                    self.stop_using(id);
+                Io::Retire(id) => {
+                    self.stop_waiting_on(id);
                     if let Some(conn) = self.open.remove(&id) {
                         let retired = match self.transport.retire(id, conn) {
                             Retirement::Linger(work) => Retired {
@@ -626,122 +489,46 @@ impl<T: Transport> Supervisor<T> {
                         self.retired.push(retired);
                     }
                 }
-                ConnectionOutput::Close(id) => {
-                    self.stop_using(id);
-                    let open = self.open.remove(&id).is_some();
-                    let before = self.retired.len();
+                Io::Gone { id, why } => {
+                    self.stop_waiting_on(id);
+                    self.open.remove(&id);
                     self.retired.retain(|r| r.id != id);
-                    if open || self.retired.len() < before {
-                        Counters::bump(&self.shared.counters.closed_before_expiry);
-                        tracing::info!(connection = %id, "connection closed before its token expires");
-                    }
-                    self.transport.gone(id, Gone::Closed);
+                    self.transport.gone(id, why);
                 }
-                ConnectionOutput::RelaxTimeouts(relaxed) => {
-                    if relaxed.is_some() {
-                        Counters::bump(&self.shared.counters.relaxed_windows);
-                    }
-                    tracing::info!(?relaxed, "response timeouts for announced maintenance");
-                    self.trouble_mut().relaxed = relaxed;
-                }
-                ConnectionOutput::Timeout(at) => return Some(tokio::time::Instant::from_std(at)),
-                ConnectionOutput::Idle => return None,
+                Io::Wait(at) => return at.map(tokio::time::Instant::from_std),
             }
         }
     }
 
-    fn connect(
-        &mut self,
-        id: ConnectionId,
-        generation: Generation,
-        timeout: Duration,
-        reason: ConnectReason,
-        endpoint: Option<&Endpoint>,
-    ) {
-        match reason {
-            ConnectReason::Replacement => {
-                Counters::bump(&self.shared.counters.replacements);
-                self.manager.health().replaced();
-                let span = tracing::info_span!("entraid.connection_replacement", new = %id);
-                span.in_scope(|| {
-                    tracing::info!(connection = %id, "replacing a connection that could not re-authenticate");
-                });
-                self.trouble_mut().replacement = Some(span);
-            }
-            ConnectReason::RenewalSwap => {
-                Counters::bump(&self.shared.counters.renewal_swaps);
-                tracing::debug!(connection = %id, "renewal: a new connection takes over");
-            }
-            ConnectReason::Unresponsive => Counters::bump(&self.shared.counters.unresponsive),
-            ConnectReason::Handoff => {
-                let span =
-                    tracing::info_span!("entraid.handoff", new = %id, to = endpoint.map(tracing::field::display));
-                span.in_scope(|| tracing::info!(connection = %id, "opening the connection the server moves us to"));
-                self.trouble_mut().handoff = Some((id, span));
-            }
-            ConnectReason::First | ConnectReason::Reconnect => {}
-        }
-        let client = match endpoint {
-            Some(endpoint) => client_at(&self.client, endpoint),
-            None => Ok(self.client.clone()),
-        };
-        let opened = match (client, self.feed.get(generation)) {
-            (Ok(client), Some(token)) => client_with_token(&client, token),
-            (Err(error), _) => Err(error),
-            (_, None) => Err(RedisError::from((ErrorKind::Client, "no token to connect with"))),
-        };
-        let future = match opened {
-            Ok(client) => self.transport.open(id, client, reason, timeout),
-            Err(error) => Box::pin(std::future::ready(Err(error))),
-        };
-        self.pending_connect = Some((id, Box::pin(within(timeout, "opening a connection", future))));
-    }
-
-    /// A pending `AUTH` or health `PING` on `id` is dropped; a handoff connection that
-    /// goes before it was used (it came after the machine gave up) failed.
-    fn stop_using(&mut self, id: ConnectionId) {
+    /// A pending `AUTH` or health `PING` on `id` is dropped.
+    fn stop_waiting_on(&mut self, id: ConnectionId) {
         if self.pending_auth.as_ref().is_some_and(|((a, _), _)| *a == id) {
             self.pending_auth = None;
         }
-        if let Some(trouble) = &mut self.trouble {
-            if trouble.pending_probe.as_ref().is_some_and(|(p, _)| *p == id) {
-                trouble.pending_probe = None;
-            }
-            if let Some((_, span)) = trouble.handoff.take_if(|(handoff, _)| *handoff == id) {
-                Counters::bump(&self.shared.counters.handoff_failures);
-                span.in_scope(|| tracing::warn!(connection = %id, "the handoff connection came too late; closed"));
-            }
+        if let Some(rare) = &mut self.rare
+            && rare.pending_probe.as_ref().is_some_and(|(p, _)| *p == id)
+        {
+            rare.pending_probe = None;
         }
     }
 
-    fn trouble_mut(&mut self) -> &mut Trouble {
-        self.trouble.get_or_insert_with(Box::default)
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
     }
 
     /// Tells callers where to go, when that changed.
     fn publish(&mut self) {
-        let open = &self.open;
-        if let Some(trouble) = &mut self.trouble {
-            if trouble.retrying.is_some_and(|id| open.get(&id).is_none()) {
-                trouble.retrying = None;
-            }
-            if trouble.is_over() {
-                self.trouble = None;
-            }
-        }
-        let retrying = usize::from(self.trouble.as_ref().is_some_and(|t| t.retrying.is_some()));
         let draining = self.retired.iter().filter(|r| r.closes).count();
-        self.health
-            .set(self.manager.health(), self.open.len() + draining, retrying);
-        let state = self.feed.for_callers(self.machine.availability());
-        let errors_changed = self.feed.errors_changed();
+        self.core.publish_health(self.open.len() + draining);
+        let state = self.core.for_callers();
+        let errors_changed = self.core.errors_changed();
+        let view = HandleView {
+            close_grace: self.core.close_grace(),
+            relaxed: self.core.relaxed(),
+        };
+        // Whether the handle has the relaxed timeout in force.
+        let relaxed_same = self.rare.as_ref().and_then(|r| r.relaxed_published) == view.relaxed;
         let (open, transport) = (&self.open, &self.transport);
-        let close_grace = self.machine.close_grace();
-        // The response timeout for announced maintenance, and whether the handle has it.
-        let (relaxed, relaxed_same) = self
-            .trouble
-            .as_mut()
-            .map_or((None, true), |t| (t.relaxed, t.relaxed_published == t.relaxed));
         let changed = self.slot.send_if_modified(|current| {
             let same = relaxed_same
                 && match (&*current, &state) {
@@ -754,7 +541,7 @@ impl<T: Transport> Supervisor<T> {
                 // Built only when it changed: a handle is a clone of the connection.
                 *current = match state {
                     Ok(Some(id)) => match open.get(&id) {
-                        Some(conn) => Slot::Ready(id, transport.handle(conn, close_grace, relaxed)),
+                        Some(conn) => Slot::Ready(id, transport.handle(conn, view)),
                         None => Slot::Connecting,
                     },
                     Ok(None) => Slot::Connecting,
@@ -763,11 +550,11 @@ impl<T: Transport> Supervisor<T> {
             }
             !same
         });
-        if let Some(trouble) = &mut self.trouble {
-            trouble.relaxed_published = trouble.relaxed;
-            if trouble.is_over() {
-                self.trouble = None;
-            }
+        if !relaxed_same {
+            self.rare_mut().relaxed_published = view.relaxed;
+        }
+        if self.rare.as_ref().is_some_and(|r| r.is_over()) {
+            self.rare = None;
         }
         if changed {
             self.transport.published(&self.slot.borrow());
@@ -775,14 +562,19 @@ impl<T: Transport> Supervisor<T> {
     }
 }
 
+/// An operation asked for a connection the supervisor no longer holds.
+fn not_open() -> RedisError {
+    RedisError::from((ErrorKind::Client, "no such connection"))
+}
+
 impl<T: Transport> Drop for Supervisor<T> {
     fn drop(&mut self) {
-        self.health.release(self.manager.health());
         self.slot.send_replace(Slot::Stopped);
         for id in self
             .open
             .ids()
             .chain(self.retired.iter().map(|r| r.id))
+            .chain(self.pending_connect.as_ref().map(|(id, _)| *id))
             .collect::<Vec<_>>()
         {
             self.transport.gone(id, Gone::Closed);

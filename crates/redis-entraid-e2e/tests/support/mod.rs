@@ -11,12 +11,7 @@ use redis::{AsyncConnectionConfig, RedisResult, TlsCertificates};
 use redis_entraid::{EntraIdCredentialsProvider, TokenManagerConfig};
 
 pub(crate) async fn emulator(lifetime: Duration, principals: Option<Principals>) -> Emulator {
-    start(EmulatorConfig {
-        token_lifetime: lifetime,
-        principals,
-        ..EmulatorConfig::default()
-    })
-    .await
+    start(EmulatorConfig::new().token_lifetime(lifetime).principals(principals)).await
 }
 
 async fn start(config: EmulatorConfig) -> Emulator {
@@ -132,11 +127,11 @@ pub(crate) async fn back_after_outage(emulator: &Emulator, provider: &EntraIdCre
 
 /// An emulator whose redis-server lets a test stall it with `DEBUG SLEEP`.
 pub(crate) async fn stallable_emulator(lifetime: Duration) -> Emulator {
-    start(EmulatorConfig {
-        token_lifetime: lifetime,
-        redis_args: vec!["--enable-debug-command".into(), "yes".into()],
-        ..EmulatorConfig::default()
-    })
+    start(
+        EmulatorConfig::new()
+            .token_lifetime(lifetime)
+            .redis_args(["--enable-debug-command", "yes"]),
+    )
     .await
 }
 

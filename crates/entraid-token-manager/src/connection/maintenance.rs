@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::connection::ConnectionId;
+use super::output::ConnectionId;
 
 /// A maintenance notification a server pushed on a connection (RESP3, after the client
 /// opted in with `CLIENT MAINT_NOTIFICATIONS ON`), as the driver parsed it.
@@ -182,8 +182,7 @@ impl Maintenance {
         false
     }
 
-    /// Takes a notice received on `on` (the connection in use, `active`); returns
-    /// whether it started a handoff.
+    /// Takes a notice received on `on` (the connection in use, `active`).
     pub(crate) fn notice(
         &mut self,
         now: Instant,
@@ -191,7 +190,7 @@ impl Maintenance {
         active: Option<ConnectionId>,
         notice: MaintenanceNotice,
         relaxed_timeout: Option<Duration>,
-    ) -> bool {
+    ) {
         let backstop = |time: Duration| {
             let floor = relaxed_timeout.unwrap_or_default().saturating_mul(2);
             now + time.saturating_mul(BACKSTOP_FACTOR).max(floor)
@@ -199,7 +198,7 @@ impl Maintenance {
         match notice {
             MaintenanceNotice::Moving { seq, time, endpoint } => {
                 if self.repeat(StartKind::Moving, seq) {
-                    return false;
+                    return;
                 }
                 // The push took a moment to arrive, and the old connection must be gone
                 // before the server closes it: done by nine tenths of the announced time.
@@ -209,7 +208,7 @@ impl Maintenance {
                 }
                 // Only the connection in use moves; one already retired goes anyway.
                 if active != Some(on) {
-                    return false;
+                    return;
                 }
                 let start_at = if endpoint.is_some() { now } else { now + time / 2 };
                 self.handoff = Some(Handoff {
@@ -222,7 +221,6 @@ impl Maintenance {
                 // for the whole window.
                 let window_end = now + time;
                 self.relaxed_until = Some(self.relaxed_until.map_or(window_end, |at| at.max(window_end)));
-                true
             }
             MaintenanceNotice::Migrating { seq, time } | MaintenanceNotice::FailingOver { seq, time } => {
                 let kind = match notice {
@@ -234,14 +232,12 @@ impl Maintenance {
                     let until = backstop(time);
                     self.relaxed_until = Some(self.relaxed_until.map_or(until, |at| at.max(until)));
                 }
-                false
             }
             MaintenanceNotice::Migrated { .. } | MaintenanceNotice::FailedOver { .. } => {
                 self.windows = self.windows.saturating_sub(1);
                 if self.windows == 0 && self.handoff.is_none() {
                     self.relaxed_until = None;
                 }
-                false
             }
         }
     }

@@ -26,10 +26,7 @@ impl Harness {
             .build()
             .unwrap();
         let emulator = runtime
-            .block_on(Emulator::start(EmulatorConfig {
-                token_lifetime: lifetime,
-                ..EmulatorConfig::default()
-            }))
+            .block_on(Emulator::start(EmulatorConfig::new().token_lifetime(lifetime)))
             .expect("the emulator starts (redis-server on PATH)");
         Harness {
             runtime,
