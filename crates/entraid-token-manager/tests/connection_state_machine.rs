@@ -1003,3 +1003,25 @@ fn relaxing_can_be_turned_off() {
     zero.relaxed_timeout = Some(Duration::ZERO);
     assert!(matches!(zero.validate(), Err(ConnectionPolicyError::Zero(_))));
 }
+
+#[test]
+fn an_announced_time_past_a_day_is_taken_as_a_day() {
+    let (mut clock, mut sm, old) = connected();
+    let notified = clock.advance(S);
+    // A push may carry up to `i64::MAX` seconds; `Instant + Duration::MAX` would panic.
+    sm.handle_maintenance(notified, old, moving(1, Duration::MAX, None));
+    sm.handle_maintenance(
+        notified,
+        old,
+        MaintenanceNotice::Migrating {
+            seq: 2,
+            time: Duration::from_secs(i64::MAX as u64),
+        },
+    );
+    let (outputs, next) = drain(&mut sm);
+    assert!(outputs.contains(&Out::RelaxTimeouts(Some(10 * S))), "{outputs:?}");
+    // No endpoint named: the handoff starts after half the (clamped) time; the token's
+    // own deadlines come first.
+    assert!(next.is_some_and(|at| at <= notified + LIFE), "{next:?}");
+    assert_eq!(sm.availability(), Availability::Connected(old));
+}

@@ -169,6 +169,11 @@ pub(crate) struct Maintenance {
 /// (and by at least twice the relaxed timeout): SE.Redis's backstop.
 const BACKSTOP_FACTOR: u32 = 3;
 
+/// The longest announced time taken as it is: a push may carry up to `i64::MAX` seconds,
+/// and no maintenance window lasts a day. Longer ones are taken as a day, so every
+/// instant computed from one stays far inside `Instant`'s range.
+pub(crate) const MAX_ANNOUNCED_TIME: Duration = Duration::from_secs(24 * 3600);
+
 impl Maintenance {
     /// Whether this start was seen already; remembers it.
     fn repeat(&mut self, kind: StartKind, seq: u64) -> bool {
@@ -193,24 +198,25 @@ impl Maintenance {
     ) {
         let backstop = |time: Duration| {
             let floor = relaxed_timeout.unwrap_or_default().saturating_mul(2);
-            now + time.saturating_mul(BACKSTOP_FACTOR).max(floor)
+            later(now, time.saturating_mul(BACKSTOP_FACTOR).max(floor))
         };
         match notice {
             MaintenanceNotice::Moving { seq, time, endpoint } => {
+                let time = time.min(MAX_ANNOUNCED_TIME);
                 if self.repeat(StartKind::Moving, seq) {
                     return;
                 }
                 // The push took a moment to arrive, and the old connection must be gone
                 // before the server closes it: done by nine tenths of the announced time.
-                let deadline = now + time.saturating_sub(time / 10);
+                let deadline = later(now, time.saturating_sub(time / 10));
                 if let Some(endpoint) = &endpoint {
-                    self.redirect = Some((endpoint.clone(), now + time));
+                    self.redirect = Some((endpoint.clone(), later(now, time)));
                 }
                 // Only the connection in use moves; one already retired goes anyway.
                 if active != Some(on) {
                     return;
                 }
-                let start_at = if endpoint.is_some() { now } else { now + time / 2 };
+                let start_at = if endpoint.is_some() { now } else { later(now, time / 2) };
                 self.handoff = Some(Handoff {
                     from: on,
                     endpoint,
@@ -219,10 +225,11 @@ impl Maintenance {
                 });
                 // Replies slow down while the endpoint moves, as in a migration: relaxed
                 // for the whole window.
-                let window_end = now + time;
+                let window_end = later(now, time);
                 self.relaxed_until = Some(self.relaxed_until.map_or(window_end, |at| at.max(window_end)));
             }
             MaintenanceNotice::Migrating { seq, time } | MaintenanceNotice::FailingOver { seq, time } => {
+                let time = time.min(MAX_ANNOUNCED_TIME);
                 let kind = match notice {
                     MaintenanceNotice::Migrating { .. } => StartKind::Migrating,
                     _ => StartKind::FailingOver,
@@ -286,6 +293,13 @@ impl Maintenance {
             .chain(self.relaxed_until)
             .chain(self.redirect.as_ref().map(|(_, until)| *until))
     }
+}
+
+/// `now + after`, or far ahead (never a panic) if that leaves `Instant`'s range.
+fn later(now: Instant, after: Duration) -> Instant {
+    now.checked_add(after)
+        .or_else(|| now.checked_add(MAX_ANNOUNCED_TIME))
+        .unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-/// Timing rules of a [`ConnectionStateMachine`].
+/// Timing rules of a [`ConnectionStateMachine`](super::ConnectionStateMachine).
 ///
 /// Margins scale down for short tokens: each is at most a tenth (replace) or a fortieth
 /// (close) of the token's lifetime, so a token of a few seconds still leaves room for
