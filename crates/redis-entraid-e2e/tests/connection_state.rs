@@ -364,3 +364,121 @@ async fn session_state_is_carried_to_every_new_connection_or_refused_up_front() 
     })
     .await;
 }
+
+/// Runs `CLIENT KILL TYPE normal` (every client connection closed by the server, as at
+/// a failover or the end of a maintenance window) through a connection of its own.
+async fn kill_every_connection(emulator: &entraid_emulator::Emulator) {
+    let mut admin = publisher(emulator).await;
+    let _: RedisResult<u64> = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal"])
+        .query_async(&mut admin)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_the_server_refuses_inside_a_pipeline_is_never_replayed() {
+    watchdog(Duration::from_secs(60), async {
+        let emulator = emulator(Duration::from_secs(30), None).await;
+        let provider = started(secret_provider(&emulator), quick_retries());
+        // A client name with a space is refused; beneath the pipeline's error, the
+        // connection answers `Ok` with the server's error inside (what we see).
+        let bad_name = || {
+            redis::pipe()
+                .cmd("CLIENT")
+                .arg("SETNAME")
+                .arg("has space")
+                .cmd("PING")
+                .clone()
+        };
+
+        let mut manager = ConnectionManager::new(tls_client(&emulator, false), provider.clone())
+            .await
+            .unwrap();
+        let refused: RedisResult<Vec<redis::Value>> = bad_name().query_async(&mut manager).await;
+        assert!(refused.is_err_and(|e| e.to_string().contains("names cannot contain spaces")));
+        let client = tls_client(&emulator, false);
+        let sync_provider = provider.clone();
+        let sync = tokio::task::spawn_blocking(move || {
+            let mut connection = redis_entraid::Connection::new(client, sync_provider).unwrap();
+            let refused: RedisResult<Vec<redis::Value>> = bad_name().query(&mut connection);
+            assert!(refused.is_err_and(|e| e.to_string().contains("names cannot contain spaces")));
+            connection
+        })
+        .await
+        .unwrap();
+
+        kill_every_connection(&emulator).await;
+        // Every reconnect would replay the refused name and fail, if it were recorded.
+        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut failed = 0;
+        let mut answered = 0;
+        while tokio::time::Instant::now() < end && answered < 20 {
+            match redis::cmd("PING").query_async::<String>(&mut manager).await {
+                Ok(_) => answered += 1,
+                Err(_) => failed += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let stats = manager.stats();
+        eprintln!("after the kill: {answered} PINGs answered, {failed} failed; {stats:?}");
+        assert_eq!(answered, 20, "the manager reconnects: {failed} failed, {stats:?}");
+        assert_eq!(stats.connect_failures, 0, "{stats:?}");
+        assert_eq!(stats.settings_refused, 0, "nothing refused was recorded");
+        let (sync_ok, sync_stats) = tokio::task::spawn_blocking(move || {
+            let mut connection = sync;
+            let ok = (0..20)
+                .filter(|_| redis::cmd("PING").query::<String>(&mut connection).is_ok())
+                .count();
+            (ok, connection.stats())
+        })
+        .await
+        .unwrap();
+        eprintln!("sync after the kill: {sync_ok} of 20 PINGs answered; {sync_stats:?}");
+        // The first may meet the killed socket; every one after it reconnects and works.
+        assert!(sync_ok >= 19, "{sync_ok} of 20; {sync_stats:?}");
+        assert_eq!(sync_stats.connect_failures, 0, "{sync_stats:?}");
+        emulator.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_transaction_the_server_aborts_holds_no_renewal_back() {
+    watchdog(Duration::from_secs(60), async {
+        // 4 s tokens: renewals every 2.8 s, the replace margin 0.4 s before expiry.
+        let emulator = emulator(Duration::from_secs(4), None).await;
+        let provider = started(secret_provider(&emulator), exact_renewals());
+        let client = tls_client(&emulator, false);
+        let (failed, stats) = tokio::task::spawn_blocking(move || {
+            let mut connection = redis_entraid::Connection::new(client, provider).unwrap();
+            // A command with the wrong arity is queued as an error: EXEC answers EXECABORT.
+            redis::cmd("MULTI").query::<()>(&mut connection).unwrap();
+            let _: RedisResult<()> = redis::cmd("SET").arg("only-a-key").query(&mut connection);
+            let exec: RedisResult<redis::Value> = redis::cmd("EXEC").query(&mut connection);
+            assert!(
+                exec.is_err() || matches!(exec, Ok(redis::Value::ServerError(_))),
+                "{exec:?}"
+            );
+            // Two token lives of commands: a transaction left open in our record would
+            // hold the renewal to the margin, then abort it and fail what follows.
+            let mut failed = Vec::new();
+            let end = std::time::Instant::now() + Duration::from_secs(9);
+            while std::time::Instant::now() < end {
+                if let Err(error) = redis::cmd("PING").query::<String>(&mut connection) {
+                    failed.push(error.to_string());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (failed, connection.stats())
+        })
+        .await
+        .unwrap();
+        eprintln!("after EXECABORT: {} failed; {stats:?}", failed.len());
+        assert!(failed.is_empty(), "{failed:?}");
+        assert!(stats.reauthentications >= 2, "renewals sent in place: {stats:?}");
+        assert_eq!(stats.replacements, 0, "{stats:?}");
+        assert_eq!(stat(&emulator, "cut_connections"), 0);
+        emulator.stop().await;
+    })
+    .await;
+}

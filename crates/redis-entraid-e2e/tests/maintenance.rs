@@ -241,3 +241,42 @@ async fn a_handoff_during_a_renewal_and_one_during_an_identity_outage() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_never_shortens_a_timeout_nor_adds_one() {
+    watchdog(Duration::from_secs(60), async {
+        // Long tokens: nothing but the migration happens during the blocking command.
+        let emulator = emulator(Duration::from_secs(60), None).await;
+        let (mut manager, _provider) =
+            start_manager(&emulator, ConnectionManagerConfig::new().set_response_timeout(None)).await;
+        emulator
+            .set_faults(Faults::new().maintenance(Maintenance::Migrating {
+                time: Duration::from_secs(40),
+            }))
+            .unwrap();
+        let relaxed = tokio::time::Instant::now() + Duration::from_secs(5);
+        while manager.stats().relaxed_windows == 0 {
+            assert!(
+                tokio::time::Instant::now() < relaxed,
+                "the migration reached the manager"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Longer than the relaxed 10 s: with no response timeout configured, it waits.
+        let started = tokio::time::Instant::now();
+        let popped: redis::RedisResult<Option<(String, String)>> = redis::cmd("BLPOP")
+            .arg("never-pushed")
+            .arg(12)
+            .query_async(&mut manager)
+            .await;
+        let took = started.elapsed();
+        eprintln!(
+            "BLPOP 12 during MIGRATING: {popped:?} after {took:?}; {:?}",
+            manager.stats()
+        );
+        assert_eq!(popped.unwrap(), None, "the server's own timeout answered it");
+        assert!(took >= Duration::from_secs(11), "{took:?}");
+        emulator.stop().await;
+    })
+    .await;
+}

@@ -13,8 +13,8 @@ use redis_entraid::aio::{ConnectionManager, ConnectionManagerConfig};
 
 mod support;
 use support::{
-    back_after_outage, exact_renewals, next_renewal, outage_longer_than_a_token, quick_retries, secret_provider,
-    stall_server, stallable_emulator, started, stat, tls_client,
+    back_after_outage, emulator, exact_renewals, next_renewal, outage_longer_than_a_token, quick_retries,
+    secret_provider, stall_server, stallable_emulator, started, stat, tls_client, watchdog,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,6 +388,9 @@ async fn a_blocking_command_longer_than_the_token_fails_before_expiry_and_nothin
         error.to_string().contains("closed before its Entra ID token expired"),
         "{error}"
     );
+    // It may have run: not an error retry loops treat as safe to repeat.
+    assert!(matches!(error.retry_method(), redis::RetryMethod::NoRetry), "{error}");
+    assert!(!error.is_io_error(), "{error}");
     assert!(failed_at < token.expires_at(), "closed before the token expired");
     let mut after = manager.clone();
     let pong: String = redis::cmd("PING").query_async(&mut after).await.unwrap();
@@ -396,4 +399,41 @@ async fn a_blocking_command_longer_than_the_token_fails_before_expiry_and_nothin
     assert_eq!(manager.stats().replacements, 1);
     assert_eq!(stat(&emulator, "cut_connections"), 0);
     emulator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_command_is_not_taken_for_a_silent_path() {
+    watchdog(Duration::from_secs(60), async {
+        let emulator = emulator(Duration::from_secs(60), None).await;
+        let provider = started(secret_provider(&emulator), quick_retries());
+        // A 1 s response timeout, shorter than the 5 s the server holds the BLPOP: it
+        // times out client-side, and a health PING would wait behind the BLPOP's reply
+        // past the 2 s probe timeout, replacing a healthy connection.
+        let mut manager = ConnectionManager::new_with_config(
+            tls_client(&emulator, false),
+            provider,
+            ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(1))),
+        )
+        .await
+        .unwrap();
+        let blpop: RedisResult<Option<(String, String)>> = redis::cmd("BLPOP")
+            .arg("never-pushed")
+            .arg(5)
+            .query_async(&mut manager)
+            .await;
+        assert!(blpop.is_err_and(|e| e.is_timeout()), "its own 1 s timeout");
+        // A command queued behind it times out too.
+        let get: RedisResult<Option<String>> = redis::cmd("GET").arg("k").query_async(&mut manager).await;
+        assert!(get.is_err_and(|e| e.is_timeout()));
+        // Past the server's 5 s and the probe's 2 s: nothing was taken for a silent path.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let pong: String = redis::cmd("PING").query_async(&mut manager).await.unwrap();
+        assert_eq!(pong, "PONG");
+        let stats = manager.stats();
+        eprintln!("BLPOP 5 with a 1 s response timeout: {stats:?}");
+        assert_eq!(stats.unresponsive, 0, "{stats:?}");
+        assert_eq!(stats.connections_opened, 1, "the healthy connection kept: {stats:?}");
+        emulator.stop().await;
+    })
+    .await;
 }

@@ -27,3 +27,9 @@ pub(crate) fn auth_accepted(reply: Value) -> RedisResult<()> {
         ))),
     }
 }
+
+/// The server answered with an error (a refusal), as opposed to no answer: the
+/// connection is fine.
+pub(crate) fn is_refusal(error: &RedisError) -> bool {
+    !(error.is_unrecoverable_error() || error.is_io_error() || error.is_timeout())
+}

@@ -17,7 +17,7 @@ use crate::EntraIdCredentialsProvider;
 use crate::commands;
 use crate::connection_config::{ConnectionConfig, ConnectionType};
 use crate::session::{self, Effect, SessionState};
-use crate::supervision::{ConnectionStats, IdMap, Io, OpenRequest, Shared, SupervisionCore};
+use crate::supervision::{ConnectionStats, Counters, IdMap, Io, OpenRequest, Shared, SupervisionCore};
 use crate::token_feed::no_token_error;
 
 /// A synchronous Redis connection that stays authenticated with Entra ID, for code that
@@ -317,12 +317,16 @@ impl Connection {
         result
     }
 
-    fn open(&self, client: &redis::Client, timeout: Duration) -> RedisResult<redis::Connection> {
+    fn open(&mut self, client: &redis::Client, timeout: Duration) -> RedisResult<redis::Connection> {
         let mut connection = client.get_connection_with_timeout(timeout)?;
         connection.set_read_timeout(self.response_timeout)?;
         connection.set_write_timeout(Some(timeout))?;
-        for command in self.session.replay() {
-            command.query::<()>(&mut connection)?;
+        for (setting, command) in self.session.replay() {
+            if let Err(error) = command.query::<()>(&mut connection) {
+                session::refused_on_replay(setting, error)?;
+                self.session.forget(setting);
+                Counters::bump(&self.core.shared().counters.settings_refused);
+            }
         }
         Ok(connection)
     }
@@ -413,7 +417,11 @@ impl redis::ConnectionLike for Connection {
                 // RESP3 pushes between replies are not this command's reply.
                 Ok(Value::Push { .. }) => continue,
                 Ok(value) => {
-                    if !matches!(value, Value::ServerError(_)) {
+                    // An `EXEC` answered `EXECABORT`, or a `DISCARD` refused, still leaves
+                    // no transaction open on the server: a stale one would hold renewals
+                    // back to the replace margin.
+                    let ends_transaction = matches!(effect, Effect::Exec | Effect::Discard);
+                    if !matches!(value, Value::ServerError(_)) || ends_transaction {
                         self.accepted(effect, args, id);
                     }
                     return Ok(value);
@@ -445,9 +453,22 @@ impl redis::ConnectionLike for Connection {
         }
         let result = self.connection(id)?.req_packed_commands(cmd, offset, count);
         match &result {
-            Ok(_) => {
-                for (effect, args) in effects.into_iter().zip(&parsed) {
-                    self.accepted(effect, args, id);
+            Ok(replies) => {
+                // A transaction's replies are EXEC's array, for the commands inside it.
+                let transaction = effects.len() >= 2
+                    && effects.first() == Some(&Effect::Multi)
+                    && effects.last() == Some(&Effect::Exec);
+                let inside = if transaction { effects.len() - 2 } else { effects.len() };
+                let mut accepted = session::accepted(replies, inside, transaction);
+                if transaction {
+                    // MULTI and EXEC: the transaction ended, whatever ran inside it.
+                    accepted.insert(0, true);
+                    accepted.push(true);
+                }
+                for ((effect, args), accepted) in effects.into_iter().zip(&parsed).zip(accepted) {
+                    if accepted {
+                        self.accepted(effect, args, id);
+                    }
                 }
             }
             Err(error) => self.lost_if_unusable(id, error),

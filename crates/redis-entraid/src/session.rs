@@ -14,7 +14,9 @@
 //! | `MULTI` … `EXEC`, `WATCH` (sync `Connection`) | no `AUTH` and no swap inside; past the replace margin the transaction fails with an error, and a `WATCH` lost in a swap fails its `MULTI` | a transaction never straddles two connections |
 //! | `MULTI`, `WATCH` sent alone on `aio::ConnectionManager` | refused; `redis::pipe().atomic()` works | a multiplexed connection is shared: a transaction must be one pipeline |
 
-use redis::{ErrorKind, RedisError};
+use std::time::Duration;
+
+use redis::{ErrorKind, RedisError, Value};
 
 /// What a command does to its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +89,73 @@ pub(crate) fn effect(name: &[u8], sub: Option<&[u8]>) -> Effect {
     }
 }
 
+/// How long a blocking command (`BLPOP` and the like, `XREAD`/`XREADGROUP … BLOCK`,
+/// `WAIT`, `WAITAOF`) may hold its connection's replies: `Some(None)` for ever (a timeout
+/// of 0), `Some(Some(time))` for its timeout, `None` if it does not block.
+pub(crate) fn blocking_time<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Option<Option<Duration>> {
+    let is = |a: &[u8], b: &str| a.eq_ignore_ascii_case(b.as_bytes());
+    let name = args.next()?;
+    let seconds = |arg: Option<&[u8]>| {
+        let text = std::str::from_utf8(arg?).ok()?;
+        let seconds: f64 = text.parse().ok()?;
+        let time = Duration::try_from_secs_f64(seconds).ok()?;
+        Some((!time.is_zero()).then_some(time))
+    };
+    let millis = |arg: Option<&[u8]>| {
+        let ms: u64 = std::str::from_utf8(arg?).ok()?.parse().ok()?;
+        Some((ms != 0).then(|| Duration::from_millis(ms)))
+    };
+    let rest: Vec<&[u8]> = match name {
+        n if [
+            "BLPOP",
+            "BRPOP",
+            "BZPOPMIN",
+            "BZPOPMAX",
+            "BLMOVE",
+            "BRPOPLPUSH",
+            "BLMPOP",
+            "BZMPOP",
+            "XREAD",
+            "XREADGROUP",
+            "WAIT",
+            "WAITAOF",
+        ]
+        .iter()
+        .any(|b| is(n, b)) =>
+        {
+            args.collect()
+        }
+        _ => return None,
+    };
+    match name {
+        n if is(n, "BLMPOP") || is(n, "BZMPOP") => seconds(rest.first().copied()),
+        n if is(n, "XREAD") || is(n, "XREADGROUP") => {
+            let at = rest.iter().position(|a| is(a, "BLOCK"))?;
+            millis(rest.get(at + 1).copied())
+        }
+        n if is(n, "WAIT") => millis(rest.get(1).copied()),
+        n if is(n, "WAITAOF") => millis(rest.get(2).copied()),
+        _ => seconds(rest.last().copied()),
+    }
+}
+
+/// Which of a pipeline's `commands` the server accepted, from its `replies`: in a plain
+/// pipeline each command has its reply; in a transaction (`MULTI` … `EXEC`, the commands
+/// between them counted) the one reply is `EXEC`'s array, a reply per queued command. The
+/// redis crate answers `Ok` with a `Value::ServerError` inside for a command the server
+/// refused, so a setting is recorded only where its own reply is no error; a command
+/// without a reply of the expected shape (an aborted transaction) is not accepted.
+pub(crate) fn accepted(replies: &[Value], commands: usize, transaction: bool) -> Vec<bool> {
+    let ok = |reply: &Value| !matches!(reply, Value::ServerError(_));
+    if !transaction {
+        return (0..commands).map(|i| replies.get(i).is_some_and(ok)).collect();
+    }
+    match replies {
+        [Value::Array(replies)] if replies.len() == commands => replies.iter().map(ok).collect(),
+        _ => vec![false; commands],
+    }
+}
+
 /// The error a refused command gets.
 pub(crate) fn refused(what: &'static str, instead: &'static str) -> RedisError {
     RedisError::from((ErrorKind::Client, what, instead.to_owned()))
@@ -115,23 +184,50 @@ impl SessionState {
         }
     }
 
-    /// The commands that set this state on a new connection.
-    pub(crate) fn replay(&self) -> Vec<redis::Cmd> {
+    /// The commands that set this state on a new connection, each with the setting it
+    /// carries.
+    pub(crate) fn replay(&self) -> Vec<(Setting, redis::Cmd)> {
         let mut commands = Vec::new();
         if let Some(name) = &self.client_name {
-            commands.push(redis::cmd("CLIENT").arg("SETNAME").arg(name.as_slice()).to_owned());
+            let command = redis::cmd("CLIENT").arg("SETNAME").arg(name.as_slice()).to_owned();
+            commands.push((Setting::ClientName, command));
         }
         if self.read_only {
-            commands.push(redis::cmd("READONLY"));
+            commands.push((Setting::ReadOnly, redis::cmd("READONLY")));
         }
         if let Some(on) = &self.no_evict {
-            commands.push(redis::cmd("CLIENT").arg("NO-EVICT").arg(on.as_slice()).to_owned());
+            let command = redis::cmd("CLIENT").arg("NO-EVICT").arg(on.as_slice()).to_owned();
+            commands.push((Setting::NoEvict, command));
         }
         if let Some(on) = &self.no_touch {
-            commands.push(redis::cmd("CLIENT").arg("NO-TOUCH").arg(on.as_slice()).to_owned());
+            let command = redis::cmd("CLIENT").arg("NO-TOUCH").arg(on.as_slice()).to_owned();
+            commands.push((Setting::NoTouch, command));
         }
         commands
     }
+
+    /// Drops `setting`: the server refused it on a new connection, and every later
+    /// connection would fail the same way.
+    pub(crate) fn forget(&mut self, setting: Setting) {
+        match setting {
+            Setting::ClientName => self.client_name = None,
+            Setting::ReadOnly | Setting::ReadWrite => self.read_only = false,
+            Setting::NoEvict => self.no_evict = None,
+            Setting::NoTouch => self.no_touch = None,
+        }
+    }
+}
+
+/// A setting's replay on a new connection failed with `error`: `Ok` if the server refused
+/// it (an error reply, the connection fine), so the caller leaves it out, logged, and one
+/// refused setting never fails every later connection; `Err` (no answer) fails the
+/// connection.
+pub(crate) fn refused_on_replay(setting: Setting, error: RedisError) -> Result<(), RedisError> {
+    if !crate::commands::is_refusal(&error) {
+        return Err(error);
+    }
+    tracing::warn!(?setting, %error, "the server refused a setting on a new connection; it is dropped");
+    Ok(())
 }
 
 /// The commands in `packed` (RESP arrays of bulk strings, as the redis crate writes
@@ -165,7 +261,50 @@ fn header(bytes: &[u8], prefix: u8) -> Option<(usize, &[u8])> {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
+
+    #[test]
+    fn blocking_commands_are_known_with_how_long_they_may_block() {
+        let time = |words: &[&str]| blocking_time(words.iter().map(|w| w.as_bytes()));
+        let s = Duration::from_secs;
+        assert_eq!(time(&["BLPOP", "a", "b", "5"]), Some(Some(s(5))));
+        assert_eq!(time(&["brpop", "a", "0.5"]), Some(Some(Duration::from_millis(500))));
+        assert_eq!(time(&["BLPOP", "a", "0"]), Some(None), "0 blocks for ever");
+        assert_eq!(time(&["BLMOVE", "a", "b", "LEFT", "RIGHT", "2"]), Some(Some(s(2))));
+        assert_eq!(time(&["BLMPOP", "3", "1", "a", "LEFT"]), Some(Some(s(3))));
+        assert_eq!(
+            time(&["XREAD", "COUNT", "1", "BLOCK", "1500", "STREAMS", "s", "$"]),
+            Some(Some(Duration::from_millis(1500)))
+        );
+        assert_eq!(
+            time(&["XREAD", "STREAMS", "s", "0"]),
+            None,
+            "no BLOCK: answered at once"
+        );
+        assert_eq!(time(&["WAIT", "1", "100"]), Some(Some(Duration::from_millis(100))));
+        assert_eq!(time(&["WAITAOF", "1", "0", "0"]), Some(None));
+        assert_eq!(time(&["GET", "k"]), None);
+        assert_eq!(time(&["BLPOP", "a", "soon"]), None, "the server refuses it at once");
+    }
+
+    #[test]
+    fn only_the_commands_the_server_accepted_in_a_pipeline_count() {
+        let refused = redis::parse_redis_value(b"-ERR Client names cannot contain spaces\r\n").unwrap();
+        assert!(matches!(refused, Value::ServerError(_)));
+        let pong = Value::SimpleString("PONG".to_owned());
+        // A plain pipeline: a reply per command (a missing one is not accepted).
+        assert_eq!(
+            accepted(&[refused.clone(), pong.clone()], 3, false),
+            vec![false, true, false]
+        );
+        // A transaction: EXEC's array, a reply per queued command.
+        let exec = Value::Array(vec![Value::Okay, refused.clone()]);
+        assert_eq!(accepted(&[exec], 2, true), vec![true, false]);
+        // Aborted (WATCH): nothing ran.
+        assert_eq!(accepted(&[Value::Nil], 2, true), vec![false, false]);
+        assert_eq!(accepted(&[refused], 1, true), vec![false]);
+    }
 
     fn packed(cmd: &redis::Cmd) -> Vec<u8> {
         cmd.get_packed_command()
@@ -214,7 +353,7 @@ mod tests {
         state.record(Setting::ReadOnly, &[]);
         state.record(Setting::ReadWrite, &[]);
         state.record(Setting::NoTouch, &[b"NO-TOUCH", b"on"]);
-        let replay: Vec<Vec<u8>> = state.replay().iter().map(|c| c.get_packed_command()).collect();
+        let replay: Vec<Vec<u8>> = state.replay().iter().map(|(_, c)| c.get_packed_command()).collect();
         assert_eq!(
             replay,
             vec![

@@ -6,6 +6,7 @@
 //! connection the machine closed.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use redis::{AsyncConnectionConfig, Cmd, ErrorKind, PushInfo, PushKind, RedisErro
 use tokio::sync::Notify;
 
 use super::subscriptions::{Change, ChangeRequest, Subscriber, SubscriptionActor, Subscriptions, request_change};
-use super::supervision::BoxFuture;
+use super::supervision::{BoxFuture, now};
 use super::supervisor::{
     CatchUp, Gone, HandleView, OpenRequest, Retirement, Slot, Start, SupervisorHandle, Transport, start, stopped_error,
 };
@@ -69,11 +70,48 @@ impl Closures {
     }
 }
 
+/// Until when a blocking command (`BLPOP`, `XREAD … BLOCK`, `WAIT`, …) may hold this
+/// manager's replies: a command that times out before then waited behind it, which says
+/// nothing of the network path. In milliseconds since a process-wide origin, so one atomic
+/// beside every manager; `u64::MAX` while one blocks for ever (until it ends).
+#[derive(Default)]
+struct Blocked {
+    until_ms: AtomicU64,
+}
+
+impl Blocked {
+    /// A blocking command starts at `now`, for `time` (`None`: for ever).
+    fn hold(&self, now: std::time::Instant, time: Option<Duration>) {
+        let until = time.map_or(u64::MAX, |time| millis(now + time));
+        self.until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// A command that blocked for ever ended.
+    fn release_for_ever(&self) {
+        let _ = self
+            .until_ms
+            .compare_exchange(u64::MAX, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Whether a blocking command may still hold the replies at `now`.
+    fn holds(&self, now: std::time::Instant) -> bool {
+        millis(now) < self.until_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// `at` in milliseconds since the first call (a process-wide origin).
+fn millis(at: std::time::Instant) -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(|| at);
+    u64::try_from(at.saturating_duration_since(origin).as_millis()).unwrap_or(u64::MAX - 1)
+}
+
 /// What the handles and the transport share beside the supervisor's [`Shared`] (and
 /// the settings the transport reads: one supervisor lives beside every connection, so
 /// its transport is kept to a pointer).
 struct ManagerShared {
     closures: Closures,
+    blocked: Blocked,
     /// RESP3 subscription changes from the handles, for the supervisor's task (boxed, and
     /// only on RESP3, which alone takes them).
     changes: Option<Box<Mailbox<ChangeRequest>>>,
@@ -157,6 +195,7 @@ impl ConnectionManager {
         let (resp3, db) = (settings.protocol().supports_resp3(), settings.db());
         let shared = Shared::new(ManagerShared {
             closures: Closures::default(),
+            blocked: Blocked::default(),
             changes: resp3.then(Box::default),
             session: Mutex::default(),
             response_timeout: config.response_timeout(ConnectionType::Manager),
@@ -248,8 +287,16 @@ impl ConnectionManager {
 
     /// Runs `send` on the connection in use; fails it if the machine closes that
     /// connection first, and reports it if it dropped.
-    async fn send<T>(&self, send: impl AsyncFnOnce(&mut MultiplexedConnection) -> RedisResult<T>) -> RedisResult<T> {
+    async fn send<T>(
+        &self,
+        blocking: Option<Option<Duration>>,
+        send: impl AsyncFnOnce(&mut MultiplexedConnection) -> RedisResult<T>,
+    ) -> RedisResult<T> {
         let (id, mut live) = self.inner.supervisor.live().await?;
+        let blocked = &self.inner.supervisor.shared.of.blocked;
+        if let Some(time) = blocking {
+            blocked.hold(now(), time);
+        }
         let result = if live.watch_close {
             tokio::select! {
                 biased;
@@ -259,7 +306,15 @@ impl ConnectionManager {
         } else {
             send(&mut live.connection).await
         };
-        self.inner.supervisor.report(id, &result);
+        if blocking == Some(None) {
+            blocked.release_for_ever();
+        }
+        // A command that timed out behind a blocking one (or the blocking one itself) met
+        // a busy connection, not a silent path: no health PING is queued behind it.
+        let timed_out = result.as_ref().is_err_and(RedisError::is_timeout);
+        if !(timed_out && (blocking.is_some() || blocked.holds(now()))) {
+            self.inner.supervisor.report(id, &result);
+        }
         result
     }
 }
@@ -308,8 +363,11 @@ impl redis::aio::ConnectionLike for ConnectionManager {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let effect = Self::effect(cmd, false)?;
+            let blocking = session::blocking_time(cmd.args_iter().map(arg_bytes));
             let result = self
-                .send(async move |c: &mut MultiplexedConnection| c.send_packed_command(cmd).await)
+                .send(blocking, async move |c: &mut MultiplexedConnection| {
+                    c.send_packed_command(cmd).await
+                })
                 .await;
             if result.as_ref().is_ok_and(|v| !matches!(v, Value::ServerError(_))) {
                 self.accepted(cmd, effect);
@@ -329,12 +387,22 @@ impl redis::aio::ConnectionLike for ConnectionManager {
                 .cmd_iter()
                 .map(|cmd| Self::effect(cmd, pipeline.is_transaction()))
                 .collect::<RedisResult<Vec<_>>>()?;
+            // The longest any command of the pipeline may block.
+            let blocking = pipeline
+                .cmd_iter()
+                .filter_map(|cmd| session::blocking_time(cmd.args_iter().map(arg_bytes)))
+                .reduce(|a, b| a.zip(b).map(|(a, b)| a.max(b)));
             let result = self
-                .send(async move |c: &mut MultiplexedConnection| c.send_packed_commands(pipeline, offset, count).await)
+                .send(blocking, async move |c: &mut MultiplexedConnection| {
+                    c.send_packed_commands(pipeline, offset, count).await
+                })
                 .await;
-            if result.is_ok() {
-                for (cmd, effect) in pipeline.cmd_iter().zip(effects) {
-                    self.accepted(cmd, effect);
+            if let Ok(replies) = &result {
+                let accepted = session::accepted(replies, effects.len(), pipeline.is_transaction());
+                for ((cmd, effect), accepted) in pipeline.cmd_iter().zip(effects).zip(accepted) {
+                    if accepted {
+                        self.accepted(cmd, effect);
+                    }
                 }
             }
             result
@@ -355,12 +423,26 @@ fn arg_bytes(arg: redis::Arg<&[u8]>) -> &[u8] {
     }
 }
 
+/// The response timeout commands get: the configured one, or during announced
+/// maintenance the relaxed one if that is longer. Maintenance never shortens a timeout,
+/// and no timeout stays none (a `BLPOP key 12` on a manager without one must not fail
+/// at the relaxed 10 s).
+fn relaxed_timeout(configured: Option<Duration>, relaxed: Option<Duration>) -> Option<Duration> {
+    match (configured, relaxed) {
+        (Some(configured), Some(relaxed)) => Some(configured.max(relaxed)),
+        (configured, _) => configured,
+    }
+}
+
+/// What a command gets when the machine closes its connection (before the token expires)
+/// with its reply still outstanding. It may have run, so it is a client error, which no
+/// retry loop repeats on its own (`RetryMethod::NoRetry`, not an I/O error).
 fn closed_error() -> RedisError {
     RedisError::from((
-        ErrorKind::Io,
-        "connection closed before its Entra ID token expired",
-        "the command was still running when the connection had to be closed (a blocking \
-         command longer than the token's remaining life?); retry it"
+        ErrorKind::Client,
+        "connection closed before its Entra ID token expired, with this command's reply outstanding",
+        "the command may have run: repeat it only if it is safe to run twice. A blocking command \
+         longer than the token's remaining life? Give it a timeout shorter than the replace margin"
             .to_owned(),
     ))
 }
@@ -506,9 +588,22 @@ impl Transport for ManagerTransport {
                     Counters::bump_once(&shared.counters.maintenance_refused);
                 }
             }
-            // The user's session state, before the connection takes a command.
-            for command in replay {
-                command.query_async::<()>(&mut connection).await?;
+            // The user's session state, before the connection takes a command; what the
+            // server refuses is dropped from the record (it would fail every connection).
+            for (setting, command) in replay {
+                if let Err(error) = command.query_async::<()>(&mut connection).await {
+                    session::refused_on_replay(setting, error)?;
+                    if let Some(session) = shared
+                        .of
+                        .session
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .as_mut()
+                    {
+                        session.forget(setting);
+                    }
+                    Counters::bump(&shared.counters.settings_refused);
+                }
             }
             Managed::subscribe(connection, Subscriptions::default(), target).await
         })
@@ -566,14 +661,15 @@ impl Transport for ManagerTransport {
     /// on the close, which costs two lock round trips per command.
     fn handle(&self, conn: &Managed, view: HandleView) -> Live {
         let HandleView { close_grace, relaxed } = view;
-        let timeout = relaxed.or(self.shared.of.response_timeout);
+        let configured = self.shared.of.response_timeout;
+        let timeout = relaxed_timeout(configured, relaxed);
         let outlives_close = match (timeout, close_grace) {
             (Some(timeout), Some(grace)) => timeout >= grace,
             (None, _) | (_, None) => true,
         };
         let mut connection = conn.connection.clone();
-        if let Some(relaxed) = relaxed {
-            connection.set_response_timeout(relaxed);
+        if let Some(timeout) = timeout.filter(|_| timeout != configured) {
+            connection.set_response_timeout(timeout);
         }
         Live {
             connection,
@@ -653,6 +749,34 @@ impl Transport for ManagerTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blocking_command_holds_the_replies_for_its_time_or_until_it_ends() {
+        let t0 = std::time::Instant::now();
+        let ms = Duration::from_millis;
+        let blocked = Blocked::default();
+        assert!(!blocked.holds(t0));
+        blocked.hold(t0, Some(ms(3000)));
+        assert!(blocked.holds(t0 + ms(2999)));
+        assert!(!blocked.holds(t0 + ms(3000)), "its own timeout ends it");
+        // A shorter one later does not cut the longer one short.
+        blocked.hold(t0 + ms(10), Some(ms(100)));
+        assert!(blocked.holds(t0 + ms(2000)));
+        blocked.hold(t0, None);
+        assert!(blocked.holds(t0 + Duration::from_secs(3600)), "for ever, while it runs");
+        blocked.release_for_ever();
+        assert!(!blocked.holds(t0 + ms(1)));
+    }
+
+    #[test]
+    fn maintenance_lengthens_a_timeout_and_never_shortens_or_adds_one() {
+        let s = Duration::from_secs;
+        assert_eq!(relaxed_timeout(Some(s(1)), Some(s(10))), Some(s(10)));
+        assert_eq!(relaxed_timeout(Some(s(30)), Some(s(10))), Some(s(30)));
+        assert_eq!(relaxed_timeout(None, Some(s(10))), None, "no timeout stays none");
+        assert_eq!(relaxed_timeout(Some(s(1)), None), Some(s(1)));
+        assert_eq!(relaxed_timeout(None, None), None);
+    }
 
     #[test]
     fn the_per_manager_state_stays_small() {

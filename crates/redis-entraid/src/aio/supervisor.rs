@@ -598,3 +598,115 @@ async fn next_retired(retired: &mut [Retired]) -> (ConnectionId, bool) {
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    use entraid_identity::{IdentityError, IdentityProvider};
+
+    use super::*;
+    use crate::supervision::Report;
+
+    /// One token, valid for an hour, every time.
+    struct Static;
+
+    #[async_trait::async_trait]
+    impl IdentityProvider for Static {
+        async fn request_token(&self) -> Result<Token, IdentityError> {
+            let now = SystemTime::now();
+            Ok(Token::new("secret", "oid", now + Duration::from_secs(3600), now))
+        }
+    }
+
+    /// What the fake transport was asked to do.
+    #[derive(Default)]
+    struct Record {
+        opened: Vec<ConnectionId>,
+        gone: Vec<(ConnectionId, Gone)>,
+    }
+
+    /// Connections that open at once; the second one's catch-up never ends.
+    struct Fake(Arc<Mutex<Record>>);
+
+    impl Transport for Fake {
+        type Shared = ();
+        type Conn = ConnectionId;
+        type Handle = ConnectionId;
+
+        fn open(&mut self, open: OpenRequest) -> BoxFuture<RedisResult<ConnectionId>> {
+            self.0.lock().unwrap().opened.push(open.id);
+            Box::pin(std::future::ready(Ok(open.id)))
+        }
+
+        fn catch_up(&mut self, _id: ConnectionId, conn: ConnectionId) -> CatchUp<ConnectionId> {
+            if self.0.lock().unwrap().opened.len() == 2 {
+                return CatchUp::Pending(Box::pin(std::future::pending()));
+            }
+            CatchUp::Ready(conn)
+        }
+
+        fn auth(&self, _conn: &ConnectionId, _auth: Cmd, _timeout: Duration) -> BoxFuture<RedisResult<()>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+
+        fn probe(&self, _conn: &ConnectionId, _timeout: Duration) -> BoxFuture<RedisResult<()>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+
+        fn handle(&self, conn: &ConnectionId, _view: HandleView) -> ConnectionId {
+            *conn
+        }
+
+        fn retire(&mut self, _id: ConnectionId, _conn: ConnectionId) -> Retirement {
+            Retirement::Linger(None)
+        }
+
+        fn gone(&mut self, id: ConnectionId, why: Gone) {
+            self.0.lock().unwrap().gone.push((id, why));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_the_supervisor_stops_waiting_for_goes_through_gone() {
+        let mut provider = EntraIdCredentialsProvider::new_with_identity_provider(Static);
+        provider
+            .try_start_with_config(entraid_token_manager::TokenManagerConfig::default())
+            .unwrap();
+        let record = Arc::new(Mutex::new(Record::default()));
+        let shared = Shared::new(());
+        let handle = start(Start {
+            client: redis::Client::open("redis://127.0.0.1:1").unwrap(),
+            provider: &provider,
+            config: &ConnectionConfig::new(),
+            kind: ConnectionType::Manager,
+            renewal: Renewal::InPlace,
+            transport: Fake(record.clone()),
+            shared,
+            what: "test",
+        })
+        .await
+        .unwrap();
+        let (first, _) = handle.live().await.unwrap();
+        // The first connection drops; the one opened next never finishes catching up, and
+        // the machine gives up on it at its connect timeout and opens a third.
+        handle.shared.reports.report(first, Report::Lost);
+        let third = loop {
+            match handle.live().await {
+                Ok((id, _)) if id != first => break id,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let (opened, gone) = {
+            let record = record.lock().unwrap();
+            (record.opened.clone(), record.gone.clone())
+        };
+        assert_eq!(opened.len(), 3, "{opened:?}");
+        assert_eq!(third, opened[2]);
+        assert!(
+            gone.contains(&(opened[1], Gone::Lost)),
+            "the attempt given up on is forgotten by the transport: {gone:?}"
+        );
+    }
+}

@@ -18,6 +18,7 @@ pub(crate) struct Counters {
     pub(crate) closed_before_expiry: AtomicU64,
     pub(crate) connections_lost: AtomicU64,
     pub(crate) subscriptions_refused: AtomicU64,
+    pub(crate) settings_refused: AtomicU64,
     pub(crate) unresponsive: AtomicU64,
     pub(crate) handoffs: AtomicU64,
     pub(crate) handoff_failures: AtomicU64,
@@ -85,6 +86,10 @@ pub struct ConnectionStats {
     /// Channels and patterns dropped from the record because the server refused them
     /// when a new connection made them again (an ACL change, say); each is logged.
     pub subscriptions_refused: u64,
+    /// Settings (a client name, `READONLY`, `CLIENT NO-EVICT`/`NO-TOUCH`) dropped from
+    /// the record because the server refused them when a new connection made them again;
+    /// each is logged.
+    pub settings_refused: u64,
     /// Connections replaced because they stopped answering: a command and then a health
     /// `PING` got no reply (a silent network path).
     pub unresponsive: u64,
@@ -114,6 +119,7 @@ impl ConnectionStats {
             closed_before_expiry: Counters::get(&c.closed_before_expiry),
             connections_lost: Counters::get(&c.connections_lost),
             subscriptions_refused: Counters::get(&c.subscriptions_refused),
+            settings_refused: Counters::get(&c.settings_refused),
             unresponsive: Counters::get(&c.unresponsive),
             handoffs: Counters::get(&c.handoffs),
             handoff_failures: Counters::get(&c.handoff_failures),

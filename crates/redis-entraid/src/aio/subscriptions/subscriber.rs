@@ -3,17 +3,12 @@
 
 use std::time::Duration;
 
+use redis::RedisResult;
 use redis::aio::MultiplexedConnection;
-use redis::{RedisError, RedisResult};
 
 use super::{Change, Subscriptions};
 use crate::aio::supervision::within;
-
-/// The server answered with an error (a refusal), as opposed to no answer: the
-/// connection is fine.
-fn is_refusal(error: &RedisError) -> bool {
-    !(error.is_unrecoverable_error() || error.is_io_error() || error.is_timeout())
-}
+use crate::commands::is_refusal;
 
 /// The subscribing half of one physical connection.
 #[derive(Clone)]
