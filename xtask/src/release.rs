@@ -13,6 +13,7 @@ use crate::{cargo_bin, repository_root};
 const UNPUBLISHED: &[&str] = &[
     "entraid-test-support",
     "entraid-token-manager-tokio-tests",
+    "redis-entraid-e2e",
     "redis-entraid-examples",
     "entraid-fleet-sim",
     "xtask",

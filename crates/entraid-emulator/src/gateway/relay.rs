@@ -404,6 +404,18 @@ mod tests {
         Some(out)
     }
 
+    /// An upstream the relay reaches once, and the test's end of it (the "redis-server").
+    fn one_upstream() -> (
+        impl FnMut() -> std::future::Ready<std::io::Result<DuplexStream>> + Send + 'static,
+        DuplexStream,
+    ) {
+        let (upstream, redis) = tokio::io::duplex(64 * 1024);
+        let mut upstream = Some(upstream);
+        let connect =
+            move || std::future::ready(upstream.take().ok_or(std::io::Error::from(std::io::ErrorKind::Other)));
+        (connect, redis)
+    }
+
     fn no_upstream() -> impl FnMut() -> std::future::Ready<std::io::Result<DuplexStream>> + Send + 'static {
         || std::future::ready(Err(std::io::ErrorKind::ConnectionRefused.into()))
     }
@@ -425,10 +437,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_upstream_that_dies_mid_connection_closes_the_client() {
         let service = service();
-        let (upstream, mut redis) = tokio::io::duplex(64 * 1024);
-        let mut upstream = Some(upstream);
-        let connect =
-            move || std::future::ready(upstream.take().ok_or(std::io::Error::from(std::io::ErrorKind::Other)));
+        let (connect, mut redis) = one_upstream();
         let (mut client, _stop, task) = start_relay(&service, connect, Duration::from_secs(30));
         client.write_all(&auth_command(&service)).await.unwrap();
         let mut seen = vec![0u8; 64];
@@ -482,10 +491,7 @@ mod tests {
         task.await.unwrap();
 
         // Authenticated in time: the deadline is then the token's.
-        let (upstream, mut redis) = tokio::io::duplex(64 * 1024);
-        let mut upstream = Some(upstream);
-        let connect =
-            move || std::future::ready(upstream.take().ok_or(std::io::Error::from(std::io::ErrorKind::Other)));
+        let (connect, mut redis) = one_upstream();
         let (mut client, _stop, task) = start_relay(&service, connect, Duration::from_secs(30));
         client.write_all(&auth_command(&service)).await.unwrap();
         let mut seen = vec![0u8; 256];
