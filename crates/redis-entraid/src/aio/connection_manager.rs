@@ -82,7 +82,7 @@ struct Blocked {
 impl Blocked {
     /// A blocking command starts at `now`, for `time` (`None`: for ever).
     fn hold(&self, now: std::time::Instant, time: Option<Duration>) {
-        let until = time.map_or(u64::MAX, |time| millis(now + time));
+        let until = time.map_or(u64::MAX, |time| millis(now, now + time));
         self.until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
@@ -95,14 +95,15 @@ impl Blocked {
 
     /// Whether a blocking command may still hold the replies at `now`.
     fn holds(&self, now: std::time::Instant) -> bool {
-        millis(now) < self.until_ms.load(Ordering::Relaxed)
+        millis(now, now) < self.until_ms.load(Ordering::Relaxed)
     }
 }
 
-/// `at` in milliseconds since the first call (a process-wide origin).
-fn millis(at: std::time::Instant) -> u64 {
+/// `at` in milliseconds since a process-wide origin: the `now` of the first call (never a
+/// deadline ahead, which would put every later `now` before it).
+fn millis(now: std::time::Instant, at: std::time::Instant) -> u64 {
     static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let origin = *ORIGIN.get_or_init(|| at);
+    let origin = *ORIGIN.get_or_init(|| now);
     u64::try_from(at.saturating_duration_since(origin).as_millis()).unwrap_or(u64::MAX - 1)
 }
 
@@ -755,8 +756,9 @@ mod tests {
         let t0 = std::time::Instant::now();
         let ms = Duration::from_millis;
         let blocked = Blocked::default();
-        assert!(!blocked.holds(t0));
+        // A hold first: the origin must not be its deadline.
         blocked.hold(t0, Some(ms(3000)));
+        assert!(blocked.holds(t0));
         assert!(blocked.holds(t0 + ms(2999)));
         assert!(!blocked.holds(t0 + ms(3000)), "its own timeout ends it");
         // A shorter one later does not cut the longer one short.
