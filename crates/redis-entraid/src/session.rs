@@ -286,6 +286,15 @@ mod tests {
         assert_eq!(time(&["WAITAOF", "1", "0", "0"]), Some(None));
         assert_eq!(time(&["GET", "k"]), None);
         assert_eq!(time(&["BLPOP", "a", "soon"]), None, "the server refuses it at once");
+        assert_eq!(
+            time(&["BLPOP", "a", "1e15"]),
+            Some(Some(Duration::from_secs(1_000_000_000_000_000)))
+        );
+        assert_eq!(time(&["BLPOP", "a", "1e300"]), None, "no Duration holds it");
+        assert_eq!(
+            time(&["WAIT", "1", &u64::MAX.to_string()]),
+            Some(Some(Duration::from_millis(u64::MAX)))
+        );
     }
 
     #[test]

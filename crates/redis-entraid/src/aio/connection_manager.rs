@@ -82,7 +82,10 @@ struct Blocked {
 impl Blocked {
     /// A blocking command starts at `now`, for `time` (`None`: for ever).
     fn hold(&self, now: std::time::Instant, time: Option<Duration>) {
-        let until = time.map_or(u64::MAX, |time| millis(now, now + time));
+        // The time is the user's (`BLPOP key 1e15`): past `Instant`'s range it is for ever.
+        let until = time
+            .and_then(|time| now.checked_add(time))
+            .map_or(u64::MAX, |until| millis(now, until));
         self.until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
@@ -768,6 +771,10 @@ mod tests {
         assert!(blocked.holds(t0 + Duration::from_secs(3600)), "for ever, while it runs");
         blocked.release_for_ever();
         assert!(!blocked.holds(t0 + ms(1)));
+        // A time from the user past `Instant`'s range holds for ever, never panics.
+        blocked.hold(t0, Some(Duration::MAX));
+        assert!(blocked.holds(t0 + Duration::from_secs(3600)));
+        blocked.release_for_ever();
     }
 
     #[test]
