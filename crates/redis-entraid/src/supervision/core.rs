@@ -269,9 +269,12 @@ impl<X> SupervisionCore<X> {
         generation: Generation,
         result: RedisResult<()>,
     ) {
-        self.events().retrying = None;
         match &result {
             Ok(()) => {
+                // Rare state stays unallocated on the usual path: a renewal accepted.
+                if let Some(events) = &mut self.events {
+                    events.retrying = None;
+                }
                 Counters::bump(&self.counters().reauthentications);
                 if let Some(token) = self.feed.get(generation) {
                     self.manager.health().reauthenticated(token);

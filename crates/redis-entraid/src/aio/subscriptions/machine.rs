@@ -364,7 +364,13 @@ mod tests {
             match sm.poll_output() {
                 ConnectionOutput::Connect { id, .. } => return id,
                 ConnectionOutput::Timeout(_) | ConnectionOutput::Idle => panic!("no connect"),
-                _ => {}
+                ConnectionOutput::Use(_)
+                | ConnectionOutput::SendAuth { .. }
+                | ConnectionOutput::Probe { .. }
+                | ConnectionOutput::Retire { .. }
+                | ConnectionOutput::Close { .. }
+                | ConnectionOutput::HandoffMissed(_)
+                | ConnectionOutput::RelaxTimeouts(_) => {}
             }
         };
         sm.handle_token(now, now + 60 * S, 60 * S);
